@@ -1,0 +1,441 @@
+//! The aggregator (server) side of a round: messages in, messages out, no clock.
+//!
+//! The caller owns time: when a phase's deadline passes it calls
+//! [`Aggregator::close_phase`], and when it learns that a site is gone it calls
+//! [`Aggregator::mark_dropped`]. A phase also closes by itself once every expected site
+//! has answered. Outgoing messages queue up until [`Aggregator::take_outgoing`].
+
+use curve25519_dalek::scalar::Scalar;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::crypto::{self, MaskJob};
+use crate::error::{AbortReason, AggregatorError, MessageError};
+use crate::ids::{Party, Phase, SiteId, SiteSet};
+use crate::messages::{
+    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, UnmaskRequest, UnmaskShares,
+};
+use crate::params::RoundConfig;
+use crate::protocol::{self, Roster};
+use crate::crypto::Signature;
+use crate::ring::{MaskSign, MaskedVector, PlainVector};
+use crate::shamir;
+
+/// A message for one site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: SiteId,
+    pub envelope: Envelope,
+}
+
+/// The unmasked sum of the surviving sites' inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AggregateSum {
+    /// The sites whose inputs are in the sum (U3), ascending; always at least t of them.
+    pub contributors: Vec<SiteId>,
+    pub sum: PlainVector,
+}
+
+/// Where the round stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Collecting(Phase),
+    Finished,
+    Aborted(AbortReason),
+}
+
+/// Sets of sites still in the round after each phase (Bonawitz et al.'s U1 … U5).
+#[derive(Default)]
+struct Survivors {
+    advertised: SiteSet,
+    shared: SiteSet,
+    masked: SiteSet,
+    signed: SiteSet,
+}
+
+pub struct Aggregator {
+    config: Arc<RoundConfig>,
+    roster: Arc<Roster>,
+    status: Status,
+    /// Sites that may still answer in the current phase.
+    expected: SiteSet,
+    /// Sites that answered in the current phase.
+    responded: SiteSet,
+    survivors: Survivors,
+    adverts: BTreeMap<SiteId, KeyAdvertisement>,
+    /// Ciphertexts by sender, then recipient.
+    shares: BTreeMap<SiteId, Vec<EncryptedShares>>,
+    masked_sum: Vec<u32>,
+    signatures: BTreeMap<SiteId, Signature>,
+    /// What each site was asked to reveal (self-mask owners, mask-key owners).
+    requests: BTreeMap<SiteId, (Vec<SiteId>, Vec<SiteId>)>,
+    self_mask_shares: BTreeMap<SiteId, Vec<(SiteId, Scalar)>>,
+    mask_key_shares: BTreeMap<SiteId, Vec<(SiteId, Scalar)>>,
+    outgoing: Vec<Outgoing>,
+    result: Option<AggregateSum>,
+}
+
+impl Aggregator {
+    /// Starts a round that waits for key advertisements from every participant.
+    pub fn new(config: Arc<RoundConfig>, roster: Arc<Roster>) -> Result<Self, AggregatorError> {
+        for s in &config.params().participants {
+            if roster.get(*s).is_none() {
+                return Err(AggregatorError::UnknownSite(*s));
+            }
+        }
+        let expected = config.params().participants.iter().copied().collect();
+        let len = config.vector_len();
+        Ok(Self {
+            config,
+            roster,
+            status: Status::Collecting(Phase::AdvertiseKeys),
+            expected,
+            responded: SiteSet::new(),
+            survivors: Survivors::default(),
+            adverts: BTreeMap::new(),
+            shares: BTreeMap::new(),
+            masked_sum: vec![0; len],
+            signatures: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            self_mask_shares: BTreeMap::new(),
+            mask_key_shares: BTreeMap::new(),
+            outgoing: Vec::new(),
+            result: None,
+        })
+    }
+
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// The sites that may still answer in the current phase and have not yet.
+    pub fn awaiting(&self) -> Vec<SiteId> {
+        self.expected.difference(&self.responded).copied().collect()
+    }
+
+    pub fn result(&self) -> Option<&AggregateSum> {
+        self.result.as_ref()
+    }
+
+    /// Drains the messages to send.
+    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outgoing)
+    }
+
+    fn phase(&self) -> Result<Phase, AggregatorError> {
+        match &self.status {
+            Status::Collecting(p) => Ok(*p),
+            Status::Finished => Err(AggregatorError::RoundOver("finished")),
+            Status::Aborted(_) => Err(AggregatorError::RoundOver("aborted")),
+        }
+    }
+
+    fn malformed(from: SiteId, kind: &'static str, detail: impl Into<String>) -> AggregatorError {
+        MessageError::Malformed { sender: Party::Site(from), kind, detail: detail.into() }.into()
+    }
+
+    /// Accepts one message that the authenticated channel says came from `from`.
+    pub fn handle(&mut self, from: SiteId, env: Envelope) -> Result<&Status, AggregatorError> {
+        let phase = self.phase()?;
+        protocol::check_header(&self.config, &env, Party::Site(from), Party::Aggregator)?;
+        if env.phase() != phase {
+            return Err(MessageError::OutOfPhase { kind: env.body.kind(), got: env.phase(), expected: phase }.into());
+        }
+        if self.responded.contains(&from) {
+            return Err(MessageError::Duplicate(from, phase).into());
+        }
+        if !self.expected.contains(&from) {
+            return Err(MessageError::UnexpectedSender(from).into());
+        }
+        match env.body {
+            Body::AdvertiseKeys(ad) => {
+                if ad.site != from {
+                    return Err(Self::malformed(from, "advertise-keys", format!("advertises keys of {}", ad.site)));
+                }
+                protocol::verify_advertisement(&self.config, &self.roster, &ad)?;
+                self.adverts.insert(from, ad);
+            }
+            Body::ShareKeys(list) => {
+                let expected: Vec<SiteId> = self.neighbours_in(from, &self.survivors.advertised);
+                let got: Vec<SiteId> = list.iter().map(|e| e.peer).collect();
+                if got != expected {
+                    return Err(Self::malformed(from, "share-keys", "recipients differ from its surviving neighbours"));
+                }
+                if list.iter().any(|e| e.ciphertext.len() != crypto::SHARE_CIPHERTEXT_LEN) {
+                    return Err(Self::malformed(from, "share-keys", "ciphertext of the wrong size"));
+                }
+                self.shares.insert(from, list);
+            }
+            Body::MaskedInput(v) => self.add_masked(v)?,
+            Body::ConsistencySignature(sig) => {
+                let survivors: Vec<SiteId> = self.survivors.masked.iter().copied().collect();
+                let key = self.roster.get(from).ok_or(AggregatorError::UnknownSite(from))?;
+                key.verify(&protocol::consistency_message(&self.config, &survivors), &sig)
+                    .map_err(|_| MessageError::BadSignature(from))?;
+                self.signatures.insert(from, sig);
+            }
+            Body::UnmaskShares(reply) => self.accept_shares(from, reply)?,
+            other => return Err(MessageError::WrongDirection { kind: other.kind() }.into()),
+        }
+        self.responded.insert(from);
+        self.close_if_complete();
+        Ok(&self.status)
+    }
+
+    fn add_masked(&mut self, v: MaskedVector) -> Result<(), AggregatorError> {
+        let m = self.config.modulus();
+        if v.modulus() != m {
+            return Err(MessageError::WrongModulus { got: v.modulus().bits(), expected: m.bits() }.into());
+        }
+        if v.len() != self.masked_sum.len() {
+            return Err(MessageError::WrongLength { got: v.len(), expected: self.masked_sum.len() }.into());
+        }
+        for (acc, x) in self.masked_sum.iter_mut().zip(v.as_slice()) {
+            *acc = acc.wrapping_add(*x);
+        }
+        Ok(())
+    }
+
+    fn accept_shares(&mut self, from: SiteId, reply: UnmaskShares) -> Result<(), AggregatorError> {
+        let (want_self, want_key) = self.requests.get(&from).ok_or(MessageError::UnexpectedSender(from))?;
+        let got_self: Vec<SiteId> = reply.self_mask.iter().map(|s| s.owner).collect();
+        let got_key: Vec<SiteId> = reply.mask_key.iter().map(|s| s.owner).collect();
+        if &got_self != want_self || &got_key != want_key {
+            return Err(Self::malformed(from, "unmask-shares", "shares differ from the request"));
+        }
+        for s in reply.self_mask {
+            self.self_mask_shares.entry(s.owner).or_default().push((from, s.value.0));
+        }
+        for s in reply.mask_key {
+            self.mask_key_shares.entry(s.owner).or_default().push((from, s.value.0));
+        }
+        Ok(())
+    }
+
+    /// The caller's deadline for the current phase has passed: every site that has not
+    /// answered is treated as dropped.
+    pub fn close_phase(&mut self) -> Result<&Status, AggregatorError> {
+        self.phase()?;
+        self.expected = self.responded.clone();
+        self.finish_phase();
+        Ok(&self.status)
+    }
+
+    /// The caller learned that `site` is gone (e.g. its connection closed).
+    pub fn mark_dropped(&mut self, site: SiteId) -> Result<&Status, AggregatorError> {
+        self.phase()?;
+        if !self.responded.contains(&site) {
+            self.expected.remove(&site);
+        }
+        self.close_if_complete();
+        Ok(&self.status)
+    }
+
+    fn close_if_complete(&mut self) {
+        if matches!(self.status, Status::Collecting(_)) && self.responded.len() == self.expected.len() {
+            self.finish_phase();
+        }
+    }
+
+    fn neighbours_in(&self, site: SiteId, set: &SiteSet) -> Vec<SiteId> {
+        self.config.graph().neighbours(site).into_iter().filter(|s| set.contains(s)).collect()
+    }
+
+    fn holders_in(&self, site: SiteId, set: &SiteSet) -> usize {
+        self.config.graph().holders(site).iter().filter(|s| set.contains(s)).count()
+    }
+
+    fn abort(&mut self, reason: AbortReason) {
+        self.status = Status::Aborted(reason);
+        self.outgoing.clear();
+    }
+
+    /// Removes sites whose shares would have fewer than t holders left, until stable.
+    fn prune(&self, mut set: SiteSet) -> SiteSet {
+        let t = self.config.threshold();
+        loop {
+            let weak: Vec<SiteId> = set.iter().copied().filter(|s| self.holders_in(*s, &set) < t).collect();
+            if weak.is_empty() {
+                return set;
+            }
+            for s in weak {
+                set.remove(&s);
+            }
+        }
+    }
+
+    /// Aborts unless `set` has at least t members.
+    fn require_quorum(&mut self, phase: Phase, set: &SiteSet) -> bool {
+        let t = self.config.threshold();
+        if set.len() < t {
+            self.abort(AbortReason::TooFewSurvivors { phase, survivors: set.len(), threshold: t });
+            return false;
+        }
+        true
+    }
+
+    /// Aborts unless every site whose masks are in play keeps t holders in `holders`.
+    fn require_recoverable(&mut self, phase: Phase, holders: &SiteSet) -> bool {
+        let t = self.config.threshold();
+        let owners: Vec<SiteId> = self.survivors.shared.iter().copied().collect();
+        for owner in owners {
+            let have = self.holders_in(owner, holders);
+            if have < t {
+                self.abort(AbortReason::TooFewHolders { phase, owner, have, need: t });
+                return false;
+            }
+        }
+        true
+    }
+
+    fn send(&mut self, to: SiteId, body: Body) {
+        let p = self.config.params();
+        let header = Header {
+            version: PROTOCOL_VERSION,
+            session: p.session,
+            round: p.round,
+            sender: Party::Aggregator,
+            recipient: Party::Site(to),
+        };
+        self.outgoing.push(Outgoing { to, envelope: Envelope { header, body } });
+    }
+
+    fn begin(&mut self, phase: Phase, expected: SiteSet) {
+        self.status = Status::Collecting(phase);
+        self.expected = expected;
+        self.responded.clear();
+    }
+
+    fn finish_phase(&mut self) {
+        let Status::Collecting(phase) = self.status else { return };
+        // Shares were stored as they arrived, so unmasking uses exactly the responders'.
+        let responded = std::mem::take(&mut self.responded);
+        match phase {
+            Phase::AdvertiseKeys => {
+                if !self.require_quorum(phase, &responded) {
+                    return;
+                }
+                let u1 = self.prune(responded);
+                if !self.require_quorum(phase, &u1) {
+                    return;
+                }
+                self.adverts.retain(|s, _| u1.contains(s));
+                for &site in &u1 {
+                    let ads = self.neighbours_in(site, &u1).iter().map(|n| self.adverts[n].clone()).collect();
+                    self.send(site, Body::NeighbourKeys(ads));
+                }
+                self.survivors.advertised = u1.clone();
+                self.begin(Phase::ShareKeys, u1);
+            }
+            Phase::ShareKeys => {
+                if !self.require_quorum(phase, &responded) {
+                    return;
+                }
+                let u2 = self.prune(responded);
+                if !self.require_quorum(phase, &u2) {
+                    return;
+                }
+                let mut inbox: BTreeMap<SiteId, Vec<EncryptedShares>> = BTreeMap::new();
+                for (from, list) in std::mem::take(&mut self.shares) {
+                    if !u2.contains(&from) {
+                        continue;
+                    }
+                    for EncryptedShares { peer, ciphertext } in list {
+                        if u2.contains(&peer) {
+                            inbox.entry(peer).or_default().push(EncryptedShares { peer: from, ciphertext });
+                        }
+                    }
+                }
+                for &site in &u2 {
+                    self.send(site, Body::ForwardedShares(inbox.remove(&site).unwrap_or_default()));
+                }
+                self.survivors.shared = u2.clone();
+                self.begin(Phase::MaskedInput, u2);
+            }
+            Phase::MaskedInput => {
+                let u3 = responded;
+                if !self.require_quorum(phase, &u3) || !self.require_recoverable(phase, &u3) {
+                    return;
+                }
+                let list: Vec<SiteId> = u3.iter().copied().collect();
+                for &site in &u3 {
+                    self.send(site, Body::SurvivorSet(list.clone()));
+                }
+                self.survivors.masked = u3.clone();
+                self.begin(Phase::ConsistencyCheck, u3);
+            }
+            Phase::ConsistencyCheck => {
+                if !self.require_quorum(phase, &responded) {
+                    return;
+                }
+                let t = self.config.threshold();
+                // Only sites that will see t signatures from their holders can answer.
+                let u4: SiteSet =
+                    responded.iter().copied().filter(|s| self.holders_in(*s, &responded) >= t).collect();
+                if !self.require_quorum(phase, &u4) || !self.require_recoverable(phase, &u4) {
+                    return;
+                }
+                let dropped: SiteSet = self.survivors.shared.difference(&self.survivors.masked).copied().collect();
+                for &site in &u4 {
+                    let holders = self.config.graph().holders(site);
+                    let signatures: Vec<(SiteId, Signature)> =
+                        holders.iter().filter_map(|h| self.signatures.get(h).map(|s| (*h, *s))).collect();
+                    let reveal_self_mask: Vec<SiteId> =
+                        holders.iter().copied().filter(|h| self.survivors.masked.contains(h)).collect();
+                    let reveal_mask_key: Vec<SiteId> =
+                        holders.iter().copied().filter(|h| dropped.contains(h)).collect();
+                    self.requests.insert(site, (reveal_self_mask.clone(), reveal_mask_key.clone()));
+                    self.send(site, Body::UnmaskRequest(UnmaskRequest { signatures, reveal_self_mask, reveal_mask_key }));
+                }
+                self.survivors.signed = u4.clone();
+                self.begin(Phase::Unmasking, u4);
+            }
+            Phase::Unmasking => self.unmask(),
+        }
+    }
+
+    fn unmask(&mut self) {
+        let t = self.config.threshold();
+        let masked = self.survivors.masked.clone();
+        let dropped: Vec<SiteId> = self.survivors.shared.difference(&masked).copied().collect();
+        let mut jobs = Vec::new();
+        for &owner in &dropped {
+            let shares = self.mask_key_shares.get(&owner).map(Vec::as_slice).unwrap_or_default();
+            let Ok(secret) = shamir::reconstruct(shares, t) else {
+                return self.abort(AbortReason::TooFewHolders { phase: Phase::Unmasking, owner, have: shares.len(), need: t });
+            };
+            let key = protocol::mask_key_from_secret(&self.config, owner, &secret);
+            if key.public() != self.adverts[&owner].mask_key {
+                return self.abort(AbortReason::InconsistentShares { owner, what: "mask key" });
+            }
+            for peer in self.neighbours_in(owner, &masked) {
+                let Ok(shared) = key.agree(&self.adverts[&peer].mask_key) else {
+                    return self.abort(AbortReason::Agreement { a: owner, b: peer });
+                };
+                // `peer` applied sign(peer, owner); remove it by applying the opposite.
+                let sign = match protocol::pairwise_sign(peer, owner) {
+                    MaskSign::Add => MaskSign::Sub,
+                    MaskSign::Sub => MaskSign::Add,
+                };
+                jobs.push(MaskJob { seed: protocol::pairwise_seed(&self.config, owner, peer, &shared), sign });
+            }
+        }
+        for &owner in &masked {
+            let shares = self.self_mask_shares.get(&owner).map(Vec::as_slice).unwrap_or_default();
+            let Ok(secret) = shamir::reconstruct(shares, t) else {
+                return self.abort(AbortReason::TooFewHolders { phase: Phase::Unmasking, owner, have: shares.len(), need: t });
+            };
+            if protocol::self_mask_commitment(&self.config, owner, &secret) != self.adverts[&owner].self_mask_commitment {
+                return self.abort(AbortReason::InconsistentShares { owner, what: "self-mask seed" });
+            }
+            jobs.push(MaskJob { seed: protocol::self_mask_seed(&self.config, owner, &secret), sign: MaskSign::Sub });
+        }
+        let mut sum = std::mem::take(&mut self.masked_sum);
+        crypto::apply_mask_streams(&mut sum, &jobs);
+        self.result = Some(AggregateSum {
+            contributors: masked.into_iter().collect(),
+            sum: PlainVector::new(self.config.modulus(), sum),
+        });
+        self.status = Status::Finished;
+    }
+}

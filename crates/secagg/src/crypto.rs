@@ -1,0 +1,491 @@
+//! Cryptographic building blocks, each used for exactly one purpose.
+//!
+//! - Identity: Ed25519 (ring) long-term keys sign advertised keys and the survivor set.
+//! - Agreement: X25519 via `curve25519-dalek`'s Montgomery ladder (RFC 7748).
+//! - Key derivation: HKDF-SHA256 (ring). The salt is the digest of the round parameters
+//!   (which already binds session, round, participants, vector length, modulus, graph
+//!   and threshold); the info string carries a purpose label and the parties.
+//! - Share transport: ChaCha20-Poly1305 (ring), one fresh key per ordered pair and round.
+//! - Mask expansion: the ChaCha20 keystream keyed with the full 256-bit derived seed.
+
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use curve25519_dalek::scalar::Scalar;
+use rand_core::CryptoRng;
+use rayon::prelude::*;
+use ring::{aead, digest, hkdf, signature};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::ids::SiteId;
+use crate::ring::MaskSign;
+
+/// Failures of the cryptographic primitives.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("key agreement produced the all-zero point (a low-order public key)")]
+    LowOrderPoint,
+    #[error("authenticated decryption failed (forged or corrupted ciphertext)")]
+    Decryption,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("invalid Ed25519 seed")]
+    InvalidIdentitySeed,
+}
+
+/// Purpose labels for key derivation and signatures (domain separation).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Purpose {
+    ShareEncryption,
+    PairwiseMask,
+    SelfMask,
+    MaskKeyFromSecret,
+    SelfMaskCommitment,
+    AdvertiseSignature,
+    ConsistencySignature,
+    Graph,
+    Parameters,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Purpose::ShareEncryption => b"tessera/secagg/v1/share-encryption",
+            Purpose::PairwiseMask => b"tessera/secagg/v1/pairwise-mask",
+            Purpose::SelfMask => b"tessera/secagg/v1/self-mask",
+            Purpose::MaskKeyFromSecret => b"tessera/secagg/v1/mask-key",
+            Purpose::SelfMaskCommitment => b"tessera/secagg/v1/self-mask-commitment",
+            Purpose::AdvertiseSignature => b"tessera/secagg/v1/advertise",
+            Purpose::ConsistencySignature => b"tessera/secagg/v1/consistency",
+            Purpose::Graph => b"tessera/secagg/v1/graph",
+            Purpose::Parameters => b"tessera/secagg/v1/parameters",
+        }
+    }
+}
+
+/// Unambiguous encoding of a purpose and its fixed-width fields.
+pub(crate) fn context_bytes(purpose: Purpose, params_digest: &[u8; 32], parties: &[SiteId]) -> Vec<u8> {
+    let label = purpose.label();
+    let mut out = Vec::with_capacity(1 + label.len() + 32 + 4 * parties.len());
+    out.push(label.len() as u8);
+    out.extend_from_slice(label);
+    out.extend_from_slice(params_digest);
+    for p in parties {
+        out.extend_from_slice(&p.0.to_be_bytes());
+    }
+    out
+}
+
+/// HKDF-SHA256(ikm, salt = parameter digest, info = purpose ‖ parties) → 32 bytes.
+pub(crate) fn derive_key(
+    ikm: &[u8],
+    purpose: Purpose,
+    params_digest: &[u8; 32],
+    parties: &[SiteId],
+) -> Zeroizing<[u8; 32]> {
+    let info = context_bytes(purpose, params_digest, parties);
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, params_digest).extract(ikm);
+    let mut out = Zeroizing::new([0u8; 32]);
+    // A 32-byte output is always within HKDF-SHA256's 255·32-byte limit, so neither
+    // call can fail.
+    let info_parts = [info.as_slice()];
+    let okm = prk.expand(&info_parts, hkdf::HKDF_SHA256).expect("32-byte HKDF output");
+    okm.fill(out.as_mut()).expect("32-byte HKDF output");
+    out
+}
+
+/// SHA-256 of a domain-separated message.
+pub(crate) fn hash(purpose: Purpose, params_digest: &[u8; 32], parties: &[SiteId], data: &[u8]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&context_bytes(purpose, params_digest, parties));
+    ctx.update(data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Identity (Ed25519)
+
+/// A site's long-term Ed25519 identity key pair.
+pub struct IdentityKeyPair {
+    seed: Zeroizing<[u8; 32]>,
+    pair: signature::Ed25519KeyPair,
+}
+
+impl IdentityKeyPair {
+    pub fn from_seed(seed: [u8; 32]) -> Result<Self, CryptoError> {
+        let seed = Zeroizing::new(seed);
+        let pair = signature::Ed25519KeyPair::from_seed_unchecked(seed.as_ref())
+            .map_err(|_| CryptoError::InvalidIdentitySeed)?;
+        Ok(Self { seed, pair })
+    }
+
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut());
+        // Every 32-byte string is a valid Ed25519 seed.
+        Self::from_seed(*seed).expect("any 32 bytes are an Ed25519 seed")
+    }
+
+    /// The secret seed, for storing the key (handle with care).
+    pub fn seed(&self) -> &[u8; 32] {
+        &self.seed
+    }
+
+    pub fn public(&self) -> IdentityPublicKey {
+        let mut pk = [0u8; 32];
+        pk.copy_from_slice(signature::KeyPair::public_key(&self.pair).as_ref());
+        IdentityPublicKey(pk)
+    }
+
+    pub(crate) fn sign(&self, message: &[u8]) -> Signature {
+        let mut sig = [0u8; 64];
+        sig.copy_from_slice(self.pair.sign(message).as_ref());
+        Signature(sig)
+    }
+}
+
+impl std::fmt::Debug for IdentityKeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityKeyPair").field("public", &self.public()).finish_non_exhaustive()
+    }
+}
+
+/// A site's long-term Ed25519 public key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdentityPublicKey(pub [u8; 32]);
+
+impl IdentityPublicKey {
+    pub(crate) fn verify(&self, message: &[u8], sig: &Signature) -> Result<(), CryptoError> {
+        signature::UnparsedPublicKey::new(&signature::ED25519, &self.0)
+            .verify(message, &sig.0)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+}
+
+/// An Ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(pub [u8; 64]);
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        let arr: [u8; 64] = bytes
+            .as_ref()
+            .try_into()
+            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64 bytes"))?;
+        Ok(Signature(arr))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// X25519 agreement
+
+/// An X25519 public key (Montgomery u-coordinate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AgreementPublicKey(pub [u8; 32]);
+
+/// An X25519 secret key; zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(crate) struct AgreementSecret([u8; 32]);
+
+impl AgreementSecret {
+    pub(crate) fn from_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
+        Self(*bytes)
+    }
+
+    pub(crate) fn public(&self) -> AgreementPublicKey {
+        AgreementPublicKey(MontgomeryPoint::mul_base_clamped(self.0).to_bytes())
+    }
+
+    /// X25519(self, peer); rejects the all-zero output of low-order points (RFC 7748 §6.1).
+    pub(crate) fn agree(&self, peer: &AgreementPublicKey) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        let shared = Zeroizing::new(MontgomeryPoint(peer.0).mul_clamped(self.0).to_bytes());
+        // OR of all bytes: no data-dependent early exit.
+        if shared.iter().fold(0u8, |acc, b| acc | b) == 0 {
+            return Err(CryptoError::LowOrderPoint);
+        }
+        Ok(shared)
+    }
+}
+
+/// X25519 as a raw function, exposed for RFC 7748 known-answer tests.
+pub fn x25519(scalar: [u8; 32], u: [u8; 32]) -> [u8; 32] {
+    MontgomeryPoint(u).mul_clamped(scalar).to_bytes()
+}
+
+/// A uniformly random element of the Curve25519 scalar field.
+pub(crate) fn random_scalar<R: CryptoRng + ?Sized>(rng: &mut R) -> Scalar {
+    let mut wide = Zeroizing::new([0u8; 64]);
+    rng.fill_bytes(wide.as_mut());
+    Scalar::from_bytes_mod_order_wide(&wide)
+}
+
+// ---------------------------------------------------------------------------------------
+// Share encryption (AEAD)
+
+/// Size of the encrypted pair of shares: two 32-byte scalars and a 16-byte tag.
+pub(crate) const SHARE_CIPHERTEXT_LEN: usize = 64 + 16;
+
+fn share_aead_key(shared: &[u8; 32], params_digest: &[u8; 32], from: SiteId, to: SiteId) -> aead::LessSafeKey {
+    let key = derive_key(shared, Purpose::ShareEncryption, params_digest, &[from, to]);
+    // CHACHA20_POLY1305 takes exactly 32 key bytes.
+    aead::LessSafeKey::new(aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key.as_ref()).expect("32-byte key"))
+}
+
+/// Encrypts `plaintext` from `from` to `to`. The key is unique to the round parameters and
+/// the ordered pair and is used once, so a zero nonce is safe; the pair is also the AAD.
+pub(crate) fn seal_shares(
+    shared: &[u8; 32],
+    params_digest: &[u8; 32],
+    from: SiteId,
+    to: SiteId,
+    plaintext: &[u8; 64],
+) -> Vec<u8> {
+    let key = share_aead_key(shared, params_digest, from, to);
+    let mut buf = Vec::with_capacity(SHARE_CIPHERTEXT_LEN);
+    buf.extend_from_slice(plaintext);
+    let aad = context_bytes(Purpose::ShareEncryption, params_digest, &[from, to]);
+    key.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key([0u8; 12]), aead::Aad::from(aad), &mut buf)
+        .expect("ChaCha20-Poly1305 seals any 64-byte message");
+    buf
+}
+
+pub(crate) fn open_shares(
+    shared: &[u8; 32],
+    params_digest: &[u8; 32],
+    from: SiteId,
+    to: SiteId,
+    ciphertext: &[u8],
+) -> Result<Zeroizing<[u8; 64]>, CryptoError> {
+    if ciphertext.len() != SHARE_CIPHERTEXT_LEN {
+        return Err(CryptoError::Decryption);
+    }
+    let key = share_aead_key(shared, params_digest, from, to);
+    let mut buf = Zeroizing::new(ciphertext.to_vec());
+    let aad = context_bytes(Purpose::ShareEncryption, params_digest, &[from, to]);
+    let plain = key
+        .open_in_place(aead::Nonce::assume_unique_for_key([0u8; 12]), aead::Aad::from(aad), &mut buf)
+        .map_err(|_| CryptoError::Decryption)?;
+    let mut out = Zeroizing::new([0u8; 64]);
+    out.copy_from_slice(plain);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Mask expansion
+
+/// A 256-bit key for one mask stream; zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct MaskSeed([u8; 32]);
+
+impl MaskSeed {
+    pub(crate) fn new(bytes: Zeroizing<[u8; 32]>) -> Self {
+        Self(*bytes)
+    }
+
+    /// A seed from raw bytes, for benchmarks and tests of the expansion itself.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+/// One mask stream to add or subtract.
+pub(crate) struct MaskJob {
+    pub seed: MaskSeed,
+    pub sign: MaskSign,
+}
+
+/// Words of keystream generated per step; 16 KiB stays in L1/L2 with the accumulator.
+const KEYSTREAM_WORDS: usize = 4096;
+/// Coordinates per parallel work item when applying many streams.
+const PARALLEL_CHUNK_WORDS: usize = 1 << 16;
+
+/// Adds (or subtracts) the ChaCha20 keystream of `seed`, read as little-endian `u32`
+/// words starting at word `offset`, into `acc` (mod 2^32). Single-threaded.
+pub(crate) fn apply_mask_stream(acc: &mut [u32], seed: &MaskSeed, sign: MaskSign, offset: usize) {
+    let mut cipher = ChaCha20::new(&seed.0.into(), &[0u8; 12].into());
+    cipher.seek((offset as u64) * 4);
+    let mut buf = [0u8; KEYSTREAM_WORDS * 4];
+    for chunk in acc.chunks_mut(KEYSTREAM_WORDS) {
+        let bytes = &mut buf[..chunk.len() * 4];
+        cipher.write_keystream(bytes);
+        let words = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        match sign {
+            MaskSign::Add => chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_add(w)),
+            MaskSign::Sub => chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_sub(w)),
+        }
+    }
+    buf.zeroize();
+}
+
+/// Applies many mask streams, splitting the coordinates across the rayon pool so that
+/// each thread streams every job over a cache-resident slice of the accumulator.
+pub(crate) fn apply_mask_streams(acc: &mut [u32], jobs: &[MaskJob]) {
+    acc.par_chunks_mut(PARALLEL_CHUNK_WORDS).enumerate().for_each(|(i, slice)| {
+        for job in jobs {
+            apply_mask_stream(slice, &job.seed, job.sign, i * PARALLEL_CHUNK_WORDS);
+        }
+    });
+}
+
+/// Adds one mask stream to `acc` on the calling thread (public for benchmarks).
+pub fn add_mask_stream(acc: &mut [u32], seed: &MaskSeed) {
+    apply_mask_stream(acc, seed, MaskSign::Add, 0);
+}
+
+/// Fills `out` with the raw ChaCha20 keystream of `seed` (the benchmark's speed limit).
+pub fn raw_keystream(out: &mut [u8], seed: &MaskSeed) {
+    let mut cipher = ChaCha20::new(&seed.0.into(), &[0u8; 12].into());
+    cipher.write_keystream(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex32(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    /// RFC 7748 §5.2 test vectors.
+    #[test]
+    fn x25519_rfc7748_vectors() {
+        let k = hex32("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4");
+        let u = hex32("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c");
+        assert_eq!(x25519(k, u), hex32("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"));
+        let k = hex32("4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d");
+        let u = hex32("e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493");
+        assert_eq!(x25519(k, u), hex32("95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957"));
+    }
+
+    /// RFC 7748 §5.2 iterated test: 1 and 1,000 iterations.
+    #[test]
+    fn x25519_rfc7748_iterated() {
+        let mut k = hex32("0900000000000000000000000000000000000000000000000000000000000000");
+        let mut u = k;
+        for i in 1..=1000 {
+            let next = x25519(k, u);
+            u = k;
+            k = next;
+            if i == 1 {
+                assert_eq!(k, hex32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079"));
+            }
+        }
+        assert_eq!(k, hex32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51"));
+    }
+
+    /// RFC 7748 §6.1 Diffie–Hellman example.
+    #[test]
+    fn x25519_rfc7748_diffie_hellman() {
+        let a = AgreementSecret(hex32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
+        let b = AgreementSecret(hex32("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"));
+        assert_eq!(a.public().0, hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
+        assert_eq!(b.public().0, hex32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+        let k = hex32("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+        assert_eq!(*a.agree(&b.public()).unwrap(), k);
+        assert_eq!(*b.agree(&a.public()).unwrap(), k);
+    }
+
+    #[test]
+    fn low_order_point_is_rejected() {
+        let a = AgreementSecret([7u8; 32]);
+        assert_eq!(a.agree(&AgreementPublicKey([0u8; 32])).unwrap_err(), CryptoError::LowOrderPoint);
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert_eq!(a.agree(&AgreementPublicKey(one)).unwrap_err(), CryptoError::LowOrderPoint);
+    }
+
+    #[test]
+    fn chacha20_matches_rfc8439_keystream() {
+        // RFC 8439 §2.4.2 uses nonce 000000000000004a00000000 and counter 1; instead we
+        // check the §A.1 test vector #1: all-zero key and nonce, counter 0.
+        let mut out = [0u8; 64];
+        raw_keystream(&mut out, &MaskSeed([0u8; 32]));
+        assert_eq!(&out[..16], &[
+            0x76, 0xb8, 0xe0, 0xad, 0xa0, 0xf1, 0x3d, 0x90, 0x40, 0x5d, 0x6a, 0xe5, 0x53, 0x86, 0xbd, 0x28
+        ]);
+    }
+
+    #[test]
+    fn chunked_parallel_streams_equal_sequential() {
+        let n = PARALLEL_CHUNK_WORDS * 2 + 777;
+        let seeds = [[1u8; 32], [2u8; 32], [3u8; 32]];
+        let mut seq = vec![5u32; n];
+        apply_mask_stream(&mut seq, &MaskSeed(seeds[0]), MaskSign::Add, 0);
+        apply_mask_stream(&mut seq, &MaskSeed(seeds[1]), MaskSign::Sub, 0);
+        apply_mask_stream(&mut seq, &MaskSeed(seeds[2]), MaskSign::Add, 0);
+        let jobs: Vec<MaskJob> = seeds
+            .iter()
+            .zip([MaskSign::Add, MaskSign::Sub, MaskSign::Add])
+            .map(|(s, sign)| MaskJob { seed: MaskSeed(*s), sign })
+            .collect();
+        let mut par = vec![5u32; n];
+        apply_mask_streams(&mut par, &jobs);
+        assert_eq!(seq, par);
+        // and adding then subtracting the same stream is the identity
+        let mut v = vec![9u32; 1000];
+        apply_mask_stream(&mut v, &MaskSeed([4u8; 32]), MaskSign::Add, 0);
+        assert_ne!(v, vec![9u32; 1000]);
+        apply_mask_stream(&mut v, &MaskSeed([4u8; 32]), MaskSign::Sub, 0);
+        assert_eq!(v, vec![9u32; 1000]);
+    }
+
+    #[test]
+    fn share_encryption_binds_pair_and_parameters() {
+        let shared = [9u8; 32];
+        let digest = [1u8; 32];
+        let msg = [42u8; 64];
+        let ct = seal_shares(&shared, &digest, SiteId(1), SiteId(2), &msg);
+        assert_eq!(ct.len(), SHARE_CIPHERTEXT_LEN);
+        assert_eq!(*open_shares(&shared, &digest, SiteId(1), SiteId(2), &ct).unwrap(), msg);
+        assert!(open_shares(&shared, &digest, SiteId(2), SiteId(1), &ct).is_err());
+        assert!(open_shares(&shared, &[2u8; 32], SiteId(1), SiteId(2), &ct).is_err());
+        let mut tampered = ct.clone();
+        tampered[3] ^= 1;
+        assert!(open_shares(&shared, &digest, SiteId(1), SiteId(2), &tampered).is_err());
+        assert!(open_shares(&shared, &digest, SiteId(1), SiteId(2), &ct[..10]).is_err());
+    }
+
+    #[test]
+    fn signatures_verify_only_the_signed_message() {
+        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed([3u8; 32]);
+        let id = IdentityKeyPair::generate(&mut rng);
+        let sig = id.sign(b"hello");
+        assert!(id.public().verify(b"hello", &sig).is_ok());
+        assert!(id.public().verify(b"hellp", &sig).is_err());
+        let other = IdentityKeyPair::generate(&mut rng);
+        assert!(other.public().verify(b"hello", &sig).is_err());
+    }
+
+    #[test]
+    fn derivations_are_domain_separated() {
+        let d = [0u8; 32];
+        let a = derive_key(b"ikm", Purpose::PairwiseMask, &d, &[SiteId(1), SiteId(2)]);
+        let b = derive_key(b"ikm", Purpose::SelfMask, &d, &[SiteId(1), SiteId(2)]);
+        let c = derive_key(b"ikm", Purpose::PairwiseMask, &d, &[SiteId(2), SiteId(1)]);
+        let e = derive_key(b"ikm", Purpose::PairwiseMask, &[1u8; 32], &[SiteId(1), SiteId(2)]);
+        assert_ne!(*a, *b);
+        assert_ne!(*a, *c);
+        assert_ne!(*a, *e);
+    }
+}

@@ -1,0 +1,128 @@
+//! Derivations and checks shared by the site and the aggregator, so both compute the
+//! same keys, seeds and signed messages from one definition.
+
+use curve25519_dalek::scalar::Scalar;
+use std::collections::BTreeMap;
+
+use crate::crypto::{
+    self, AgreementPublicKey, AgreementSecret, IdentityPublicKey, MaskSeed, Purpose, context_bytes,
+};
+use crate::error::MessageError;
+use crate::ids::{Party, SiteId};
+use crate::messages::{Envelope, KeyAdvertisement, PROTOCOL_VERSION};
+use crate::params::RoundConfig;
+use crate::ring::MaskSign;
+
+/// The long-term identity keys of the federation's sites (e.g. from a CA-signed roster).
+#[derive(Clone, Debug, Default)]
+pub struct Roster(BTreeMap<SiteId, IdentityPublicKey>);
+
+impl Roster {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, site: SiteId, key: IdentityPublicKey) {
+        self.0.insert(site, key);
+    }
+
+    pub fn get(&self, site: SiteId) -> Option<&IdentityPublicKey> {
+        self.0.get(&site)
+    }
+}
+
+impl FromIterator<(SiteId, IdentityPublicKey)> for Roster {
+    fn from_iter<T: IntoIterator<Item = (SiteId, IdentityPublicKey)>>(iter: T) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+pub(crate) fn advertisement_message(
+    config: &RoundConfig,
+    site: SiteId,
+    share_key: &AgreementPublicKey,
+    mask_key: &AgreementPublicKey,
+    commitment: &[u8; 32],
+) -> Vec<u8> {
+    let mut m = context_bytes(Purpose::AdvertiseSignature, config.digest(), &[site]);
+    m.extend_from_slice(&share_key.0);
+    m.extend_from_slice(&mask_key.0);
+    m.extend_from_slice(commitment);
+    m
+}
+
+/// Verifies an advertisement against the roster.
+pub(crate) fn verify_advertisement(
+    config: &RoundConfig,
+    roster: &Roster,
+    ad: &KeyAdvertisement,
+) -> Result<(), MessageError> {
+    let key = roster.get(ad.site).ok_or(MessageError::BadSignature(ad.site))?;
+    let msg = advertisement_message(config, ad.site, &ad.share_key, &ad.mask_key, &ad.self_mask_commitment);
+    key.verify(&msg, &ad.signature).map_err(|_| MessageError::BadSignature(ad.site))
+}
+
+pub(crate) fn consistency_message(config: &RoundConfig, survivors: &[SiteId]) -> Vec<u8> {
+    context_bytes(Purpose::ConsistencySignature, config.digest(), survivors)
+}
+
+/// The X25519 mask key derived from the shared mask secret `s`.
+pub(crate) fn mask_key_from_secret(config: &RoundConfig, site: SiteId, s: &Scalar) -> AgreementSecret {
+    AgreementSecret::from_bytes(crypto::derive_key(&s.to_bytes(), Purpose::MaskKeyFromSecret, config.digest(), &[site]))
+}
+
+pub(crate) fn self_mask_seed(config: &RoundConfig, site: SiteId, b: &Scalar) -> MaskSeed {
+    MaskSeed::new(crypto::derive_key(&b.to_bytes(), Purpose::SelfMask, config.digest(), &[site]))
+}
+
+pub(crate) fn self_mask_commitment(config: &RoundConfig, site: SiteId, b: &Scalar) -> [u8; 32] {
+    crypto::hash(Purpose::SelfMaskCommitment, config.digest(), &[site], &b.to_bytes())
+}
+
+/// The seed of the mask shared by `a` and `b` (symmetric in the pair).
+pub(crate) fn pairwise_seed(config: &RoundConfig, a: SiteId, b: SiteId, shared: &[u8; 32]) -> MaskSeed {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    MaskSeed::new(crypto::derive_key(shared, Purpose::PairwiseMask, config.digest(), &[lo, hi]))
+}
+
+/// How `site` applies the mask it shares with `peer`: the smaller id adds, the larger
+/// subtracts, so the pair cancels in the sum.
+pub(crate) fn pairwise_sign(site: SiteId, peer: SiteId) -> MaskSign {
+    if site < peer { MaskSign::Add } else { MaskSign::Sub }
+}
+
+/// Checks version, session, round and addressing of an incoming envelope.
+pub(crate) fn check_header(
+    config: &RoundConfig,
+    env: &Envelope,
+    expected_sender: Party,
+    me: Party,
+) -> Result<(), MessageError> {
+    let h = &env.header;
+    if h.version != PROTOCOL_VERSION {
+        return Err(MessageError::Version { got: h.version, expected: PROTOCOL_VERSION });
+    }
+    let p = config.params();
+    if h.session != p.session {
+        return Err(MessageError::WrongSession);
+    }
+    if h.round != p.round {
+        return Err(MessageError::WrongRound { got: h.round, expected: p.round });
+    }
+    if h.recipient != me {
+        return Err(MessageError::Misaddressed { got: h.recipient, expected: me });
+    }
+    if h.sender != expected_sender {
+        return Err(MessageError::SenderMismatch { claimed: h.sender, actual: expected_sender });
+    }
+    let from_site = matches!(me, Party::Aggregator);
+    if env.body.is_from_site() != from_site {
+        return Err(MessageError::WrongDirection { kind: env.body.kind() });
+    }
+    Ok(())
+}
+
+/// True when `ids` is strictly increasing.
+pub(crate) fn strictly_increasing(ids: &[SiteId]) -> bool {
+    ids.windows(2).all(|w| w[0] < w[1])
+}

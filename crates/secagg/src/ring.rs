@@ -1,0 +1,231 @@
+//! Vectors over the ring Z_{2^b}, 8 ≤ b ≤ 32.
+//!
+//! Elements are held in `u32` words and all arithmetic is done modulo 2^32, which is
+//! correct modulo 2^b because 2^b divides 2^32; values are reduced to b bits whenever
+//! they leave this module. Plain and masked vectors are distinct types so that an
+//! unmasked input can never be sent where a masked one is expected.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+/// The modulus 2^b of the aggregation ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Modulus {
+    bits: u8,
+}
+
+/// A modulus outside the supported range.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("modulus of {0} bits is not supported: choose between 8 and 32 bits")]
+pub struct UnsupportedModulus(pub u8);
+
+impl Modulus {
+    pub const MIN_BITS: u8 = 8;
+    pub const MAX_BITS: u8 = 32;
+
+    pub fn new(bits: u8) -> Result<Self, UnsupportedModulus> {
+        if (Self::MIN_BITS..=Self::MAX_BITS).contains(&bits) {
+            Ok(Self { bits })
+        } else {
+            Err(UnsupportedModulus(bits))
+        }
+    }
+
+    pub fn bits(self) -> u8 {
+        self.bits
+    }
+
+    /// Bit mask selecting the low b bits.
+    pub fn mask(self) -> u32 {
+        if self.bits == 32 { u32::MAX } else { (1u32 << self.bits) - 1 }
+    }
+
+    /// Bytes used per element on the wire.
+    pub fn wire_width(self) -> usize {
+        usize::from(self.bits).div_ceil(8)
+    }
+}
+
+impl<'de> Deserialize<'de> for Modulus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            bits: u8,
+        }
+        let raw = Raw::deserialize(d)?;
+        Modulus::new(raw.bits).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An unmasked vector of ring elements: a site's encoded input, or the unmasked sum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlainVector {
+    modulus: Modulus,
+    words: Vec<u32>,
+}
+
+impl PlainVector {
+    /// Reduces every word modulo 2^b.
+    pub fn new(modulus: Modulus, mut words: Vec<u32>) -> Self {
+        let mask = modulus.mask();
+        for w in &mut words {
+            *w &= mask;
+        }
+        Self { modulus, words }
+    }
+
+    pub fn zeros(modulus: Modulus, len: usize) -> Self {
+        Self { modulus, words: vec![0; len] }
+    }
+
+    pub fn modulus(&self) -> Modulus {
+        self.modulus
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.words
+    }
+
+    pub fn into_words(self) -> Vec<u32> {
+        self.words
+    }
+
+    /// Element-wise sum modulo 2^b (a reference for tests and plaintext baselines).
+    pub fn add_assign(&mut self, other: &PlainVector) {
+        let mask = self.modulus.mask();
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a = a.wrapping_add(*b) & mask;
+        }
+    }
+}
+
+/// A masked input: uniformly distributed in Z_{2^b}^m to anyone lacking the masks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskedVector {
+    modulus: Modulus,
+    words: Vec<u32>,
+}
+
+impl MaskedVector {
+    /// Wraps words that already carry masks; reduces them modulo 2^b.
+    pub(crate) fn from_masked_words(modulus: Modulus, mut words: Vec<u32>) -> Self {
+        let mask = modulus.mask();
+        for w in &mut words {
+            *w &= mask;
+        }
+        Self { modulus, words }
+    }
+
+    pub fn modulus(&self) -> Modulus {
+        self.modulus
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.words
+    }
+}
+
+/// Wire form: the modulus and the elements packed little-endian in ⌈b/8⌉ bytes each.
+#[derive(Serialize, Deserialize)]
+struct PackedWire {
+    bits: u8,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+}
+
+impl Serialize for MaskedVector {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let width = self.modulus.wire_width();
+        let mut bytes = Vec::with_capacity(self.words.len() * width);
+        for w in &self.words {
+            bytes.extend_from_slice(&w.to_le_bytes()[..width]);
+        }
+        PackedWire { bits: self.modulus.bits, bytes }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaskedVector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let wire = PackedWire::deserialize(d)?;
+        let modulus = Modulus::new(wire.bits).map_err(D::Error::custom)?;
+        let width = modulus.wire_width();
+        if wire.bytes.len() % width != 0 {
+            return Err(D::Error::custom(format!(
+                "packed vector of {} bytes is not a whole number of {width}-byte elements",
+                wire.bytes.len()
+            )));
+        }
+        let mask = modulus.mask();
+        let mut words = Vec::with_capacity(wire.bytes.len() / width);
+        for chunk in wire.bytes.chunks_exact(width) {
+            let mut le = [0u8; 4];
+            le[..width].copy_from_slice(chunk);
+            let w = u32::from_le_bytes(le);
+            if w & !mask != 0 {
+                return Err(D::Error::custom(format!(
+                    "element {w:#x} does not fit in {} bits",
+                    modulus.bits
+                )));
+            }
+            words.push(w);
+        }
+        Ok(Self { modulus, words })
+    }
+}
+
+/// Adds (`Add`) or subtracts (`Sub`) a mask stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MaskSign {
+    Add,
+    Sub,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modulus_bounds() {
+        assert!(Modulus::new(7).is_err());
+        assert!(Modulus::new(33).is_err());
+        assert_eq!(Modulus::new(8).unwrap().mask(), 0xff);
+        assert_eq!(Modulus::new(20).unwrap().mask(), 0xf_ffff);
+        assert_eq!(Modulus::new(32).unwrap().mask(), u32::MAX);
+        assert_eq!(Modulus::new(20).unwrap().wire_width(), 3);
+    }
+
+    #[test]
+    fn packed_roundtrip_and_rejects_overwide_elements() {
+        for bits in [8u8, 12, 16, 20, 24, 31, 32] {
+            let m = Modulus::new(bits).unwrap();
+            let v = MaskedVector::from_masked_words(m, vec![0, 1, u32::MAX, 0x1234_5678]);
+            let bytes = postcard::to_allocvec(&v).unwrap();
+            let back: MaskedVector = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, v);
+        }
+        // 12-bit modulus, one element 0x1fff (13 bits) in 2 bytes.
+        let forged = postcard::to_allocvec(&PackedWire { bits: 12, bytes: vec![0xff, 0x1f] }).unwrap();
+        assert!(postcard::from_bytes::<MaskedVector>(&forged).is_err());
+        let ragged = postcard::to_allocvec(&PackedWire { bits: 16, bytes: vec![1, 2, 3] }).unwrap();
+        assert!(postcard::from_bytes::<MaskedVector>(&ragged).is_err());
+        let bad_mod = postcard::to_allocvec(&PackedWire { bits: 40, bytes: vec![] }).unwrap();
+        assert!(postcard::from_bytes::<MaskedVector>(&bad_mod).is_err());
+    }
+}
