@@ -9,17 +9,19 @@ use curve25519_dalek::scalar::Scalar;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::crypto::{self, MaskJob};
+use crate::crypto::Signature;
+use crate::crypto::{self, AgreementSecret, MaskJob};
 use crate::error::{AbortReason, AggregatorError, MessageError};
 use crate::ids::{Party, Phase, SiteId, SiteSet};
 use crate::messages::{
-    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, UnmaskRequest, UnmaskShares,
+    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, UnmaskRequest,
+    UnmaskShares,
 };
 use crate::params::RoundConfig;
 use crate::protocol::{self, Roster};
-use crate::crypto::Signature;
 use crate::ring::{MaskSign, MaskedVector, PlainVector};
 use crate::shamir;
+use rayon::prelude::*;
 
 /// A message for one site.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,7 +133,12 @@ impl Aggregator {
     }
 
     fn malformed(from: SiteId, kind: &'static str, detail: impl Into<String>) -> AggregatorError {
-        MessageError::Malformed { sender: Party::Site(from), kind, detail: detail.into() }.into()
+        MessageError::Malformed {
+            sender: Party::Site(from),
+            kind,
+            detail: detail.into(),
+        }
+        .into()
     }
 
     /// Accepts one message that the authenticated channel says came from `from`.
@@ -139,7 +146,12 @@ impl Aggregator {
         let phase = self.phase()?;
         protocol::check_header(&self.config, &env, Party::Site(from), Party::Aggregator)?;
         if env.phase() != phase {
-            return Err(MessageError::OutOfPhase { kind: env.body.kind(), got: env.phase(), expected: phase }.into());
+            return Err(MessageError::OutOfPhase {
+                kind: env.body.kind(),
+                got: env.phase(),
+                expected: phase,
+            }
+            .into());
         }
         if self.responded.contains(&from) {
             return Err(MessageError::Duplicate(from, phase).into());
@@ -150,7 +162,11 @@ impl Aggregator {
         match env.body {
             Body::AdvertiseKeys(ad) => {
                 if ad.site != from {
-                    return Err(Self::malformed(from, "advertise-keys", format!("advertises keys of {}", ad.site)));
+                    return Err(Self::malformed(
+                        from,
+                        "advertise-keys",
+                        format!("advertises keys of {}", ad.site),
+                    ));
                 }
                 protocol::verify_advertisement(&self.config, &self.roster, &ad)?;
                 self.adverts.insert(from, ad);
@@ -159,19 +175,36 @@ impl Aggregator {
                 let expected: Vec<SiteId> = self.neighbours_in(from, &self.survivors.advertised);
                 let got: Vec<SiteId> = list.iter().map(|e| e.peer).collect();
                 if got != expected {
-                    return Err(Self::malformed(from, "share-keys", "recipients differ from its surviving neighbours"));
+                    return Err(Self::malformed(
+                        from,
+                        "share-keys",
+                        "recipients differ from its surviving neighbours",
+                    ));
                 }
-                if list.iter().any(|e| e.ciphertext.len() != crypto::SHARE_CIPHERTEXT_LEN) {
-                    return Err(Self::malformed(from, "share-keys", "ciphertext of the wrong size"));
+                if list
+                    .iter()
+                    .any(|e| e.ciphertext.len() != crypto::SHARE_CIPHERTEXT_LEN)
+                {
+                    return Err(Self::malformed(
+                        from,
+                        "share-keys",
+                        "ciphertext of the wrong size",
+                    ));
                 }
                 self.shares.insert(from, list);
             }
             Body::MaskedInput(v) => self.add_masked(v)?,
             Body::ConsistencySignature(sig) => {
                 let survivors: Vec<SiteId> = self.survivors.masked.iter().copied().collect();
-                let key = self.roster.get(from).ok_or(AggregatorError::UnknownSite(from))?;
-                key.verify(&protocol::consistency_message(&self.config, &survivors), &sig)
-                    .map_err(|_| MessageError::BadSignature(from))?;
+                let key = self
+                    .roster
+                    .get(from)
+                    .ok_or(AggregatorError::UnknownSite(from))?;
+                key.verify(
+                    &protocol::consistency_message(&self.config, &survivors),
+                    &sig,
+                )
+                .map_err(|_| MessageError::BadSignature(from))?;
                 self.signatures.insert(from, sig);
             }
             Body::UnmaskShares(reply) => self.accept_shares(from, reply)?,
@@ -185,10 +218,18 @@ impl Aggregator {
     fn add_masked(&mut self, v: MaskedVector) -> Result<(), AggregatorError> {
         let m = self.config.modulus();
         if v.modulus() != m {
-            return Err(MessageError::WrongModulus { got: v.modulus().bits(), expected: m.bits() }.into());
+            return Err(MessageError::WrongModulus {
+                got: v.modulus().bits(),
+                expected: m.bits(),
+            }
+            .into());
         }
         if v.len() != self.masked_sum.len() {
-            return Err(MessageError::WrongLength { got: v.len(), expected: self.masked_sum.len() }.into());
+            return Err(MessageError::WrongLength {
+                got: v.len(),
+                expected: self.masked_sum.len(),
+            }
+            .into());
         }
         for (acc, x) in self.masked_sum.iter_mut().zip(v.as_slice()) {
             *acc = acc.wrapping_add(*x);
@@ -197,17 +238,30 @@ impl Aggregator {
     }
 
     fn accept_shares(&mut self, from: SiteId, reply: UnmaskShares) -> Result<(), AggregatorError> {
-        let (want_self, want_key) = self.requests.get(&from).ok_or(MessageError::UnexpectedSender(from))?;
+        let (want_self, want_key) = self
+            .requests
+            .get(&from)
+            .ok_or(MessageError::UnexpectedSender(from))?;
         let got_self: Vec<SiteId> = reply.self_mask.iter().map(|s| s.owner).collect();
         let got_key: Vec<SiteId> = reply.mask_key.iter().map(|s| s.owner).collect();
         if &got_self != want_self || &got_key != want_key {
-            return Err(Self::malformed(from, "unmask-shares", "shares differ from the request"));
+            return Err(Self::malformed(
+                from,
+                "unmask-shares",
+                "shares differ from the request",
+            ));
         }
         for s in reply.self_mask {
-            self.self_mask_shares.entry(s.owner).or_default().push((from, s.value.0));
+            self.self_mask_shares
+                .entry(s.owner)
+                .or_default()
+                .push((from, s.value.0));
         }
         for s in reply.mask_key {
-            self.mask_key_shares.entry(s.owner).or_default().push((from, s.value.0));
+            self.mask_key_shares
+                .entry(s.owner)
+                .or_default()
+                .push((from, s.value.0));
         }
         Ok(())
     }
@@ -232,17 +286,29 @@ impl Aggregator {
     }
 
     fn close_if_complete(&mut self) {
-        if matches!(self.status, Status::Collecting(_)) && self.responded.len() == self.expected.len() {
+        if matches!(self.status, Status::Collecting(_))
+            && self.responded.len() == self.expected.len()
+        {
             self.finish_phase();
         }
     }
 
     fn neighbours_in(&self, site: SiteId, set: &SiteSet) -> Vec<SiteId> {
-        self.config.graph().neighbours(site).into_iter().filter(|s| set.contains(s)).collect()
+        self.config
+            .graph()
+            .neighbours(site)
+            .into_iter()
+            .filter(|s| set.contains(s))
+            .collect()
     }
 
     fn holders_in(&self, site: SiteId, set: &SiteSet) -> usize {
-        self.config.graph().holders(site).iter().filter(|s| set.contains(s)).count()
+        self.config
+            .graph()
+            .holders(site)
+            .iter()
+            .filter(|s| set.contains(s))
+            .count()
     }
 
     fn abort(&mut self, reason: AbortReason) {
@@ -254,7 +320,11 @@ impl Aggregator {
     fn prune(&self, mut set: SiteSet) -> SiteSet {
         let t = self.config.threshold();
         loop {
-            let weak: Vec<SiteId> = set.iter().copied().filter(|s| self.holders_in(*s, &set) < t).collect();
+            let weak: Vec<SiteId> = set
+                .iter()
+                .copied()
+                .filter(|s| self.holders_in(*s, &set) < t)
+                .collect();
             if weak.is_empty() {
                 return set;
             }
@@ -268,7 +338,11 @@ impl Aggregator {
     fn require_quorum(&mut self, phase: Phase, set: &SiteSet) -> bool {
         let t = self.config.threshold();
         if set.len() < t {
-            self.abort(AbortReason::TooFewSurvivors { phase, survivors: set.len(), threshold: t });
+            self.abort(AbortReason::TooFewSurvivors {
+                phase,
+                survivors: set.len(),
+                threshold: t,
+            });
             return false;
         }
         true
@@ -281,7 +355,12 @@ impl Aggregator {
         for owner in owners {
             let have = self.holders_in(owner, holders);
             if have < t {
-                self.abort(AbortReason::TooFewHolders { phase, owner, have, need: t });
+                self.abort(AbortReason::TooFewHolders {
+                    phase,
+                    owner,
+                    have,
+                    need: t,
+                });
                 return false;
             }
         }
@@ -297,7 +376,10 @@ impl Aggregator {
             sender: Party::Aggregator,
             recipient: Party::Site(to),
         };
-        self.outgoing.push(Outgoing { to, envelope: Envelope { header, body } });
+        self.outgoing.push(Outgoing {
+            to,
+            envelope: Envelope { header, body },
+        });
     }
 
     fn begin(&mut self, phase: Phase, expected: SiteSet) {
@@ -307,7 +389,9 @@ impl Aggregator {
     }
 
     fn finish_phase(&mut self) {
-        let Status::Collecting(phase) = self.status else { return };
+        let Status::Collecting(phase) = self.status else {
+            return;
+        };
         // Shares were stored as they arrived, so unmasking uses exactly the responders'.
         let responded = std::mem::take(&mut self.responded);
         match phase {
@@ -321,7 +405,11 @@ impl Aggregator {
                 }
                 self.adverts.retain(|s, _| u1.contains(s));
                 for &site in &u1 {
-                    let ads = self.neighbours_in(site, &u1).iter().map(|n| self.adverts[n].clone()).collect();
+                    let ads = self
+                        .neighbours_in(site, &u1)
+                        .iter()
+                        .map(|n| self.adverts[n].clone())
+                        .collect();
                     self.send(site, Body::NeighbourKeys(ads));
                 }
                 self.survivors.advertised = u1.clone();
@@ -342,12 +430,18 @@ impl Aggregator {
                     }
                     for EncryptedShares { peer, ciphertext } in list {
                         if u2.contains(&peer) {
-                            inbox.entry(peer).or_default().push(EncryptedShares { peer: from, ciphertext });
+                            inbox.entry(peer).or_default().push(EncryptedShares {
+                                peer: from,
+                                ciphertext,
+                            });
                         }
                     }
                 }
                 for &site in &u2 {
-                    self.send(site, Body::ForwardedShares(inbox.remove(&site).unwrap_or_default()));
+                    self.send(
+                        site,
+                        Body::ForwardedShares(inbox.remove(&site).unwrap_or_default()),
+                    );
                 }
                 self.survivors.shared = u2.clone();
                 self.begin(Phase::MaskedInput, u2);
@@ -370,22 +464,46 @@ impl Aggregator {
                 }
                 let t = self.config.threshold();
                 // Only sites that will see t signatures from their holders can answer.
-                let u4: SiteSet =
-                    responded.iter().copied().filter(|s| self.holders_in(*s, &responded) >= t).collect();
+                let u4: SiteSet = responded
+                    .iter()
+                    .copied()
+                    .filter(|s| self.holders_in(*s, &responded) >= t)
+                    .collect();
                 if !self.require_quorum(phase, &u4) || !self.require_recoverable(phase, &u4) {
                     return;
                 }
-                let dropped: SiteSet = self.survivors.shared.difference(&self.survivors.masked).copied().collect();
+                let dropped: SiteSet = self
+                    .survivors
+                    .shared
+                    .difference(&self.survivors.masked)
+                    .copied()
+                    .collect();
                 for &site in &u4 {
                     let holders = self.config.graph().holders(site);
-                    let signatures: Vec<(SiteId, Signature)> =
-                        holders.iter().filter_map(|h| self.signatures.get(h).map(|s| (*h, *s))).collect();
-                    let reveal_self_mask: Vec<SiteId> =
-                        holders.iter().copied().filter(|h| self.survivors.masked.contains(h)).collect();
-                    let reveal_mask_key: Vec<SiteId> =
-                        holders.iter().copied().filter(|h| dropped.contains(h)).collect();
-                    self.requests.insert(site, (reveal_self_mask.clone(), reveal_mask_key.clone()));
-                    self.send(site, Body::UnmaskRequest(UnmaskRequest { signatures, reveal_self_mask, reveal_mask_key }));
+                    let signatures: Vec<(SiteId, Signature)> = holders
+                        .iter()
+                        .filter_map(|h| self.signatures.get(h).map(|s| (*h, *s)))
+                        .collect();
+                    let reveal_self_mask: Vec<SiteId> = holders
+                        .iter()
+                        .copied()
+                        .filter(|h| self.survivors.masked.contains(h))
+                        .collect();
+                    let reveal_mask_key: Vec<SiteId> = holders
+                        .iter()
+                        .copied()
+                        .filter(|h| dropped.contains(h))
+                        .collect();
+                    self.requests
+                        .insert(site, (reveal_self_mask.clone(), reveal_mask_key.clone()));
+                    self.send(
+                        site,
+                        Body::UnmaskRequest(UnmaskRequest {
+                            signatures,
+                            reveal_self_mask,
+                            reveal_mask_key,
+                        }),
+                    );
                 }
                 self.survivors.signed = u4.clone();
                 self.begin(Phase::Unmasking, u4);
@@ -398,37 +516,88 @@ impl Aggregator {
         let t = self.config.threshold();
         let masked = self.survivors.masked.clone();
         let dropped: Vec<SiteId> = self.survivors.shared.difference(&masked).copied().collect();
-        let mut jobs = Vec::new();
+        let mut interpolator = shamir::Interpolator::new(t);
+        // Mask keys of dropped sites, checked against their advertised public keys.
+        let mut dropped_secrets: BTreeMap<SiteId, AgreementSecret> = BTreeMap::new();
+        let mut dropped_keys = Vec::with_capacity(dropped.len());
         for &owner in &dropped {
-            let shares = self.mask_key_shares.get(&owner).map(Vec::as_slice).unwrap_or_default();
-            let Ok(secret) = shamir::reconstruct(shares, t) else {
-                return self.abort(AbortReason::TooFewHolders { phase: Phase::Unmasking, owner, have: shares.len(), need: t });
+            let shares = self
+                .mask_key_shares
+                .get(&owner)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let Ok(secret) = interpolator.reconstruct(shares) else {
+                return self.abort(AbortReason::TooFewHolders {
+                    phase: Phase::Unmasking,
+                    owner,
+                    have: shares.len(),
+                    need: t,
+                });
             };
             let key = protocol::mask_key_from_secret(&self.config, owner, &secret);
             if key.public() != self.adverts[&owner].mask_key {
-                return self.abort(AbortReason::InconsistentShares { owner, what: "mask key" });
+                return self.abort(AbortReason::InconsistentShares {
+                    owner,
+                    what: "mask key",
+                });
             }
             for peer in self.neighbours_in(owner, &masked) {
-                let Ok(shared) = key.agree(&self.adverts[&peer].mask_key) else {
-                    return self.abort(AbortReason::Agreement { a: owner, b: peer });
-                };
+                dropped_keys.push((owner, peer));
+            }
+            dropped_secrets.insert(owner, key);
+        }
+        let mut jobs = Vec::with_capacity(dropped_keys.len() + masked.len());
+        for &owner in &masked {
+            let shares = self
+                .self_mask_shares
+                .get(&owner)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let Ok(secret) = interpolator.reconstruct(shares) else {
+                return self.abort(AbortReason::TooFewHolders {
+                    phase: Phase::Unmasking,
+                    owner,
+                    have: shares.len(),
+                    need: t,
+                });
+            };
+            if protocol::self_mask_commitment(&self.config, owner, &secret)
+                != self.adverts[&owner].self_mask_commitment
+            {
+                return self.abort(AbortReason::InconsistentShares {
+                    owner,
+                    what: "self-mask seed",
+                });
+            }
+            jobs.push(MaskJob {
+                seed: protocol::self_mask_seed(&self.config, owner, &secret),
+                sign: MaskSign::Sub,
+            });
+        }
+        // The pairwise masks that survivors shared with dropped sites: one X25519 each,
+        // computed in parallel.
+        let agreed: Result<Vec<MaskJob>, AbortReason> = dropped_keys
+            .par_iter()
+            .map(|&(owner, peer)| {
+                let key = &dropped_secrets[&owner];
+                let shared = key
+                    .agree(&self.adverts[&peer].mask_key)
+                    .map_err(|_| AbortReason::Agreement { a: owner, b: peer })?;
                 // `peer` applied sign(peer, owner); remove it by applying the opposite.
                 let sign = match protocol::pairwise_sign(peer, owner) {
                     MaskSign::Add => MaskSign::Sub,
                     MaskSign::Sub => MaskSign::Add,
                 };
-                jobs.push(MaskJob { seed: protocol::pairwise_seed(&self.config, owner, peer, &shared), sign });
-            }
-        }
-        for &owner in &masked {
-            let shares = self.self_mask_shares.get(&owner).map(Vec::as_slice).unwrap_or_default();
-            let Ok(secret) = shamir::reconstruct(shares, t) else {
-                return self.abort(AbortReason::TooFewHolders { phase: Phase::Unmasking, owner, have: shares.len(), need: t });
-            };
-            if protocol::self_mask_commitment(&self.config, owner, &secret) != self.adverts[&owner].self_mask_commitment {
-                return self.abort(AbortReason::InconsistentShares { owner, what: "self-mask seed" });
-            }
-            jobs.push(MaskJob { seed: protocol::self_mask_seed(&self.config, owner, &secret), sign: MaskSign::Sub });
+                Ok(MaskJob {
+                    seed: protocol::pairwise_seed(&self.config, owner, peer, &shared),
+                    sign,
+                })
+            })
+            .collect();
+        drop(dropped_secrets);
+        match agreed {
+            Ok(pairwise) => jobs.extend(pairwise),
+            Err(reason) => return self.abort(reason),
         }
         let mut sum = std::mem::take(&mut self.masked_sum);
         crypto::apply_mask_streams(&mut sum, &jobs);

@@ -66,7 +66,11 @@ impl Purpose {
 }
 
 /// Unambiguous encoding of a purpose and its fixed-width fields.
-pub(crate) fn context_bytes(purpose: Purpose, params_digest: &[u8; 32], parties: &[SiteId]) -> Vec<u8> {
+pub(crate) fn context_bytes(
+    purpose: Purpose,
+    params_digest: &[u8; 32],
+    parties: &[SiteId],
+) -> Vec<u8> {
     let label = purpose.label();
     let mut out = Vec::with_capacity(1 + label.len() + 32 + 4 * parties.len());
     out.push(label.len() as u8);
@@ -91,13 +95,20 @@ pub(crate) fn derive_key(
     // A 32-byte output is always within HKDF-SHA256's 255·32-byte limit, so neither
     // call can fail.
     let info_parts = [info.as_slice()];
-    let okm = prk.expand(&info_parts, hkdf::HKDF_SHA256).expect("32-byte HKDF output");
+    let okm = prk
+        .expand(&info_parts, hkdf::HKDF_SHA256)
+        .expect("32-byte HKDF output");
     okm.fill(out.as_mut()).expect("32-byte HKDF output");
     out
 }
 
 /// SHA-256 of a domain-separated message.
-pub(crate) fn hash(purpose: Purpose, params_digest: &[u8; 32], parties: &[SiteId], data: &[u8]) -> [u8; 32] {
+pub(crate) fn hash(
+    purpose: Purpose,
+    params_digest: &[u8; 32],
+    parties: &[SiteId],
+    data: &[u8],
+) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&context_bytes(purpose, params_digest, parties));
     ctx.update(data);
@@ -150,7 +161,9 @@ impl IdentityKeyPair {
 
 impl std::fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentityKeyPair").field("public", &self.public()).finish_non_exhaustive()
+        f.debug_struct("IdentityKeyPair")
+            .field("public", &self.public())
+            .finish_non_exhaustive()
     }
 }
 
@@ -214,7 +227,10 @@ impl AgreementSecret {
     }
 
     /// X25519(self, peer); rejects the all-zero output of low-order points (RFC 7748 §6.1).
-    pub(crate) fn agree(&self, peer: &AgreementPublicKey) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    pub(crate) fn agree(
+        &self,
+        peer: &AgreementPublicKey,
+    ) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let shared = Zeroizing::new(MontgomeryPoint(peer.0).mul_clamped(self.0).to_bytes());
         // OR of all bytes: no data-dependent early exit.
         if shared.iter().fold(0u8, |acc, b| acc | b) == 0 {
@@ -242,10 +258,17 @@ pub(crate) fn random_scalar<R: CryptoRng + ?Sized>(rng: &mut R) -> Scalar {
 /// Size of the encrypted pair of shares: two 32-byte scalars and a 16-byte tag.
 pub(crate) const SHARE_CIPHERTEXT_LEN: usize = 64 + 16;
 
-fn share_aead_key(shared: &[u8; 32], params_digest: &[u8; 32], from: SiteId, to: SiteId) -> aead::LessSafeKey {
+fn share_aead_key(
+    shared: &[u8; 32],
+    params_digest: &[u8; 32],
+    from: SiteId,
+    to: SiteId,
+) -> aead::LessSafeKey {
     let key = derive_key(shared, Purpose::ShareEncryption, params_digest, &[from, to]);
     // CHACHA20_POLY1305 takes exactly 32 key bytes.
-    aead::LessSafeKey::new(aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key.as_ref()).expect("32-byte key"))
+    aead::LessSafeKey::new(
+        aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key.as_ref()).expect("32-byte key"),
+    )
 }
 
 /// Encrypts `plaintext` from `from` to `to`. The key is unique to the round parameters and
@@ -261,8 +284,12 @@ pub(crate) fn seal_shares(
     let mut buf = Vec::with_capacity(SHARE_CIPHERTEXT_LEN);
     buf.extend_from_slice(plaintext);
     let aad = context_bytes(Purpose::ShareEncryption, params_digest, &[from, to]);
-    key.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key([0u8; 12]), aead::Aad::from(aad), &mut buf)
-        .expect("ChaCha20-Poly1305 seals any 64-byte message");
+    key.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key([0u8; 12]),
+        aead::Aad::from(aad),
+        &mut buf,
+    )
+    .expect("ChaCha20-Poly1305 seals any 64-byte message");
     buf
 }
 
@@ -280,7 +307,11 @@ pub(crate) fn open_shares(
     let mut buf = Zeroizing::new(ciphertext.to_vec());
     let aad = context_bytes(Purpose::ShareEncryption, params_digest, &[from, to]);
     let plain = key
-        .open_in_place(aead::Nonce::assume_unique_for_key([0u8; 12]), aead::Aad::from(aad), &mut buf)
+        .open_in_place(
+            aead::Nonce::assume_unique_for_key([0u8; 12]),
+            aead::Aad::from(aad),
+            &mut buf,
+        )
         .map_err(|_| CryptoError::Decryption)?;
     let mut out = Zeroizing::new([0u8; 64]);
     out.copy_from_slice(plain);
@@ -325,10 +356,18 @@ pub(crate) fn apply_mask_stream(acc: &mut [u32], seed: &MaskSeed, sign: MaskSign
     for chunk in acc.chunks_mut(KEYSTREAM_WORDS) {
         let bytes = &mut buf[..chunk.len() * 4];
         cipher.write_keystream(bytes);
-        let words = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let words = bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         match sign {
-            MaskSign::Add => chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_add(w)),
-            MaskSign::Sub => chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_sub(w)),
+            MaskSign::Add => chunk
+                .iter_mut()
+                .zip(words)
+                .for_each(|(a, w)| *a = a.wrapping_add(w)),
+            MaskSign::Sub => chunk
+                .iter_mut()
+                .zip(words)
+                .for_each(|(a, w)| *a = a.wrapping_sub(w)),
         }
     }
     buf.zeroize();
@@ -337,11 +376,13 @@ pub(crate) fn apply_mask_stream(acc: &mut [u32], seed: &MaskSeed, sign: MaskSign
 /// Applies many mask streams, splitting the coordinates across the rayon pool so that
 /// each thread streams every job over a cache-resident slice of the accumulator.
 pub(crate) fn apply_mask_streams(acc: &mut [u32], jobs: &[MaskJob]) {
-    acc.par_chunks_mut(PARALLEL_CHUNK_WORDS).enumerate().for_each(|(i, slice)| {
-        for job in jobs {
-            apply_mask_stream(slice, &job.seed, job.sign, i * PARALLEL_CHUNK_WORDS);
-        }
-    });
+    acc.par_chunks_mut(PARALLEL_CHUNK_WORDS)
+        .enumerate()
+        .for_each(|(i, slice)| {
+            for job in jobs {
+                apply_mask_stream(slice, &job.seed, job.sign, i * PARALLEL_CHUNK_WORDS);
+            }
+        });
 }
 
 /// Adds one mask stream to `acc` on the calling thread (public for benchmarks).
@@ -372,10 +413,16 @@ mod tests {
     fn x25519_rfc7748_vectors() {
         let k = hex32("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4");
         let u = hex32("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c");
-        assert_eq!(x25519(k, u), hex32("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"));
+        assert_eq!(
+            x25519(k, u),
+            hex32("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
+        );
         let k = hex32("4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d");
         let u = hex32("e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493");
-        assert_eq!(x25519(k, u), hex32("95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957"));
+        assert_eq!(
+            x25519(k, u),
+            hex32("95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957")
+        );
     }
 
     /// RFC 7748 §5.2 iterated test: 1 and 1,000 iterations.
@@ -388,19 +435,35 @@ mod tests {
             u = k;
             k = next;
             if i == 1 {
-                assert_eq!(k, hex32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079"));
+                assert_eq!(
+                    k,
+                    hex32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079")
+                );
             }
         }
-        assert_eq!(k, hex32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51"));
+        assert_eq!(
+            k,
+            hex32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51")
+        );
     }
 
     /// RFC 7748 §6.1 Diffie–Hellman example.
     #[test]
     fn x25519_rfc7748_diffie_hellman() {
-        let a = AgreementSecret(hex32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
-        let b = AgreementSecret(hex32("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"));
-        assert_eq!(a.public().0, hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
-        assert_eq!(b.public().0, hex32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+        let a = AgreementSecret(hex32(
+            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+        ));
+        let b = AgreementSecret(hex32(
+            "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+        ));
+        assert_eq!(
+            a.public().0,
+            hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+        );
+        assert_eq!(
+            b.public().0,
+            hex32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+        );
         let k = hex32("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
         assert_eq!(*a.agree(&b.public()).unwrap(), k);
         assert_eq!(*b.agree(&a.public()).unwrap(), k);
@@ -409,10 +472,16 @@ mod tests {
     #[test]
     fn low_order_point_is_rejected() {
         let a = AgreementSecret([7u8; 32]);
-        assert_eq!(a.agree(&AgreementPublicKey([0u8; 32])).unwrap_err(), CryptoError::LowOrderPoint);
+        assert_eq!(
+            a.agree(&AgreementPublicKey([0u8; 32])).unwrap_err(),
+            CryptoError::LowOrderPoint
+        );
         let mut one = [0u8; 32];
         one[0] = 1;
-        assert_eq!(a.agree(&AgreementPublicKey(one)).unwrap_err(), CryptoError::LowOrderPoint);
+        assert_eq!(
+            a.agree(&AgreementPublicKey(one)).unwrap_err(),
+            CryptoError::LowOrderPoint
+        );
     }
 
     #[test]
@@ -421,9 +490,13 @@ mod tests {
         // check the §A.1 test vector #1: all-zero key and nonce, counter 0.
         let mut out = [0u8; 64];
         raw_keystream(&mut out, &MaskSeed([0u8; 32]));
-        assert_eq!(&out[..16], &[
-            0x76, 0xb8, 0xe0, 0xad, 0xa0, 0xf1, 0x3d, 0x90, 0x40, 0x5d, 0x6a, 0xe5, 0x53, 0x86, 0xbd, 0x28
-        ]);
+        assert_eq!(
+            &out[..16],
+            &[
+                0x76, 0xb8, 0xe0, 0xad, 0xa0, 0xf1, 0x3d, 0x90, 0x40, 0x5d, 0x6a, 0xe5, 0x53, 0x86,
+                0xbd, 0x28
+            ]
+        );
     }
 
     #[test]
@@ -437,7 +510,10 @@ mod tests {
         let jobs: Vec<MaskJob> = seeds
             .iter()
             .zip([MaskSign::Add, MaskSign::Sub, MaskSign::Add])
-            .map(|(s, sign)| MaskJob { seed: MaskSeed(*s), sign })
+            .map(|(s, sign)| MaskJob {
+                seed: MaskSeed(*s),
+                sign,
+            })
             .collect();
         let mut par = vec![5u32; n];
         apply_mask_streams(&mut par, &jobs);
@@ -457,7 +533,10 @@ mod tests {
         let msg = [42u8; 64];
         let ct = seal_shares(&shared, &digest, SiteId(1), SiteId(2), &msg);
         assert_eq!(ct.len(), SHARE_CIPHERTEXT_LEN);
-        assert_eq!(*open_shares(&shared, &digest, SiteId(1), SiteId(2), &ct).unwrap(), msg);
+        assert_eq!(
+            *open_shares(&shared, &digest, SiteId(1), SiteId(2), &ct).unwrap(),
+            msg
+        );
         assert!(open_shares(&shared, &digest, SiteId(2), SiteId(1), &ct).is_err());
         assert!(open_shares(&shared, &[2u8; 32], SiteId(1), SiteId(2), &ct).is_err());
         let mut tampered = ct.clone();
@@ -483,7 +562,12 @@ mod tests {
         let a = derive_key(b"ikm", Purpose::PairwiseMask, &d, &[SiteId(1), SiteId(2)]);
         let b = derive_key(b"ikm", Purpose::SelfMask, &d, &[SiteId(1), SiteId(2)]);
         let c = derive_key(b"ikm", Purpose::PairwiseMask, &d, &[SiteId(2), SiteId(1)]);
-        let e = derive_key(b"ikm", Purpose::PairwiseMask, &[1u8; 32], &[SiteId(1), SiteId(2)]);
+        let e = derive_key(
+            b"ikm",
+            Purpose::PairwiseMask,
+            &[1u8; 32],
+            &[SiteId(1), SiteId(2)],
+        );
         assert_ne!(*a, *b);
         assert_ne!(*a, *c);
         assert_ne!(*a, *e);

@@ -26,7 +26,15 @@ pub enum EncodingError {
          reaches ±{reach}, which needs {needed_bits} bits, but the modulus has {bits} bits; lower the scale \
          to at most {max_scale:.3}, the clipping range, or the number of sites, or raise the bit width"
     )]
-    BitBudget { sites: usize, clip: f32, scale: f64, bits: u8, reach: u128, needed_bits: u32, max_scale: f64 },
+    BitBudget {
+        sites: usize,
+        clip: f32,
+        scale: f64,
+        bits: u8,
+        reach: u128,
+        needed_bits: u32,
+        max_scale: f64,
+    },
     #[error("{bits}-bit modulus leaves no room for weight digits with up to {sites} sites")]
     NoRoomForWeights { bits: u8, sites: usize },
     #[error("{name} must be positive and finite, got {value}")]
@@ -83,16 +91,28 @@ impl FixedPoint {
         dim: usize,
     ) -> Result<Self, EncodingError> {
         if !(clip.is_finite() && clip > 0.0) {
-            return Err(EncodingError::BadParameter { name: "clip", value: f64::from(clip) });
+            return Err(EncodingError::BadParameter {
+                name: "clip",
+                value: f64::from(clip),
+            });
         }
         if !(scale.is_finite() && scale > 0.0) {
-            return Err(EncodingError::BadParameter { name: "scale", value: scale });
+            return Err(EncodingError::BadParameter {
+                name: "scale",
+                value: scale,
+            });
         }
         if max_sites == 0 {
-            return Err(EncodingError::BadParameter { name: "max_sites", value: 0.0 });
+            return Err(EncodingError::BadParameter {
+                name: "max_sites",
+                value: 0.0,
+            });
         }
         if max_weight == 0 {
-            return Err(EncodingError::BadParameter { name: "max_weight", value: 0.0 });
+            return Err(EncodingError::BadParameter {
+                name: "max_weight",
+                value: 0.0,
+            });
         }
         let per_site = (f64::from(clip) * scale).ceil() as u128;
         let reach = per_site * max_sites as u128;
@@ -110,11 +130,23 @@ impl FixedPoint {
         }
         let limb_bits = u32::from(modulus.bits()).saturating_sub(ceil_log2(max_sites));
         if limb_bits == 0 {
-            return Err(EncodingError::NoRoomForWeights { bits: modulus.bits(), sites: max_sites });
+            return Err(EncodingError::NoRoomForWeights {
+                bits: modulus.bits(),
+                sites: max_sites,
+            });
         }
         let weight_bits = 64 - max_weight.leading_zeros();
         let limbs = weight_bits.div_ceil(limb_bits) as usize;
-        Ok(Self { modulus, clip, scale, max_sites, max_weight, dim, limb_bits, limbs })
+        Ok(Self {
+            modulus,
+            clip,
+            scale,
+            max_sites,
+            max_weight,
+            dim,
+            limb_bits,
+            limbs,
+        })
     }
 
     /// Length of an encoded vector: the update's coordinates and the weight limbs.
@@ -134,10 +166,16 @@ impl FixedPoint {
         rng: &mut R,
     ) -> Result<PlainVector, EncodingError> {
         if update.len() != self.dim {
-            return Err(EncodingError::WrongLength { got: update.len(), expected: self.dim });
+            return Err(EncodingError::WrongLength {
+                got: update.len(),
+                expected: self.dim,
+            });
         }
         if weight > self.max_weight {
-            return Err(EncodingError::WeightTooLarge { weight, max: self.max_weight });
+            return Err(EncodingError::WeightTooLarge {
+                weight,
+                max: self.max_weight,
+            });
         }
         let factor = self.scale * weight as f64 / self.max_weight as f64;
         let clip = f64::from(self.clip);
@@ -163,13 +201,15 @@ impl FixedPoint {
     /// Decodes the weighted mean from the unmasked sum.
     pub fn decode(&self, sum: &PlainVector) -> Result<WeightedMean, EncodingError> {
         if sum.len() != self.encoded_len() {
-            return Err(EncodingError::WrongLength { got: sum.len(), expected: self.encoded_len() });
+            return Err(EncodingError::WrongLength {
+                got: sum.len(),
+                expected: self.encoded_len(),
+            });
         }
         let (values, limbs) = sum.as_slice().split_at(self.dim);
-        let total_weight = limbs
-            .iter()
-            .enumerate()
-            .fold(0u128, |acc, (j, &d)| acc + (u128::from(d) << (j as u32 * self.limb_bits)));
+        let total_weight = limbs.iter().enumerate().fold(0u128, |acc, (j, &d)| {
+            acc + (u128::from(d) << (j as u32 * self.limb_bits))
+        });
         if total_weight == 0 {
             return Err(EncodingError::ZeroTotalWeight);
         }
@@ -237,7 +277,10 @@ mod tests {
         for sign in [1.0f32, -1.0] {
             let mut sum = PlainVector::zeros(m, fp.encoded_len());
             for _ in 0..n {
-                sum.add_assign(&fp.encode(&[sign * 9.0, sign * 2.0, 0.0], 5, &mut rng).unwrap());
+                sum.add_assign(
+                    &fp.encode(&[sign * 9.0, sign * 2.0, 0.0], 5, &mut rng)
+                        .unwrap(),
+                );
             }
             let mean = fp.decode(&sum).unwrap();
             assert_eq!(mean.total_weight, 35);
@@ -274,7 +317,10 @@ mod tests {
         for w in weights {
             sum.add_assign(&fp.encode(&[0.0], w, &mut rng).unwrap());
         }
-        assert_eq!(fp.decode(&sum).unwrap().total_weight, weights.iter().sum::<u64>());
+        assert_eq!(
+            fp.decode(&sum).unwrap().total_weight,
+            weights.iter().sum::<u64>()
+        );
     }
 
     #[test]
@@ -283,12 +329,23 @@ mod tests {
         let fp = FixedPoint::new(m, 1.0, 10.0, 4, 10, 2).unwrap();
         let mut rng = ChaCha20Rng::from_seed([1; 32]);
         assert_eq!(
-            fp.encode(&[0.0, f32::NAN], 1, &mut rng).unwrap_err().to_string(),
+            fp.encode(&[0.0, f32::NAN], 1, &mut rng)
+                .unwrap_err()
+                .to_string(),
             "coordinate 1 of the update is not finite (NaN)"
         );
-        assert!(matches!(fp.encode(&[0.0], 1, &mut rng), Err(EncodingError::WrongLength { .. })));
-        assert!(matches!(fp.encode(&[0.0, 0.0], 11, &mut rng), Err(EncodingError::WeightTooLarge { .. })));
-        assert_eq!(fp.decode(&PlainVector::zeros(m, fp.encoded_len())), Err(EncodingError::ZeroTotalWeight));
+        assert!(matches!(
+            fp.encode(&[0.0], 1, &mut rng),
+            Err(EncodingError::WrongLength { .. })
+        ));
+        assert!(matches!(
+            fp.encode(&[0.0, 0.0], 11, &mut rng),
+            Err(EncodingError::WeightTooLarge { .. })
+        ));
+        assert_eq!(
+            fp.decode(&PlainVector::zeros(m, fp.encoded_len())),
+            Err(EncodingError::ZeroTotalWeight)
+        );
         assert!(FixedPoint::new(m, f32::NAN, 1.0, 4, 10, 2).is_err());
         assert!(FixedPoint::new(Modulus::new(8).unwrap(), 1.0, 0.5, 256, 1, 1).is_err());
     }

@@ -25,7 +25,11 @@ pub enum MessageError {
     #[error("{kind} message is not sent in this direction")]
     WrongDirection { kind: &'static str },
     #[error("{kind} message belongs to the {got} phase but the round is in the {expected} phase")]
-    OutOfPhase { kind: &'static str, got: Phase, expected: Phase },
+    OutOfPhase {
+        kind: &'static str,
+        got: Phase,
+        expected: Phase,
+    },
     #[error("{0} already sent its {1} message: duplicate or replay")]
     Duplicate(SiteId, Phase),
     #[error("{0} is not expected in this phase (not selected, or dropped)")]
@@ -37,7 +41,11 @@ pub enum MessageError {
     #[error("signature by {0} does not verify")]
     BadSignature(SiteId),
     #[error("{sender} sent {kind} content that does not match the protocol: {detail}")]
-    Malformed { sender: Party, kind: &'static str, detail: String },
+    Malformed {
+        sender: Party,
+        kind: &'static str,
+        detail: String,
+    },
 }
 
 /// Why a site stopped taking part in a round.
@@ -51,10 +59,23 @@ pub enum SiteError {
     IdentityMismatch(SiteId),
     #[error("{0} is missing from the roster")]
     UnknownSite(SiteId),
-    #[error("input has {got} elements modulo 2^{got_bits}; the round expects {expected} modulo 2^{expected_bits}")]
-    InputShape { got: usize, got_bits: u8, expected: usize, expected_bits: u8 },
-    #[error("in the {phase} phase only {have} holders remain for this site's shares, fewer than the threshold {need}")]
-    TooFewHolders { phase: Phase, have: usize, need: usize },
+    #[error(
+        "input has {got} elements modulo 2^{got_bits}; the round expects {expected} modulo 2^{expected_bits}"
+    )]
+    InputShape {
+        got: usize,
+        got_bits: u8,
+        expected: usize,
+        expected_bits: u8,
+    },
+    #[error(
+        "in the {phase} phase only {have} holders remain for this site's shares, fewer than the threshold {need}"
+    )]
+    TooFewHolders {
+        phase: Phase,
+        have: usize,
+        need: usize,
+    },
     #[error("{peer} advertised a key already used by another site (reflection attack?)")]
     RepeatedKey { peer: SiteId },
     #[error("key agreement with {peer} failed: {source}")]
@@ -71,7 +92,9 @@ pub enum SiteError {
     RefusedDoubleReveal { peer: SiteId },
     #[error("refused: asked for the mask-key share of {peer}, which is in the signed survivor set")]
     RefusedMaskKeyOfSurvivor { peer: SiteId },
-    #[error("refused: asked for the self-mask share of {peer}, which is not in the signed survivor set")]
+    #[error(
+        "refused: asked for the self-mask share of {peer}, which is not in the signed survivor set"
+    )]
     RefusedSelfMaskOfDropped { peer: SiteId },
     #[error("asked for shares of {peer}, which this site does not hold")]
     NoSharesOf { peer: SiteId },
@@ -85,11 +108,26 @@ pub enum SiteError {
 /// input: each honest site reveals at most one kind of share per peer.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum AbortReason {
-    #[error("after the {phase} phase {survivors} sites remain, fewer than the threshold {threshold}")]
-    TooFewSurvivors { phase: Phase, survivors: usize, threshold: usize },
-    #[error("after the {phase} phase only {have} holders of {owner}'s shares remain; {need} are needed")]
-    TooFewHolders { phase: Phase, owner: SiteId, have: usize, need: usize },
-    #[error("{owner}'s {what} reconstructed from the revealed shares does not match its signed commitment")]
+    #[error(
+        "after the {phase} phase {survivors} sites remain, fewer than the threshold {threshold}"
+    )]
+    TooFewSurvivors {
+        phase: Phase,
+        survivors: usize,
+        threshold: usize,
+    },
+    #[error(
+        "after the {phase} phase only {have} holders of {owner}'s shares remain; {need} are needed"
+    )]
+    TooFewHolders {
+        phase: Phase,
+        owner: SiteId,
+        have: usize,
+        need: usize,
+    },
+    #[error(
+        "{owner}'s {what} reconstructed from the revealed shares does not match its signed commitment"
+    )]
     InconsistentShares { owner: SiteId, what: &'static str },
     #[error("pairwise key agreement between {a} and {b} failed")]
     Agreement { a: SiteId, b: SiteId },

@@ -62,10 +62,12 @@ pub use encoding::{EncodingError, FixedPoint, WeightedMean};
 pub use error::{AbortReason, AggregatorError, MessageError, SiteError};
 pub use ids::{Party, Phase, Round, SessionId, SiteId, SiteSet};
 pub use messages::{
-    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, RevealedShare, ShareValue,
-    UnmaskRequest, UnmaskShares,
+    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, RevealedShare,
+    ShareValue, UnmaskRequest, UnmaskShares,
 };
-pub use params::{CommunicationGraph, ConfigError, GraphSpec, MAX_VECTOR_LEN, RoundConfig, RoundParams};
+pub use params::{
+    CommunicationGraph, ConfigError, GraphSpec, MAX_VECTOR_LEN, RoundConfig, RoundParams,
+};
 pub use protocol::Roster;
 pub use ring::{MaskedVector, Modulus, PlainVector, UnsupportedModulus};
 pub use site::Site;

@@ -164,10 +164,13 @@ impl Envelope {
 
     /// Decodes one envelope; the input must contain exactly one.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, MessageError> {
-        let (env, rest) =
-            postcard::take_from_bytes::<Envelope>(bytes).map_err(|e| MessageError::Decode(e.to_string()))?;
+        let (env, rest) = postcard::take_from_bytes::<Envelope>(bytes)
+            .map_err(|e| MessageError::Decode(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(MessageError::Decode(format!("{} trailing bytes after the message", rest.len())));
+            return Err(MessageError::Decode(format!(
+                "{} trailing bytes after the message",
+                rest.len()
+            )));
         }
         Ok(env)
     }
@@ -192,19 +195,28 @@ mod tests {
                 recipient: Party::Aggregator,
             },
             body: Body::UnmaskShares(UnmaskShares {
-                self_mask: vec![RevealedShare { owner: SiteId(2), value: ShareValue(Scalar::ONE) }],
+                self_mask: vec![RevealedShare {
+                    owner: SiteId(2),
+                    value: ShareValue(Scalar::ONE),
+                }],
                 mask_key: vec![],
             }),
         };
         let mut bytes = env.to_bytes();
         assert_eq!(Envelope::from_bytes(&bytes).unwrap(), env);
         bytes.push(0);
-        assert!(matches!(Envelope::from_bytes(&bytes), Err(MessageError::Decode(_))));
+        assert!(matches!(
+            Envelope::from_bytes(&bytes),
+            Err(MessageError::Decode(_))
+        ));
         // Replace the share with 0xff…ff (≥ ℓ, not canonical).
         let mut bytes = env.to_bytes();
         let n = bytes.len();
         bytes[n - 33..n - 1].fill(0xff);
-        assert!(matches!(Envelope::from_bytes(&bytes), Err(MessageError::Decode(_))));
+        assert!(matches!(
+            Envelope::from_bytes(&bytes),
+            Err(MessageError::Decode(_))
+        ));
         for cut in 0..env.to_bytes().len() {
             assert!(Envelope::from_bytes(&env.to_bytes()[..cut]).is_err());
         }

@@ -48,7 +48,9 @@ pub const MAX_VECTOR_LEN: u32 = 1 << 28;
 pub enum ConfigError {
     #[error("a round needs at least 2 participants, got {0}")]
     TooFewParticipants(usize),
-    #[error("participants must be listed in strictly increasing order without repeats ({0} is out of place)")]
+    #[error(
+        "participants must be listed in strictly increasing order without repeats ({0} is out of place)"
+    )]
     ParticipantsNotSorted(SiteId),
     #[error("vector length {0} is outside 1..={MAX_VECTOR_LEN}")]
     BadVectorLength(u32),
@@ -56,12 +58,18 @@ pub enum ConfigError {
         "threshold {threshold} must be a strict majority of the {holders} holders of each site's shares \
          (between {min} and {holders})"
     )]
-    BadThreshold { threshold: u32, holders: u32, min: u32 },
+    BadThreshold {
+        threshold: u32,
+        holders: u32,
+        min: u32,
+    },
     #[error("graph degree {degree} must be between 1 and {max} (participants − 1)")]
     BadDegree { degree: u32, max: u32 },
     #[error("no {degree}-regular graph exists on {sites} sites (degree × sites must be even)")]
     OddDegreeSum { degree: u32, sites: u32 },
-    #[error("could not draw a random {degree}-regular graph on {sites} sites; choose another degree")]
+    #[error(
+        "could not draw a random {degree}-regular graph on {sites} sites; choose another degree"
+    )]
     GraphGenerationFailed { degree: u32, sites: u32 },
 }
 
@@ -92,7 +100,10 @@ impl RoundConfig {
             GraphSpec::Complete => n32,
             GraphSpec::RandomRegular { degree, .. } => {
                 if degree == 0 || degree > n32 - 1 {
-                    return Err(ConfigError::BadDegree { degree, max: n32 - 1 });
+                    return Err(ConfigError::BadDegree {
+                        degree,
+                        max: n32 - 1,
+                    });
                 }
                 if (u64::from(degree) * u64::from(n32)) % 2 == 1 {
                     return Err(ConfigError::OddDegreeSum { degree, sites: n32 });
@@ -102,12 +113,20 @@ impl RoundConfig {
         };
         let min = holders / 2 + 1;
         if params.threshold < min || params.threshold > holders {
-            return Err(ConfigError::BadThreshold { threshold: params.threshold, holders, min });
+            return Err(ConfigError::BadThreshold {
+                threshold: params.threshold,
+                holders,
+                min,
+            });
         }
         let encoded = postcard::to_allocvec(&params).expect("round parameters always serialise");
         let digest = crypto::hash(Purpose::Parameters, &[0u8; 32], &[], &encoded);
         let graph = CommunicationGraph::build(&params, &digest)?;
-        Ok(Arc::new(Self { params, digest, graph }))
+        Ok(Arc::new(Self {
+            params,
+            digest,
+            graph,
+        }))
     }
 
     pub fn params(&self) -> &RoundParams {
@@ -158,18 +177,23 @@ impl CommunicationGraph {
         if degree == n - 1 {
             return Ok(Self::Complete(sites.clone()));
         }
-        let mut rng = ChaCha20Rng::from_seed(*crypto::derive_key(&seed, Purpose::Graph, digest, &[]));
+        let mut rng =
+            ChaCha20Rng::from_seed(*crypto::derive_key(&seed, Purpose::Graph, digest, &[]));
         // Draw the sparser of the graph and its complement, then complement if needed.
         let complement = degree > (n - 1) / 2;
         let drawn = if complement { n - 1 - degree } else { degree };
-        let adjacency = random_regular(n, drawn, &mut rng).ok_or(ConfigError::GraphGenerationFailed {
-            degree: degree as u32,
-            sites: n as u32,
-        })?;
+        let adjacency =
+            random_regular(n, drawn, &mut rng).ok_or(ConfigError::GraphGenerationFailed {
+                degree: degree as u32,
+                sites: n as u32,
+            })?;
         let mut map = BTreeMap::new();
         for (i, neighbours) in adjacency.iter().enumerate() {
             let set: BTreeSet<SiteId> = if complement {
-                (0..n).filter(|&j| j != i && !neighbours.contains(&j)).map(|j| sites[j]).collect()
+                (0..n)
+                    .filter(|&j| j != i && !neighbours.contains(&j))
+                    .map(|j| sites[j])
+                    .collect()
             } else {
                 neighbours.iter().map(|&j| sites[j]).collect()
             };
@@ -182,7 +206,10 @@ impl CommunicationGraph {
     pub fn neighbours(&self, id: SiteId) -> Vec<SiteId> {
         match self {
             Self::Complete(all) => all.iter().copied().filter(|&s| s != id).collect(),
-            Self::Sparse(map) => map.get(&id).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+            Self::Sparse(map) => map
+                .get(&id)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -196,7 +223,9 @@ impl CommunicationGraph {
 
     pub fn adjacent(&self, a: SiteId, b: SiteId) -> bool {
         match self {
-            Self::Complete(all) => a != b && all.binary_search(&a).is_ok() && all.binary_search(&b).is_ok(),
+            Self::Complete(all) => {
+                a != b && all.binary_search(&a).is_ok() && all.binary_search(&b).is_ok()
+            }
             Self::Sparse(map) => map.get(&a).is_some_and(|s| s.contains(&b)),
         }
     }
@@ -268,8 +297,18 @@ mod tests {
 
     #[test]
     fn random_regular_graphs_are_regular_simple_symmetric_and_deterministic() {
-        for (n, k) in [(10u32, 2u32), (11, 4), (50, 7 + 1), (64, 40), (101, 6), (30, 28)] {
-            let spec = GraphSpec::RandomRegular { degree: k, seed: [n as u8; 32] };
+        for (n, k) in [
+            (10u32, 2u32),
+            (11, 4),
+            (50, 7 + 1),
+            (64, 40),
+            (101, 6),
+            (30, 28),
+        ] {
+            let spec = GraphSpec::RandomRegular {
+                degree: k,
+                seed: [n as u8; 32],
+            };
             let cfg = RoundConfig::new(params(n, spec.clone(), k / 2 + 1)).unwrap();
             let again = RoundConfig::new(params(n, spec, k / 2 + 1)).unwrap();
             for i in 0..n {
@@ -287,9 +326,27 @@ mod tests {
 
     #[test]
     fn different_seeds_give_different_graphs() {
-        let a = RoundConfig::new(params(40, GraphSpec::RandomRegular { degree: 6, seed: [1; 32] }, 4)).unwrap();
-        let b = RoundConfig::new(params(40, GraphSpec::RandomRegular { degree: 6, seed: [2; 32] }, 4)).unwrap();
-        assert!((0..40).any(|i| a.graph().neighbours(SiteId(i)) != b.graph().neighbours(SiteId(i))));
+        let a = RoundConfig::new(params(
+            40,
+            GraphSpec::RandomRegular {
+                degree: 6,
+                seed: [1; 32],
+            },
+            4,
+        ))
+        .unwrap();
+        let b = RoundConfig::new(params(
+            40,
+            GraphSpec::RandomRegular {
+                degree: 6,
+                seed: [2; 32],
+            },
+            4,
+        ))
+        .unwrap();
+        assert!(
+            (0..40).any(|i| a.graph().neighbours(SiteId(i)) != b.graph().neighbours(SiteId(i)))
+        );
     }
 
     #[test]
@@ -300,22 +357,46 @@ mod tests {
         );
         assert_eq!(
             RoundConfig::new(params(10, GraphSpec::Complete, 5)).unwrap_err(),
-            ConfigError::BadThreshold { threshold: 5, holders: 10, min: 6 }
+            ConfigError::BadThreshold {
+                threshold: 5,
+                holders: 10,
+                min: 6
+            }
         );
         assert!(matches!(
-            RoundConfig::new(params(9, GraphSpec::RandomRegular { degree: 3, seed: [0; 32] }, 3)),
+            RoundConfig::new(params(
+                9,
+                GraphSpec::RandomRegular {
+                    degree: 3,
+                    seed: [0; 32]
+                },
+                3
+            )),
             Err(ConfigError::OddDegreeSum { .. })
         ));
         assert!(matches!(
-            RoundConfig::new(params(9, GraphSpec::RandomRegular { degree: 9, seed: [0; 32] }, 6)),
+            RoundConfig::new(params(
+                9,
+                GraphSpec::RandomRegular {
+                    degree: 9,
+                    seed: [0; 32]
+                },
+                6
+            )),
             Err(ConfigError::BadDegree { .. })
         ));
         let mut p = params(4, GraphSpec::Complete, 3);
         p.participants = vec![SiteId(0), SiteId(2), SiteId(2), SiteId(5)];
-        assert_eq!(RoundConfig::new(p).unwrap_err(), ConfigError::ParticipantsNotSorted(SiteId(2)));
+        assert_eq!(
+            RoundConfig::new(p).unwrap_err(),
+            ConfigError::ParticipantsNotSorted(SiteId(2))
+        );
         let mut p = params(4, GraphSpec::Complete, 3);
         p.vector_len = 0;
-        assert_eq!(RoundConfig::new(p).unwrap_err(), ConfigError::BadVectorLength(0));
+        assert_eq!(
+            RoundConfig::new(p).unwrap_err(),
+            ConfigError::BadVectorLength(0)
+        );
     }
 
     #[test]

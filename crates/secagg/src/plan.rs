@@ -162,7 +162,10 @@ fn check(req: &PlanRequest) -> Result<(), PlanError> {
     if req.sites < 2 {
         return Err(PlanError::TooFewSites(req.sites));
     }
-    for (name, value) in [("dropout_rate", req.dropout_rate), ("corruption_rate", req.corruption_rate)] {
+    for (name, value) in [
+        ("dropout_rate", req.dropout_rate),
+        ("corruption_rate", req.corruption_rate),
+    ] {
         if !(0.0..1.0).contains(&value) {
             return Err(PlanError::BadRate { name, value });
         }
@@ -215,13 +218,16 @@ pub fn plan_secagg_plus(req: &PlanRequest) -> Result<Plan, PlanError> {
     let privacy_target = (-req.security_bits).exp2();
     let correctness_target = (-req.correctness_bits).exp2();
     // Honest survivors (a pessimistic count) and the cut bound for their connectivity.
-    let honest = ((1.0 - req.dropout_rate - req.corruption_rate) * nf).floor().max(0.0) as usize;
+    let honest = ((1.0 - req.dropout_rate - req.corruption_rate) * nf)
+        .floor()
+        .max(0.0) as usize;
     for k in 2..n - 1 {
         if (n * k) % 2 == 1 {
             continue;
         }
         // Smallest c with n·P[Bin(k, γ) > c] ≤ target: corrupt neighbours of any site.
-        let Some(corrupt) = (0..=k).find(|&c| nf * lf.binomial_upper(k, req.corruption_rate, c + 1) <= privacy_target)
+        let Some(corrupt) = (0..=k)
+            .find(|&c| nf * lf.binomial_upper(k, req.corruption_rate, c + 1) <= privacy_target)
         else {
             continue;
         };
@@ -244,7 +250,9 @@ pub fn plan_secagg_plus(req: &PlanRequest) -> Result<Plan, PlanError> {
             1.0
         } else {
             (1..=honest / 2)
-                .map(|s| (lf.ln_choose(honest, s) + (s * (honest - s)) as f64 * (1.0 - p).ln()).exp())
+                .map(|s| {
+                    (lf.ln_choose(honest, s) + (s * (honest - s)) as f64 * (1.0 - p).ln()).exp()
+                })
                 .sum()
         };
         let privacy = (corrupt_fail + disconnect).min(1.0);
@@ -324,8 +332,14 @@ mod tests {
     fn rates_are_validated() {
         assert!(matches!(
             plan_secagg(&PlanRequest::new(10, 1.5, 0.0)),
-            Err(PlanError::BadRate { name: "dropout_rate", .. })
+            Err(PlanError::BadRate {
+                name: "dropout_rate",
+                ..
+            })
         ));
-        assert!(matches!(plan_secagg_plus(&PlanRequest::new(1, 0.0, 0.0)), Err(PlanError::TooFewSites(1))));
+        assert!(matches!(
+            plan_secagg_plus(&PlanRequest::new(1, 0.0, 0.0)),
+            Err(PlanError::TooFewSites(1))
+        ));
     }
 }

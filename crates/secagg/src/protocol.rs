@@ -57,9 +57,18 @@ pub(crate) fn verify_advertisement(
     roster: &Roster,
     ad: &KeyAdvertisement,
 ) -> Result<(), MessageError> {
-    let key = roster.get(ad.site).ok_or(MessageError::BadSignature(ad.site))?;
-    let msg = advertisement_message(config, ad.site, &ad.share_key, &ad.mask_key, &ad.self_mask_commitment);
-    key.verify(&msg, &ad.signature).map_err(|_| MessageError::BadSignature(ad.site))
+    let key = roster
+        .get(ad.site)
+        .ok_or(MessageError::BadSignature(ad.site))?;
+    let msg = advertisement_message(
+        config,
+        ad.site,
+        &ad.share_key,
+        &ad.mask_key,
+        &ad.self_mask_commitment,
+    );
+    key.verify(&msg, &ad.signature)
+        .map_err(|_| MessageError::BadSignature(ad.site))
 }
 
 pub(crate) fn consistency_message(config: &RoundConfig, survivors: &[SiteId]) -> Vec<u8> {
@@ -67,28 +76,61 @@ pub(crate) fn consistency_message(config: &RoundConfig, survivors: &[SiteId]) ->
 }
 
 /// The X25519 mask key derived from the shared mask secret `s`.
-pub(crate) fn mask_key_from_secret(config: &RoundConfig, site: SiteId, s: &Scalar) -> AgreementSecret {
-    AgreementSecret::from_bytes(crypto::derive_key(&s.to_bytes(), Purpose::MaskKeyFromSecret, config.digest(), &[site]))
+pub(crate) fn mask_key_from_secret(
+    config: &RoundConfig,
+    site: SiteId,
+    s: &Scalar,
+) -> AgreementSecret {
+    AgreementSecret::from_bytes(crypto::derive_key(
+        &s.to_bytes(),
+        Purpose::MaskKeyFromSecret,
+        config.digest(),
+        &[site],
+    ))
 }
 
 pub(crate) fn self_mask_seed(config: &RoundConfig, site: SiteId, b: &Scalar) -> MaskSeed {
-    MaskSeed::new(crypto::derive_key(&b.to_bytes(), Purpose::SelfMask, config.digest(), &[site]))
+    MaskSeed::new(crypto::derive_key(
+        &b.to_bytes(),
+        Purpose::SelfMask,
+        config.digest(),
+        &[site],
+    ))
 }
 
 pub(crate) fn self_mask_commitment(config: &RoundConfig, site: SiteId, b: &Scalar) -> [u8; 32] {
-    crypto::hash(Purpose::SelfMaskCommitment, config.digest(), &[site], &b.to_bytes())
+    crypto::hash(
+        Purpose::SelfMaskCommitment,
+        config.digest(),
+        &[site],
+        &b.to_bytes(),
+    )
 }
 
 /// The seed of the mask shared by `a` and `b` (symmetric in the pair).
-pub(crate) fn pairwise_seed(config: &RoundConfig, a: SiteId, b: SiteId, shared: &[u8; 32]) -> MaskSeed {
+pub(crate) fn pairwise_seed(
+    config: &RoundConfig,
+    a: SiteId,
+    b: SiteId,
+    shared: &[u8; 32],
+) -> MaskSeed {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    MaskSeed::new(crypto::derive_key(shared, Purpose::PairwiseMask, config.digest(), &[lo, hi]))
+    MaskSeed::new(crypto::derive_key(
+        shared,
+        Purpose::PairwiseMask,
+        config.digest(),
+        &[lo, hi],
+    ))
 }
 
 /// How `site` applies the mask it shares with `peer`: the smaller id adds, the larger
 /// subtracts, so the pair cancels in the sum.
 pub(crate) fn pairwise_sign(site: SiteId, peer: SiteId) -> MaskSign {
-    if site < peer { MaskSign::Add } else { MaskSign::Sub }
+    if site < peer {
+        MaskSign::Add
+    } else {
+        MaskSign::Sub
+    }
 }
 
 /// Checks version, session, round and addressing of an incoming envelope.
@@ -100,24 +142,38 @@ pub(crate) fn check_header(
 ) -> Result<(), MessageError> {
     let h = &env.header;
     if h.version != PROTOCOL_VERSION {
-        return Err(MessageError::Version { got: h.version, expected: PROTOCOL_VERSION });
+        return Err(MessageError::Version {
+            got: h.version,
+            expected: PROTOCOL_VERSION,
+        });
     }
     let p = config.params();
     if h.session != p.session {
         return Err(MessageError::WrongSession);
     }
     if h.round != p.round {
-        return Err(MessageError::WrongRound { got: h.round, expected: p.round });
+        return Err(MessageError::WrongRound {
+            got: h.round,
+            expected: p.round,
+        });
     }
     if h.recipient != me {
-        return Err(MessageError::Misaddressed { got: h.recipient, expected: me });
+        return Err(MessageError::Misaddressed {
+            got: h.recipient,
+            expected: me,
+        });
     }
     if h.sender != expected_sender {
-        return Err(MessageError::SenderMismatch { claimed: h.sender, actual: expected_sender });
+        return Err(MessageError::SenderMismatch {
+            claimed: h.sender,
+            actual: expected_sender,
+        });
     }
     let from_site = matches!(me, Party::Aggregator);
     if env.body.is_from_site() != from_site {
-        return Err(MessageError::WrongDirection { kind: env.body.kind() });
+        return Err(MessageError::WrongDirection {
+            kind: env.body.kind(),
+        });
     }
     Ok(())
 }

@@ -37,7 +37,11 @@ impl Modulus {
 
     /// Bit mask selecting the low b bits.
     pub fn mask(self) -> u32 {
-        if self.bits == 32 { u32::MAX } else { (1u32 << self.bits) - 1 }
+        if self.bits == 32 {
+            u32::MAX
+        } else {
+            (1u32 << self.bits) - 1
+        }
     }
 
     /// Bytes used per element on the wire.
@@ -75,7 +79,10 @@ impl PlainVector {
     }
 
     pub fn zeros(modulus: Modulus, len: usize) -> Self {
-        Self { modulus, words: vec![0; len] }
+        Self {
+            modulus,
+            words: vec![0; len],
+        }
     }
 
     pub fn modulus(&self) -> Modulus {
@@ -156,7 +163,11 @@ impl Serialize for MaskedVector {
         for w in &self.words {
             bytes.extend_from_slice(&w.to_le_bytes()[..width]);
         }
-        PackedWire { bits: self.modulus.bits, bytes }.serialize(s)
+        PackedWire {
+            bits: self.modulus.bits,
+            bytes,
+        }
+        .serialize(s)
     }
 }
 
@@ -221,11 +232,23 @@ mod tests {
             assert_eq!(back, v);
         }
         // 12-bit modulus, one element 0x1fff (13 bits) in 2 bytes.
-        let forged = postcard::to_allocvec(&PackedWire { bits: 12, bytes: vec![0xff, 0x1f] }).unwrap();
+        let forged = postcard::to_allocvec(&PackedWire {
+            bits: 12,
+            bytes: vec![0xff, 0x1f],
+        })
+        .unwrap();
         assert!(postcard::from_bytes::<MaskedVector>(&forged).is_err());
-        let ragged = postcard::to_allocvec(&PackedWire { bits: 16, bytes: vec![1, 2, 3] }).unwrap();
+        let ragged = postcard::to_allocvec(&PackedWire {
+            bits: 16,
+            bytes: vec![1, 2, 3],
+        })
+        .unwrap();
         assert!(postcard::from_bytes::<MaskedVector>(&ragged).is_err());
-        let bad_mod = postcard::to_allocvec(&PackedWire { bits: 40, bytes: vec![] }).unwrap();
+        let bad_mod = postcard::to_allocvec(&PackedWire {
+            bits: 40,
+            bytes: vec![],
+        })
+        .unwrap();
         assert!(postcard::from_bytes::<MaskedVector>(&bad_mod).is_err());
     }
 }

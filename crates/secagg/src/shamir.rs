@@ -6,6 +6,7 @@
 
 use curve25519_dalek::scalar::Scalar;
 use rand_core::CryptoRng;
+use std::collections::HashMap;
 use thiserror::Error;
 use zeroize::Zeroize;
 
@@ -34,7 +35,10 @@ pub fn share<R: CryptoRng + ?Sized>(
     rng: &mut R,
 ) -> Result<Vec<(SiteId, Scalar)>, ShamirError> {
     if threshold == 0 || threshold > holders.len() {
-        return Err(ShamirError::BadThreshold { threshold, holders: holders.len() });
+        return Err(ShamirError::BadThreshold {
+            threshold,
+            holders: holders.len(),
+        });
     }
     let mut coefficients: Vec<Scalar> = Vec::with_capacity(threshold);
     coefficients.push(*secret);
@@ -46,7 +50,10 @@ pub fn share<R: CryptoRng + ?Sized>(
         .map(|&h| {
             let x = x_of(h);
             // Horner's rule from the highest coefficient down.
-            let y = coefficients.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c);
+            let y = coefficients
+                .iter()
+                .rev()
+                .fold(Scalar::ZERO, |acc, c| acc * x + c);
             (h, y)
         })
         .collect();
@@ -56,19 +63,59 @@ pub fn share<R: CryptoRng + ?Sized>(
 
 /// Lagrange interpolation at zero from exactly the first `threshold` shares.
 pub fn reconstruct(shares: &[(SiteId, Scalar)], threshold: usize) -> Result<Scalar, ShamirError> {
-    if shares.len() < threshold || threshold == 0 {
-        return Err(ShamirError::TooFewShares { have: shares.len(), threshold });
+    Interpolator::new(threshold).reconstruct(shares)
+}
+
+/// Reconstructs many secrets, computing the Lagrange coefficients (O(t²)) once per set
+/// of holders: in SecAgg every secret of a round is usually rebuilt from the same holders.
+pub struct Interpolator {
+    threshold: usize,
+    coefficients: HashMap<Vec<SiteId>, Vec<Scalar>>,
+}
+
+impl Interpolator {
+    pub fn new(threshold: usize) -> Self {
+        Self {
+            threshold,
+            coefficients: HashMap::new(),
+        }
     }
-    let used = &shares[..threshold];
-    for (i, (a, _)) in used.iter().enumerate() {
-        if used[..i].iter().any(|(b, _)| b == a) {
+
+    /// f(0) from the first `threshold` shares.
+    pub fn reconstruct(&mut self, shares: &[(SiteId, Scalar)]) -> Result<Scalar, ShamirError> {
+        let t = self.threshold;
+        if shares.len() < t || t == 0 {
+            return Err(ShamirError::TooFewShares {
+                have: shares.len(),
+                threshold: t,
+            });
+        }
+        let used = &shares[..t];
+        let holders: Vec<SiteId> = used.iter().map(|(h, _)| *h).collect();
+        let lambdas = match self.coefficients.get(&holders) {
+            Some(l) => l,
+            None => {
+                let l = lagrange_at_zero(&holders)?;
+                self.coefficients.entry(holders).or_insert(l)
+            }
+        };
+        Ok(used
+            .iter()
+            .zip(lambdas)
+            .fold(Scalar::ZERO, |acc, ((_, y), l)| acc + y * l))
+    }
+}
+
+/// λ_j = Π_{m≠j} x_m / (x_m − x_j) for distinct holders.
+fn lagrange_at_zero(holders: &[SiteId]) -> Result<Vec<Scalar>, ShamirError> {
+    for (i, a) in holders.iter().enumerate() {
+        if holders[..i].contains(a) {
             return Err(ShamirError::DuplicateHolder(*a));
         }
     }
-    let xs: Vec<Scalar> = used.iter().map(|(h, _)| x_of(*h)).collect();
-    // λ_j = Π_{m≠j} x_m / (x_m − x_j); denominators inverted in one batch.
-    let mut numerators = Vec::with_capacity(threshold);
-    let mut denominators = Vec::with_capacity(threshold);
+    let xs: Vec<Scalar> = holders.iter().map(|h| x_of(*h)).collect();
+    let mut numerators = Vec::with_capacity(xs.len());
+    let mut denominators = Vec::with_capacity(xs.len());
     for (j, xj) in xs.iter().enumerate() {
         let mut num = Scalar::ONE;
         let mut den = Scalar::ONE;
@@ -83,11 +130,11 @@ pub fn reconstruct(shares: &[(SiteId, Scalar)], threshold: usize) -> Result<Scal
     }
     // Distinct holders give distinct non-zero x, so no denominator is zero.
     Scalar::invert_batch_alloc(&mut denominators);
-    let secret = used
+    Ok(numerators
         .iter()
-        .zip(numerators.iter().zip(&denominators))
-        .fold(Scalar::ZERO, |acc, ((_, y), (num, inv_den))| acc + y * num * inv_den);
-    Ok(secret)
+        .zip(&denominators)
+        .map(|(n, d)| n * d)
+        .collect())
 }
 
 #[cfg(test)]
@@ -123,19 +170,41 @@ mod tests {
             let shares = share(&secret, t, &holders, &mut rng).unwrap();
             for subset in subsets(n, t) {
                 let picked: Vec<_> = subset.iter().map(|&i| shares[i]).collect();
-                assert_eq!(reconstruct(&picked, t).unwrap(), secret, "n={n} t={t} {subset:?}");
+                assert_eq!(
+                    reconstruct(&picked, t).unwrap(),
+                    secret,
+                    "n={n} t={t} {subset:?}"
+                );
                 if t > 1 {
                     // Interpolating a degree-(t−2) polynomial through t−1 shares gives an
                     // unrelated value (equal only with probability 1/ℓ).
                     let fewer = &picked[..t - 1];
                     assert_eq!(
                         reconstruct(fewer, t).unwrap_err(),
-                        ShamirError::TooFewShares { have: t - 1, threshold: t }
+                        ShamirError::TooFewShares {
+                            have: t - 1,
+                            threshold: t
+                        }
                     );
                     assert_ne!(reconstruct(fewer, t - 1).unwrap(), secret);
                 }
             }
         }
+    }
+
+    #[test]
+    fn one_interpolator_serves_many_secrets_and_holder_sets() {
+        let mut rng = ChaCha20Rng::from_seed([12u8; 32]);
+        let holders: Vec<SiteId> = (0..9).map(SiteId).collect();
+        let mut interpolator = Interpolator::new(5);
+        for round in 0..6 {
+            let secret = random_scalar(&mut rng);
+            let mut shares = share(&secret, 5, &holders, &mut rng).unwrap();
+            // alternate between two holder subsets so cached coefficients get reused
+            shares.rotate_left(round % 2 * 3);
+            assert_eq!(interpolator.reconstruct(&shares).unwrap(), secret);
+        }
+        assert_eq!(interpolator.coefficients.len(), 2);
     }
 
     #[test]
@@ -146,7 +215,10 @@ mod tests {
         assert!(share(&Scalar::ONE, 3, &holders, &mut rng).is_err());
         let shares = share(&Scalar::ONE, 2, &holders, &mut rng).unwrap();
         let dup = [shares[0], shares[0]];
-        assert_eq!(reconstruct(&dup, 2).unwrap_err(), ShamirError::DuplicateHolder(SiteId(0)));
+        assert_eq!(
+            reconstruct(&dup, 2).unwrap_err(),
+            ShamirError::DuplicateHolder(SiteId(0))
+        );
     }
 
     #[test]

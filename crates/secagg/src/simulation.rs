@@ -70,7 +70,14 @@ pub fn run_round(
         .into_par_iter()
         .map(|s| {
             let mut rng = site_rng(seed, s.id);
-            let made = Site::new(config.clone(), s.id, s.identity, roster.clone(), s.input, &mut rng);
+            let made = Site::new(
+                config.clone(),
+                s.id,
+                s.identity,
+                roster.clone(),
+                s.input,
+                &mut rng,
+            );
             (s.id, rng, made)
         })
         .collect();
@@ -115,14 +122,18 @@ pub fn run_round(
             outcome.bytes_down += bytes.len() as u64;
             by_site.insert(out.to, bytes);
         }
-        let replies: Vec<(SiteId, Result<Option<Vec<u8>>, SiteError>)> = live
+        // Each reply is the encoded message, or None when the site falls silent.
+        type Reply = Result<Option<Vec<u8>>, SiteError>;
+        let replies: Vec<(SiteId, Reply)> = live
             .par_iter_mut()
             .filter_map(|(id, (site, rng))| {
                 let bytes = by_site.get(id)?;
-                let result = Envelope::from_bytes(bytes).map_err(SiteError::from).and_then(|env| {
-                    let reply = site.handle(env, rng)?;
-                    Ok((!silent_from(*id, reply.phase())).then(|| reply.to_bytes()))
-                });
+                let result = Envelope::from_bytes(bytes)
+                    .map_err(SiteError::from)
+                    .and_then(|env| {
+                        let reply = site.handle(env, rng)?;
+                        Ok((!silent_from(*id, reply.phase())).then(|| reply.to_bytes()))
+                    });
                 Some((*id, result))
             })
             .collect();
@@ -159,6 +170,10 @@ pub fn test_identities(ids: &[SiteId], seed: [u8; 32]) -> (Vec<Arc<IdentityKeyPa
             Arc::new(IdentityKeyPair::generate(&mut rng))
         })
         .collect();
-    let roster = ids.iter().zip(&identities).map(|(id, k)| (*id, k.public())).collect();
+    let roster = ids
+        .iter()
+        .zip(&identities)
+        .map(|(id, k)| (*id, k.public()))
+        .collect();
     (identities, Arc::new(roster))
 }

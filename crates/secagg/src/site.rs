@@ -10,8 +10,8 @@ use crate::crypto::{self, AgreementSecret, IdentityKeyPair, MaskJob, random_scal
 use crate::error::{MessageError, SiteError};
 use crate::ids::{Party, Phase, SiteId};
 use crate::messages::{
-    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, RevealedShare, ShareValue,
-    UnmaskRequest, UnmaskShares,
+    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, RevealedShare,
+    ShareValue, UnmaskRequest, UnmaskShares,
 };
 use crate::params::RoundConfig;
 use crate::protocol::{self, Roster};
@@ -37,10 +37,23 @@ struct HeldShares {
 }
 
 enum State {
-    AwaitingNeighbourKeys { secrets: Secrets, input: PlainVector },
-    AwaitingShares { secrets: Secrets, input: PlainVector, neighbours: BTreeMap<SiteId, KeyAdvertisement>, own: HeldShares },
-    AwaitingSurvivors { held: BTreeMap<SiteId, HeldShares> },
-    AwaitingUnmaskRequest { held: BTreeMap<SiteId, HeldShares>, survivors: Vec<SiteId> },
+    AwaitingNeighbourKeys {
+        secrets: Secrets,
+        input: PlainVector,
+    },
+    AwaitingShares {
+        secrets: Secrets,
+        input: PlainVector,
+        neighbours: BTreeMap<SiteId, KeyAdvertisement>,
+        own: HeldShares,
+    },
+    AwaitingSurvivors {
+        held: BTreeMap<SiteId, HeldShares>,
+    },
+    AwaitingUnmaskRequest {
+        held: BTreeMap<SiteId, HeldShares>,
+        survivors: Vec<SiteId>,
+    },
     Finished,
 }
 
@@ -109,10 +122,27 @@ impl Site {
         let share_key = secrets.share_key.public();
         let mask_key = secrets.mask_key.public();
         let commitment = protocol::self_mask_commitment(&config, id, &secrets.self_mask);
-        let signature =
-            identity.sign(&protocol::advertisement_message(&config, id, &share_key, &mask_key, &commitment));
-        let ad = KeyAdvertisement { site: id, share_key, mask_key, self_mask_commitment: commitment, signature };
-        let site = Self { config, id, identity, roster, state: State::AwaitingNeighbourKeys { secrets, input } };
+        let signature = identity.sign(&protocol::advertisement_message(
+            &config,
+            id,
+            &share_key,
+            &mask_key,
+            &commitment,
+        ));
+        let ad = KeyAdvertisement {
+            site: id,
+            share_key,
+            mask_key,
+            self_mask_commitment: commitment,
+            signature,
+        };
+        let site = Self {
+            config,
+            id,
+            identity,
+            roster,
+            state: State::AwaitingNeighbourKeys { secrets, input },
+        };
         let env = site.envelope(Body::AdvertiseKeys(ad));
         Ok((site, env))
     }
@@ -140,17 +170,30 @@ impl Site {
     }
 
     fn malformed(&self, kind: &'static str, detail: impl Into<String>) -> SiteError {
-        SiteError::Message(MessageError::Malformed { sender: Party::Aggregator, kind, detail: detail.into() })
+        SiteError::Message(MessageError::Malformed {
+            sender: Party::Aggregator,
+            kind,
+            detail: detail.into(),
+        })
     }
 
     /// Processes one message from the aggregator and returns the reply.
-    pub fn handle<R: CryptoRng + ?Sized>(&mut self, env: Envelope, rng: &mut R) -> Result<Envelope, SiteError> {
+    pub fn handle<R: CryptoRng + ?Sized>(
+        &mut self,
+        env: Envelope,
+        rng: &mut R,
+    ) -> Result<Envelope, SiteError> {
         protocol::check_header(&self.config, &env, Party::Aggregator, Party::Site(self.id))?;
         let Some(expected) = self.state.awaits() else {
             return Err(SiteError::Finished);
         };
         if env.phase() != expected {
-            return Err(MessageError::OutOfPhase { kind: env.body.kind(), got: env.phase(), expected }.into());
+            return Err(MessageError::OutOfPhase {
+                kind: env.body.kind(),
+                got: env.phase(),
+                expected,
+            }
+            .into());
         }
         // From here on the state is consumed: any error abandons the round.
         let state = std::mem::replace(&mut self.state, State::Finished);
@@ -158,16 +201,24 @@ impl Site {
             (State::AwaitingNeighbourKeys { secrets, input }, Body::NeighbourKeys(ads)) => {
                 self.share_keys(secrets, input, ads, rng)?
             }
-            (State::AwaitingShares { secrets, input, neighbours, own }, Body::ForwardedShares(shares)) => {
-                self.mask_input(&secrets, input, &neighbours, own, shares)?
-            }
+            (
+                State::AwaitingShares {
+                    secrets,
+                    input,
+                    neighbours,
+                    own,
+                },
+                Body::ForwardedShares(shares),
+            ) => self.mask_input(&secrets, input, &neighbours, own, shares)?,
             (State::AwaitingSurvivors { held }, Body::SurvivorSet(survivors)) => {
                 self.sign_survivors(held, survivors)?
             }
             (State::AwaitingUnmaskRequest { held, survivors }, Body::UnmaskRequest(request)) => {
                 (State::Finished, self.unmask(&held, &survivors, request)?)
             }
-            (_, body) => return Err(self.malformed(body.kind(), "not a message the aggregator sends")),
+            (_, body) => {
+                return Err(self.malformed(body.kind(), "not a message the aggregator sends"));
+            }
         };
         self.state = next;
         Ok(self.envelope(reply))
@@ -182,10 +233,13 @@ impl Site {
     ) -> Result<(State, Body), SiteError> {
         let graph = self.config.graph();
         let mut neighbours = BTreeMap::new();
-        let mut seen_keys = BTreeSet::from([secrets.share_key.public().0, secrets.mask_key.public().0]);
+        let mut seen_keys =
+            BTreeSet::from([secrets.share_key.public().0, secrets.mask_key.public().0]);
         for ad in ads {
             if !graph.adjacent(self.id, ad.site) {
-                return Err(self.malformed("neighbour-keys", format!("{} is not a neighbour", ad.site)));
+                return Err(
+                    self.malformed("neighbour-keys", format!("{} is not a neighbour", ad.site))
+                );
             }
             protocol::verify_advertisement(&self.config, &self.roster, &ad)?;
             if !seen_keys.insert(ad.share_key.0) || !seen_keys.insert(ad.mask_key.0) {
@@ -200,14 +254,21 @@ impl Site {
         holders.sort_unstable();
         let t = self.config.threshold();
         if holders.len() < t {
-            return Err(SiteError::TooFewHolders { phase: Phase::ShareKeys, have: holders.len(), need: t });
+            return Err(SiteError::TooFewHolders {
+                phase: Phase::ShareKeys,
+                have: holders.len(),
+                need: t,
+            });
         }
         let mask_shares = shamir::share(&secrets.mask_secret, t, &holders, rng)?;
         let self_shares = shamir::share(&secrets.self_mask, t, &holders, rng)?;
         let mut own = None;
         let mut out = Vec::with_capacity(neighbours.len());
         for ((holder, s), (_, b)) in mask_shares.into_iter().zip(self_shares) {
-            let held = HeldShares { mask_secret: s, self_mask: b };
+            let held = HeldShares {
+                mask_secret: s,
+                self_mask: b,
+            };
             if holder == self.id {
                 own = Some(held);
                 continue;
@@ -218,12 +279,27 @@ impl Site {
             let shared = secrets
                 .share_key
                 .agree(&neighbours[&holder].share_key)
-                .map_err(|source| SiteError::Agreement { peer: holder, source })?;
-            let ciphertext = crypto::seal_shares(&shared, self.config.digest(), self.id, holder, &plaintext);
-            out.push(EncryptedShares { peer: holder, ciphertext });
+                .map_err(|source| SiteError::Agreement {
+                    peer: holder,
+                    source,
+                })?;
+            let ciphertext =
+                crypto::seal_shares(&shared, self.config.digest(), self.id, holder, &plaintext);
+            out.push(EncryptedShares {
+                peer: holder,
+                ciphertext,
+            });
         }
         let own = own.expect("the site is one of its own holders");
-        Ok((State::AwaitingShares { secrets, input, neighbours, own }, Body::ShareKeys(out)))
+        Ok((
+            State::AwaitingShares {
+                secrets,
+                input,
+                neighbours,
+                own,
+            },
+            Body::ShareKeys(out),
+        ))
     }
 
     fn mask_input(
@@ -237,24 +313,43 @@ impl Site {
         let mut held = BTreeMap::new();
         for EncryptedShares { peer, ciphertext } in shares {
             let Some(ad) = neighbours.get(&peer) else {
-                return Err(self.malformed("forwarded-shares", format!("{peer} is not a neighbour with keys")));
+                return Err(self.malformed(
+                    "forwarded-shares",
+                    format!("{peer} is not a neighbour with keys"),
+                ));
             };
             if held.contains_key(&peer) {
                 return Err(self.malformed("forwarded-shares", format!("{peer} appears twice")));
             }
-            let shared =
-                secrets.share_key.agree(&ad.share_key).map_err(|source| SiteError::Agreement { peer, source })?;
-            let plain = crypto::open_shares(&shared, self.config.digest(), peer, self.id, &ciphertext)
-                .map_err(|_| SiteError::ShareDecryption { peer })?;
+            let shared = secrets
+                .share_key
+                .agree(&ad.share_key)
+                .map_err(|source| SiteError::Agreement { peer, source })?;
+            let plain =
+                crypto::open_shares(&shared, self.config.digest(), peer, self.id, &ciphertext)
+                    .map_err(|_| SiteError::ShareDecryption { peer })?;
             let scalar = |bytes: &[u8]| {
-                let arr: [u8; 32] = bytes.try_into().expect("32-byte half of a 64-byte plaintext");
-                Option::<Scalar>::from(Scalar::from_canonical_bytes(arr)).ok_or(SiteError::ShareDecryption { peer })
+                let arr: [u8; 32] = bytes
+                    .try_into()
+                    .expect("32-byte half of a 64-byte plaintext");
+                Option::<Scalar>::from(Scalar::from_canonical_bytes(arr))
+                    .ok_or(SiteError::ShareDecryption { peer })
             };
-            held.insert(peer, HeldShares { mask_secret: scalar(&plain[..32])?, self_mask: scalar(&plain[32..])? });
+            held.insert(
+                peer,
+                HeldShares {
+                    mask_secret: scalar(&plain[..32])?,
+                    self_mask: scalar(&plain[32..])?,
+                },
+            );
         }
         let t = self.config.threshold();
         if held.len() + 1 < t {
-            return Err(SiteError::TooFewHolders { phase: Phase::MaskedInput, have: held.len() + 1, need: t });
+            return Err(SiteError::TooFewHolders {
+                phase: Phase::MaskedInput,
+                have: held.len() + 1,
+                need: t,
+            });
         }
         let mut jobs = Vec::with_capacity(held.len() + 1);
         jobs.push(MaskJob {
@@ -265,7 +360,10 @@ impl Site {
             let shared = secrets
                 .mask_key
                 .agree(&neighbours[peer].mask_key)
-                .map_err(|source| SiteError::Agreement { peer: *peer, source })?;
+                .map_err(|source| SiteError::Agreement {
+                    peer: *peer,
+                    source,
+                })?;
             jobs.push(MaskJob {
                 seed: protocol::pairwise_seed(&self.config, self.id, *peer, &shared),
                 sign: protocol::pairwise_sign(self.id, *peer),
@@ -275,7 +373,10 @@ impl Site {
         let mut words = input.into_words();
         crypto::apply_mask_streams(&mut words, &jobs);
         held.insert(self.id, own);
-        Ok((State::AwaitingSurvivors { held }, Body::MaskedInput(MaskedVector::from_masked_words(modulus, words))))
+        Ok((
+            State::AwaitingSurvivors { held },
+            Body::MaskedInput(MaskedVector::from_masked_words(modulus, words)),
+        ))
     }
 
     fn sign_survivors(
@@ -305,8 +406,13 @@ impl Site {
                 need: self.config.threshold(),
             });
         }
-        let signature = self.identity.sign(&protocol::consistency_message(&self.config, &survivors));
-        Ok((State::AwaitingUnmaskRequest { held, survivors }, Body::ConsistencySignature(signature)))
+        let signature = self
+            .identity
+            .sign(&protocol::consistency_message(&self.config, &survivors));
+        Ok((
+            State::AwaitingUnmaskRequest { held, survivors },
+            Body::ConsistencySignature(signature),
+        ))
     }
 
     fn unmask(
@@ -321,42 +427,63 @@ impl Site {
         for (signer, sig) in &request.signatures {
             let is_holder = *signer == self.id || self.config.graph().adjacent(self.id, *signer);
             if !is_holder || survivors.binary_search(signer).is_err() {
-                return Err(self.malformed("unmask-request", format!("{signer} cannot sign for this site")));
+                return Err(self.malformed(
+                    "unmask-request",
+                    format!("{signer} cannot sign for this site"),
+                ));
             }
             if !signers.insert(*signer) {
                 return Err(self.malformed("unmask-request", format!("{signer} signed twice")));
             }
-            let key = self.roster.get(*signer).ok_or(SiteError::UnknownSite(*signer))?;
-            key.verify(&message, sig).map_err(|_| MessageError::BadSignature(*signer))?;
+            let key = self
+                .roster
+                .get(*signer)
+                .ok_or(SiteError::UnknownSite(*signer))?;
+            key.verify(&message, sig)
+                .map_err(|_| MessageError::BadSignature(*signer))?;
         }
         let t = self.config.threshold();
         if signers.len() < t {
-            return Err(SiteError::TooFewSignatures { have: signers.len(), need: t });
+            return Err(SiteError::TooFewSignatures {
+                have: signers.len(),
+                need: t,
+            });
         }
         // 2. Never reveal both shares of a peer, and only the kind its status allows.
         let self_mask: BTreeSet<SiteId> = request.reveal_self_mask.iter().copied().collect();
         let mask_key: BTreeSet<SiteId> = request.reveal_mask_key.iter().copied().collect();
-        if self_mask.len() != request.reveal_self_mask.len() || mask_key.len() != request.reveal_mask_key.len() {
+        if self_mask.len() != request.reveal_self_mask.len()
+            || mask_key.len() != request.reveal_mask_key.len()
+        {
             return Err(self.malformed("unmask-request", "a peer is listed twice"));
         }
         if let Some(peer) = self_mask.intersection(&mask_key).next() {
             return Err(SiteError::RefusedDoubleReveal { peer: *peer });
         }
         let is_survivor = |p: &SiteId| survivors.binary_search(p).is_ok();
-        let mut reply = UnmaskShares { self_mask: Vec::new(), mask_key: Vec::new() };
+        let mut reply = UnmaskShares {
+            self_mask: Vec::new(),
+            mask_key: Vec::new(),
+        };
         for peer in self_mask {
             if !is_survivor(&peer) {
                 return Err(SiteError::RefusedSelfMaskOfDropped { peer });
             }
             let shares = held.get(&peer).ok_or(SiteError::NoSharesOf { peer })?;
-            reply.self_mask.push(RevealedShare { owner: peer, value: ShareValue(shares.self_mask) });
+            reply.self_mask.push(RevealedShare {
+                owner: peer,
+                value: ShareValue(shares.self_mask),
+            });
         }
         for peer in mask_key {
             if is_survivor(&peer) {
                 return Err(SiteError::RefusedMaskKeyOfSurvivor { peer });
             }
             let shares = held.get(&peer).ok_or(SiteError::NoSharesOf { peer })?;
-            reply.mask_key.push(RevealedShare { owner: peer, value: ShareValue(shares.mask_secret) });
+            reply.mask_key.push(RevealedShare {
+                owner: peer,
+                value: ShareValue(shares.mask_secret),
+            });
         }
         Ok(Body::UnmaskShares(reply))
     }

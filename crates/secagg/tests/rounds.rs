@@ -7,14 +7,21 @@ use proptest::prelude::*;
 use rand_core::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tessera_secagg::simulation::{DropSchedule, RoundOutcome, SimulatedSite, run_round, test_identities};
+use tessera_secagg::simulation::{
+    DropSchedule, RoundOutcome, SimulatedSite, run_round, test_identities,
+};
 use tessera_secagg::{
-    AbortReason, Body, FixedPoint, GraphSpec, Modulus, Phase, PlainVector, Round, RoundConfig, RoundParams,
-    SessionId, SiteId, Status,
+    AbortReason, Body, FixedPoint, GraphSpec, Modulus, Phase, PlainVector, Round, RoundConfig,
+    RoundParams, SessionId, SiteId, Status,
 };
 
-const PHASES: [Phase; 5] =
-    [Phase::AdvertiseKeys, Phase::ShareKeys, Phase::MaskedInput, Phase::ConsistencyCheck, Phase::Unmasking];
+const PHASES: [Phase; 5] = [
+    Phase::AdvertiseKeys,
+    Phase::ShareKeys,
+    Phase::MaskedInput,
+    Phase::ConsistencyCheck,
+    Phase::Unmasking,
+];
 
 struct Setup {
     config: Arc<RoundConfig>,
@@ -37,7 +44,12 @@ fn setup(n: u32, t: u32, m: u32, bits: u8, graph: GraphSpec, seed: u64) -> Setup
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let inputs = participants
         .iter()
-        .map(|id| (*id, PlainVector::new(modulus, (0..m).map(|_| rng.next_u32()).collect())))
+        .map(|id| {
+            (
+                *id,
+                PlainVector::new(modulus, (0..m).map(|_| rng.next_u32()).collect()),
+            )
+        })
         .collect();
     Setup { config, inputs }
 }
@@ -48,7 +60,11 @@ fn run(setup: &Setup, drops: &DropSchedule, seed: u64) -> RoundOutcome {
     let sites = ids
         .iter()
         .zip(identities)
-        .map(|(id, identity)| SimulatedSite { id: *id, identity, input: setup.inputs[id].clone() })
+        .map(|(id, identity)| SimulatedSite {
+            id: *id,
+            identity,
+            input: setup.inputs[id].clone(),
+        })
         .collect();
     let mut s = [0u8; 32];
     s[..8].copy_from_slice(&seed.to_le_bytes());
@@ -57,7 +73,12 @@ fn run(setup: &Setup, drops: &DropSchedule, seed: u64) -> RoundOutcome {
 
 /// Sites that sent their masked input: those not silent by the masked-input phase.
 fn expected_contributors(setup: &Setup, drops: &DropSchedule) -> Vec<SiteId> {
-    setup.inputs.keys().copied().filter(|id| drops.get(id).is_none_or(|p| *p > Phase::MaskedInput)).collect()
+    setup
+        .inputs
+        .keys()
+        .copied()
+        .filter(|id| drops.get(id).is_none_or(|p| *p > Phase::MaskedInput))
+        .collect()
 }
 
 /// No owner ever had shares of both its secrets revealed to the aggregator, and each
@@ -75,13 +96,20 @@ fn assert_no_double_reveal(outcome: &RoundOutcome) {
         }
     }
     for (owner, (b, s)) in kinds {
-        assert!(b == 0 || s == 0, "{owner}: {b} self-mask and {s} mask-key shares revealed");
+        assert!(
+            b == 0 || s == 0,
+            "{owner}: {b} self-mask and {s} mask-key shares revealed"
+        );
     }
 }
 
 fn check_exact(setup: &Setup, drops: &DropSchedule, outcome: &RoundOutcome) {
     assert!(outcome.site_errors.is_empty(), "{:?}", outcome.site_errors);
-    assert!(outcome.aggregator_errors.is_empty(), "{:?}", outcome.aggregator_errors);
+    assert!(
+        outcome.aggregator_errors.is_empty(),
+        "{:?}",
+        outcome.aggregator_errors
+    );
     assert_eq!(outcome.status, Status::Finished, "drops {drops:?}");
     let result = outcome.result.as_ref().unwrap();
     let contributors = expected_contributors(setup, drops);
@@ -190,8 +218,14 @@ fn more_than_n_minus_t_dropouts_abort_at_every_phase_without_revealing_inputs() 
         let drops: DropSchedule = ids[..4].iter().map(|id| (*id, phase)).collect();
         let outcome = run(&setup, &drops, 5);
         match &outcome.status {
-            Status::Aborted(AbortReason::TooFewSurvivors { survivors: 5, threshold: 6, .. }) => {}
-            Status::Aborted(AbortReason::TooFewHolders { have: 5, need: 6, .. }) => {}
+            Status::Aborted(AbortReason::TooFewSurvivors {
+                survivors: 5,
+                threshold: 6,
+                ..
+            }) => {}
+            Status::Aborted(AbortReason::TooFewHolders {
+                have: 5, need: 6, ..
+            }) => {}
             other => panic!("phase {phase}: expected an abort, got {other:?}"),
         }
         assert!(outcome.result.is_none());
@@ -210,22 +244,41 @@ fn more_than_n_minus_t_dropouts_abort_at_every_phase_without_revealing_inputs() 
                 }
             }
         }
-        assert!(self_mask.values().all(|&c| c < 6), "phase {phase}: {self_mask:?}");
+        assert!(
+            self_mask.values().all(|&c| c < 6),
+            "phase {phase}: {self_mask:?}"
+        );
         assert_no_double_reveal(&outcome);
     }
 }
 
 #[test]
 fn secagg_plus_aborts_when_a_neighbourhood_loses_too_many_holders() {
-    let setup = setup(30, 4, 8, 16, GraphSpec::RandomRegular { degree: 4, seed: [3; 32] }, 9);
+    let setup = setup(
+        30,
+        4,
+        8,
+        16,
+        GraphSpec::RandomRegular {
+            degree: 4,
+            seed: [3; 32],
+        },
+        9,
+    );
     let victim = SiteId(1);
     let neighbours = setup.config.graph().neighbours(victim);
     // Two of its four neighbours stop before the masked input: only 3 < 4 holders of the
     // victim's self-mask remain, so its mask cannot be removed and the round aborts.
-    let drops: DropSchedule = neighbours[..2].iter().map(|id| (*id, Phase::MaskedInput)).collect();
+    let drops: DropSchedule = neighbours[..2]
+        .iter()
+        .map(|id| (*id, Phase::MaskedInput))
+        .collect();
     let outcome = run(&setup, &drops, 9);
     assert!(
-        matches!(outcome.status, Status::Aborted(AbortReason::TooFewHolders { .. })),
+        matches!(
+            outcome.status,
+            Status::Aborted(AbortReason::TooFewHolders { .. })
+        ),
         "{:?}",
         outcome.status
     );
@@ -248,7 +301,10 @@ fn a_masked_vector_is_uniform_even_for_an_all_zero_input() {
             counts[*w as usize] += 1.0;
         }
         let expected = words.len() as f64 / 256.0;
-        counts.iter().map(|c| (c - expected).powi(2) / expected).sum::<f64>()
+        counts
+            .iter()
+            .map(|c| (c - expected).powi(2) / expected)
+            .sum::<f64>()
     };
     let masked: Vec<&[u32]> = outcome
         .received
@@ -265,5 +321,8 @@ fn a_masked_vector_is_uniform_even_for_an_all_zero_input() {
     }
     // The test has power: the unmasked (all-zero) input fails it by far.
     assert!(chi_square(s.inputs.values().next().unwrap().as_slice()) > 1e6);
-    assert_eq!(outcome.result.unwrap().sum, PlainVector::zeros(Modulus::new(8).unwrap(), m as usize));
+    assert_eq!(
+        outcome.result.unwrap().sum,
+        PlainVector::zeros(Modulus::new(8).unwrap(), m as usize)
+    );
 }

@@ -1,0 +1,71 @@
+//! `tessera simulate` end to end: the binary runs rounds and checks its own aggregate.
+
+use std::process::Command;
+
+fn tessera(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("run tessera")
+}
+
+#[test]
+fn simulate_reports_exact_sums_for_both_protocols() {
+    for protocol in ["secagg", "secagg-plus"] {
+        let out = tessera(&[
+            "simulate",
+            "--sites",
+            "12",
+            "--dim",
+            "500",
+            "--rounds",
+            "2",
+            "--dropout",
+            "0.1",
+            "--protocol",
+            protocol,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{protocol}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rounds: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with(['1', '2']))
+            .collect();
+        assert_eq!(rounds.len(), 2, "{stdout}");
+        for line in rounds {
+            assert!(
+                line.contains("sum exact") || line.contains("aborted"),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn infeasible_settings_fail_with_a_clear_message() {
+    let out = tessera(&[
+        "simulate",
+        "--sites",
+        "10",
+        "--dropout",
+        "0.6",
+        "--protocol",
+        "secagg",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Lower the dropout or corruption rate"),
+        "{stderr}"
+    );
+    let out = tessera(&["simulate", "--bits", "40"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--bits: modulus of 40 bits is not supported")
+    );
+}
