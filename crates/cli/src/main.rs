@@ -112,9 +112,21 @@ fn simulate(args: &SimulateArgs) -> Result<(), String> {
             plan.threshold, plan.holders
         ),
     }
+    let privacy = match plan.degree {
+        Some(_) => format!("privacy failure ≤ 2^{:.1}", plan.log2_privacy_failure),
+        None => format!(
+            "private while at most {} sites are corrupt",
+            plan.corrupt_tolerated
+        ),
+    };
+    let abort = if plan.log2_correctness_failure == f64::NEG_INFINITY {
+        "below 2^-1074".to_string()
+    } else {
+        format!("≤ 2^{:.1}", plan.log2_correctness_failure)
+    };
     println!(
-        "guarantees at dropout {} and corruption {}: privacy failure ≤ 2^{:.1}, round failure ≤ 2^{:.1}",
-        args.dropout, args.corruption, plan.log2_privacy_failure, plan.log2_correctness_failure
+        "at dropout rate {} and corruption bound {}: {privacy}; a round aborts with probability {abort}",
+        args.dropout, args.corruption
     );
     println!(
         "round | contributors | status | time | up / down | vs plaintext f32 | max error (bound)"

@@ -10,7 +10,9 @@
 //! colluding with n_C = ⌊γn⌋ sites it needs t > n_C and t > n/2; against an active
 //! server, which can tell different sites different survivor sets, an honest site's two
 //! kinds of shares can both reach t only if 2t ≤ n + n_C, so t > (n + n_C)/2. The round
-//! completes whenever at least t sites survive; we report P[Bin(n, 1−δ) < t].
+//! completes whenever at least t sites survive; we report P[Bin(n, 1−δ) < t] and refuse
+//! only when it exceeds 1/2 (an aborted round is retried, so small federations with a
+//! few percent of aborted rounds are still usable).
 //!
 //! **SecAgg+ (random k-regular graph).** Each site's secrets are shared among its k
 //! neighbours and itself. With c the number of corrupt neighbours any site has (a
@@ -46,7 +48,7 @@ pub struct PlanRequest {
     pub threat: ThreatModel,
     /// Privacy failure target 2^-σ.
     pub security_bits: f64,
-    /// Correctness (round completes) failure target 2^-η.
+    /// Round-failure target 2^-η used when choosing the SecAgg+ degree.
     pub correctness_bits: f64,
 }
 
@@ -74,7 +76,8 @@ pub struct Plan {
     pub holders: usize,
     /// Corrupt sites (SecAgg) or corrupt neighbours per site (SecAgg+) tolerated.
     pub corrupt_tolerated: usize,
-    /// log2 of the bound on the probability that privacy fails (−∞ when impossible).
+    /// log2 of the bound on the probability that privacy fails (−∞ when impossible;
+    /// also −∞ when the probability underflows f64, i.e. is below 2^-1074).
     pub log2_privacy_failure: f64,
     /// log2 of the bound on the probability that a round cannot complete.
     pub log2_correctness_failure: f64,
@@ -88,9 +91,8 @@ pub enum PlanError {
     BadRate { name: &'static str, value: f64 },
     #[error(
         "SecAgg with {sites} sites needs threshold {threshold} to protect against {corrupt} corrupt sites \
-         ({threat:?}), which leaves room for only {tolerated} dropouts; the round fails with probability \
-         2^{log2_failure:.1} at dropout rate {dropout_rate} (target 2^-{target}). Lower the dropout or \
-         corruption rate, or add sites"
+         ({threat:?}), which leaves room for only {tolerated} dropouts: at dropout rate {dropout_rate} most \
+         rounds would abort (failure probability {failure:.2}). Lower the dropout or corruption rate, or add sites"
     )]
     Infeasible {
         sites: usize,
@@ -98,9 +100,8 @@ pub enum PlanError {
         corrupt: usize,
         threat: ThreatModel,
         tolerated: usize,
-        log2_failure: f64,
+        failure: f64,
         dropout_rate: f64,
-        target: f64,
     },
 }
 
@@ -186,16 +187,16 @@ pub fn plan_secagg(req: &PlanRequest) -> Result<Plan, PlanError> {
     let lf = LnFactorial::new(n);
     let fail = lf.binomial_lower(n, 1.0 - req.dropout_rate, threshold);
     let log2_fail = fail.log2();
-    if log2_fail > -req.correctness_bits {
+    // An aborted round is retried, so SecAgg only refuses when most rounds would abort.
+    if fail > 0.5 {
         return Err(PlanError::Infeasible {
             sites: n,
             threshold,
             corrupt,
             threat: req.threat,
             tolerated: n - threshold,
-            log2_failure: log2_fail,
+            failure: fail,
             dropout_rate: req.dropout_rate,
-            target: req.correctness_bits,
         });
     }
     Ok(Plan {
@@ -297,6 +298,15 @@ mod tests {
         let active = plan_secagg(&req).unwrap();
         assert_eq!(active.threshold, (30 + 6) / 2 + 1);
         assert!(active.log2_correctness_failure > semi.log2_correctness_failure);
+    }
+
+    #[test]
+    fn small_federations_get_a_plan_with_their_abort_probability() {
+        // The study's three hospitals: t = 2 of 3, a round aborts when two sites drop.
+        let plan = plan_secagg(&PlanRequest::new(3, 0.05, 0.0)).unwrap();
+        assert_eq!(plan.threshold, 2);
+        let p: f64 = 3.0 * 0.05f64.powi(2) * 0.95 + 0.05f64.powi(3);
+        assert!((plan.log2_correctness_failure - p.log2()).abs() < 1e-9);
     }
 
     #[test]

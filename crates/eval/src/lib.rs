@@ -1,0 +1,19 @@
+//! # tessera-eval: the evaluation protocol of the study
+//!
+//! Dou et al. (npj Digit. Med. 2021) evaluated a slice-wise lesion detector per patient:
+//! a detection hits a lesion at IoU ≥ 0.5; sensitivity, precision and false positives
+//! per slice are computed per patient and averaged, with 95% intervals mean ± 1.96·SD/√n;
+//! a score-threshold sweep 0 → 0.98 gives FROC-style curves; nested boxes (overlap
+//! above 0.7) are removed; lesion burden comes from the dense score map thresholded at
+//! 0.1. This crate implements that protocol, plus mAP, percentile-bootstrap intervals
+//! and a patient-level ROC AUC, on plain boxes and masks (no model, no I/O).
+
+mod boxes;
+mod metrics;
+
+pub use boxes::{BBox, Detection, nms, remove_nested};
+pub use metrics::{
+    CohortSummary, DEFAULT_SCORE_THRESHOLD, Estimate, FrocPoint, HIT_IOU, PatientMetrics,
+    PatientResult, SliceResult, bootstrap_ci, froc, lesion_burden, normal_ci, predicted_burden,
+    roc_auc, summarise,
+};
