@@ -33,7 +33,9 @@ fn simulate_reports_exact_sums_for_both_protocols() {
         );
         let rounds: Vec<&str> = stdout
             .lines()
-            .filter(|l| l.trim_start().starts_with(['1', '2']))
+            .filter(|l| {
+                l.contains(" | ") && l.trim_start().starts_with(|c: char| c.is_ascii_digit())
+            })
             .collect();
         assert_eq!(rounds.len(), 2, "{stdout}");
         for line in rounds {
