@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command of the README and of CI: formatting, lints, then every test, closing
-# with the total over all test binaries.
+# The test command of the README and of CI: libtorch set-up (a no-op when present),
+# formatting, lints, then every test, closing with the total over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup-libtorch.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"

@@ -1,0 +1,422 @@
+//! # tessera-core: the vocabulary shared by training and orchestration
+//!
+//! A model is federated as one flat `f32` vector whose [`ParamLayout`] names each
+//! tensor, its shape and its kind, in a fixed order (sorted by name). Sites train
+//! through [`LocalTrainer`] and send the change of their parameters, weighted by their
+//! sample count; with secure aggregation the coordinator only ever learns the weighted
+//! mean of those deltas, so an [`AggregationStrategy`] is defined on that mean alone.
+//!
+//! Strategies ([`Strategy`]):
+//! - **FedAvg** (McMahan et al. 2017): global ← global + mean delta, i.e. the
+//!   sample-weighted mean of the local models.
+//! - **FedProx** (Li et al. 2020): FedAvg on the server; sites add (μ/2)‖w − w_global‖²
+//!   to their local loss ([`LocalTrainingConfig::proximal_mu`]).
+//! - **FedBN** (Li et al. 2021): normalisation parameters and statistics stay at each
+//!   site; only the other entries are averaged ([`Strategy::is_federated`],
+//!   [`Strategy::merge_into_local`]).
+//! - **FedAvgM** (Hsu et al. 2019): server momentum v ← βv + mean delta,
+//!   global ← global + η·v.
+//!
+//! No tch, no networking: this crate is pure arithmetic, shared by `train` and `fl`.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// What a parameter tensor is, which decides whether FedBN federates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParamKind {
+    /// Convolution and linear weights and biases.
+    Weight,
+    /// Scale and shift of a normalisation layer.
+    NormAffine,
+    /// Running mean and variance of a batch-norm layer (not trained by gradient).
+    NormStatistic,
+}
+
+impl ParamKind {
+    pub fn is_normalisation(self) -> bool {
+        matches!(self, ParamKind::NormAffine | ParamKind::NormStatistic)
+    }
+}
+
+/// One named tensor inside the flat vector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamEntry {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub kind: ParamKind,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// The order and meaning of a flat parameter vector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamLayout {
+    entries: Vec<ParamEntry>,
+    len: usize,
+}
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum LayoutError {
+    #[error("parameter `{0}` appears twice")]
+    Duplicate(String),
+    #[error("parameter vector has {got} values, the layout {expected}")]
+    Length { got: usize, expected: usize },
+}
+
+impl ParamLayout {
+    /// Builds the layout with entries sorted by name (the documented fixed order).
+    pub fn new(mut tensors: Vec<(String, Vec<i64>, ParamKind)>) -> Result<Self, LayoutError> {
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut entries = Vec::with_capacity(tensors.len());
+        let mut offset = 0;
+        for (i, (name, shape, kind)) in tensors.into_iter().enumerate() {
+            if i > 0 && entries.last().is_some_and(|e: &ParamEntry| e.name == name) {
+                return Err(LayoutError::Duplicate(name));
+            }
+            let len = shape.iter().product::<i64>().max(0) as usize;
+            entries.push(ParamEntry {
+                name,
+                shape,
+                kind,
+                offset,
+                len,
+            });
+            offset += len;
+        }
+        Ok(Self {
+            entries,
+            len: offset,
+        })
+    }
+
+    pub fn entries(&self) -> &[ParamEntry] {
+        &self.entries
+    }
+
+    /// Total number of values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn check(&self, values: &[f32]) -> Result<(), LayoutError> {
+        if values.len() == self.len {
+            Ok(())
+        } else {
+            Err(LayoutError::Length {
+                got: values.len(),
+                expected: self.len,
+            })
+        }
+    }
+}
+
+/// Local training settings sent with a round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalTrainingConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// FedProx's μ; 0 disables the proximal term.
+    pub proximal_mu: f64,
+    /// Seed of this site's randomness for this round (batches, augmentation).
+    pub seed: u64,
+}
+
+/// What a site's local training produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalUpdate {
+    /// The trained parameters, in the layout's order.
+    pub parameters: Vec<f32>,
+    /// Weight of this site in the average (its training samples).
+    pub samples: u64,
+    /// Mean training loss over the local steps.
+    pub mean_loss: f32,
+}
+
+/// Site-side training, implemented by the tch trainer and by test doubles.
+pub trait LocalTrainer {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn layout(&self) -> &ParamLayout;
+
+    /// The site's current parameters.
+    fn parameters(&self) -> Vec<f32>;
+
+    /// Trains from `start` (the global model merged into the local one).
+    fn train(
+        &mut self,
+        start: &[f32],
+        config: &LocalTrainingConfig,
+    ) -> Result<LocalUpdate, Self::Error>;
+}
+
+/// One site's contribution in plain text: its delta and its weight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteDelta {
+    pub delta: Vec<f32>,
+    pub weight: u64,
+}
+
+/// The sample-weighted mean of deltas (what secure aggregation computes, in the clear);
+/// `None` without weight.
+pub fn weighted_mean(deltas: &[SiteDelta]) -> Option<Vec<f32>> {
+    let total: u64 = deltas.iter().map(|d| d.weight).sum();
+    let len = deltas.first()?.delta.len();
+    if total == 0 || deltas.iter().any(|d| d.delta.len() != len) {
+        return None;
+    }
+    let mut acc = vec![0f64; len];
+    for d in deltas {
+        let w = d.weight as f64;
+        for (a, x) in acc.iter_mut().zip(&d.delta) {
+            *a += w * f64::from(*x);
+        }
+    }
+    Some(acc.into_iter().map(|a| (a / total as f64) as f32).collect())
+}
+
+/// The coordinator's update rule, given only the weighted mean delta.
+pub trait AggregationStrategy: Send {
+    fn apply(&mut self, layout: &ParamLayout, global: &mut [f32], mean_delta: &[f32]);
+}
+
+/// The strategies researchers compare, as configured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Strategy {
+    FedAvg,
+    FedProx { mu: f64 },
+    FedBn,
+    FedAvgM { server_lr: f32, momentum: f32 },
+}
+
+impl Strategy {
+    /// Whether an entry of this kind travels to the coordinator.
+    pub fn is_federated(&self, kind: ParamKind) -> bool {
+        !(matches!(self, Strategy::FedBn) && kind.is_normalisation())
+    }
+
+    /// The μ sites must use in their local loss.
+    pub fn proximal_mu(&self) -> f64 {
+        match self {
+            Strategy::FedProx { mu } => *mu,
+            _ => 0.0,
+        }
+    }
+
+    /// A site's starting point for a round: federated entries from the global model,
+    /// the others (FedBN's normalisation) from the site's own parameters.
+    pub fn merge_into_local(
+        &self,
+        layout: &ParamLayout,
+        local: &[f32],
+        global: &[f32],
+    ) -> Vec<f32> {
+        let mut out = global.to_vec();
+        for e in layout.entries() {
+            if !self.is_federated(e.kind) {
+                out[e.offset..e.offset + e.len].copy_from_slice(&local[e.offset..e.offset + e.len]);
+            }
+        }
+        out
+    }
+
+    /// A new server-side state for this strategy.
+    pub fn server(&self) -> Box<dyn AggregationStrategy> {
+        match self {
+            Strategy::FedAvg | Strategy::FedProx { .. } => Box::new(Additive {
+                skip_normalisation: false,
+            }),
+            Strategy::FedBn => Box::new(Additive {
+                skip_normalisation: true,
+            }),
+            Strategy::FedAvgM {
+                server_lr,
+                momentum,
+            } => Box::new(Momentum {
+                server_lr: *server_lr,
+                momentum: *momentum,
+                velocity: Vec::new(),
+            }),
+        }
+    }
+}
+
+struct Additive {
+    skip_normalisation: bool,
+}
+
+impl AggregationStrategy for Additive {
+    fn apply(&mut self, layout: &ParamLayout, global: &mut [f32], mean_delta: &[f32]) {
+        for e in layout.entries() {
+            if self.skip_normalisation && e.kind.is_normalisation() {
+                continue;
+            }
+            for (g, d) in global[e.offset..e.offset + e.len]
+                .iter_mut()
+                .zip(&mean_delta[e.offset..e.offset + e.len])
+            {
+                *g += d;
+            }
+        }
+    }
+}
+
+struct Momentum {
+    server_lr: f32,
+    momentum: f32,
+    velocity: Vec<f32>,
+}
+
+impl AggregationStrategy for Momentum {
+    fn apply(&mut self, _layout: &ParamLayout, global: &mut [f32], mean_delta: &[f32]) {
+        if self.velocity.len() != mean_delta.len() {
+            self.velocity = vec![0.0; mean_delta.len()];
+        }
+        for ((g, v), d) in global.iter_mut().zip(&mut self.velocity).zip(mean_delta) {
+            *v = self.momentum * *v + d;
+            *g += self.server_lr * *v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> ParamLayout {
+        ParamLayout::new(vec![
+            ("conv.weight".into(), vec![2, 2], ParamKind::Weight),
+            ("bn.weight".into(), vec![2], ParamKind::NormAffine),
+            ("bn.running_mean".into(), vec![2], ParamKind::NormStatistic),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn layout_is_sorted_by_name_with_offsets() {
+        let l = layout();
+        let names: Vec<&str> = l.entries().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, vec!["bn.running_mean", "bn.weight", "conv.weight"]);
+        assert_eq!(l.entries()[2].offset, 4);
+        assert_eq!(l.len(), 8);
+        assert!(l.check(&[0.0; 7]).is_err());
+        assert!(matches!(
+            ParamLayout::new(vec![
+                ("a".into(), vec![1], ParamKind::Weight),
+                ("a".into(), vec![1], ParamKind::Weight)
+            ]),
+            Err(LayoutError::Duplicate(_))
+        ));
+    }
+
+    /// Models as (site parameters, samples); deltas from a global model.
+    fn fedavg_round(strategy: &Strategy, global: &[f32], sites: &[(Vec<f32>, u64)]) -> Vec<f32> {
+        let l = layout();
+        let deltas: Vec<SiteDelta> = sites
+            .iter()
+            .map(|(p, w)| SiteDelta {
+                delta: p.iter().zip(global).map(|(a, b)| a - b).collect(),
+                weight: *w,
+            })
+            .collect();
+        let mean = weighted_mean(&deltas).unwrap();
+        let mut g = global.to_vec();
+        strategy.server().apply(&l, &mut g, &mean);
+        g
+    }
+
+    #[test]
+    fn fedavg_of_identical_models_is_the_identity() {
+        let global = vec![0.5; 8];
+        let model: Vec<f32> = (0..8).map(|i| i as f32 * 0.25).collect();
+        let out = fedavg_round(
+            &Strategy::FedAvg,
+            &global,
+            &[(model.clone(), 3), (model.clone(), 11)],
+        );
+        assert_eq!(out, model);
+    }
+
+    #[test]
+    fn fedavg_of_two_sites_is_the_sample_weighted_mean() {
+        let global = vec![0.0; 8];
+        let a = vec![1.0; 8];
+        let b = vec![4.0; 8];
+        // weights 1 : 2 → (1 + 8) / 3 = 3
+        let out = fedavg_round(&Strategy::FedAvg, &global, &[(a, 10), (b, 20)]);
+        assert!(out.iter().all(|v| (v - 3.0).abs() < 1e-6), "{out:?}");
+        assert_eq!(weighted_mean(&[]), None);
+        assert_eq!(
+            weighted_mean(&[SiteDelta {
+                delta: vec![1.0],
+                weight: 0
+            }]),
+            None
+        );
+    }
+
+    #[test]
+    fn fedbn_leaves_normalisation_untouched_everywhere() {
+        let l = layout();
+        let global = vec![0.0; 8];
+        let out = fedavg_round(
+            &Strategy::FedBn,
+            &global,
+            &[(vec![2.0; 8], 1), (vec![4.0; 8], 1)],
+        );
+        // bn entries (offsets 0..4) unchanged on the server, conv averaged
+        assert_eq!(&out[..4], &[0.0; 4]);
+        assert_eq!(&out[4..], &[3.0; 4]);
+        // and a site keeps its own normalisation when it adopts the global model
+        let local = vec![9.0; 8];
+        let merged = Strategy::FedBn.merge_into_local(&l, &local, &out);
+        assert_eq!(&merged[..4], &[9.0; 4]);
+        assert_eq!(&merged[4..], &[3.0; 4]);
+        // FedAvg adopts everything
+        assert_eq!(Strategy::FedAvg.merge_into_local(&l, &local, &out), out);
+        assert!(!Strategy::FedBn.is_federated(ParamKind::NormStatistic));
+        assert!(Strategy::FedProx { mu: 0.01 }.is_federated(ParamKind::NormAffine));
+    }
+
+    #[test]
+    fn fedavgm_accumulates_momentum() {
+        let l = layout();
+        let mut server = Strategy::FedAvgM {
+            server_lr: 1.0,
+            momentum: 0.5,
+        }
+        .server();
+        let mut g = vec![0.0; 8];
+        server.apply(&l, &mut g, &[1.0; 8]); // v = 1, g = 1
+        server.apply(&l, &mut g, &[1.0; 8]); // v = 1.5, g = 2.5
+        assert!(g.iter().all(|v| (v - 2.5).abs() < 1e-6));
+        // with momentum 0 and lr 1 it is FedAvg
+        let mut plain = Strategy::FedAvgM {
+            server_lr: 1.0,
+            momentum: 0.0,
+        }
+        .server();
+        let mut h = vec![0.0; 8];
+        plain.apply(&l, &mut h, &[1.0; 8]);
+        plain.apply(&l, &mut h, &[1.0; 8]);
+        assert_eq!(h, vec![2.0; 8]);
+    }
+
+    #[test]
+    fn strategies_parse_from_config_and_reject_unknown_keys() {
+        let s: Strategy = toml::from_str("name = \"fedprox\"\nmu = 0.01").unwrap();
+        assert_eq!(s, Strategy::FedProx { mu: 0.01 });
+        assert_eq!(s.proximal_mu(), 0.01);
+        let err = toml::from_str::<Strategy>(
+            "name = \"fedavgm\"\nserver_lr = 1.0\nmomentum = 0.9\nbeta = 1",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `beta`"), "{err}");
+    }
+}

@@ -1,0 +1,297 @@
+//! The detector and trainer on small synthetic slices: learning, overfitting, exact
+//! parameter round trips, determinism, TorchScript models and volume inference.
+
+use std::path::Path;
+use tessera_core::{LocalTrainer, LocalTrainingConfig, ParamKind};
+use tessera_data::{Acquisition, Patient, Population, Resolution, SliceSpec};
+use tessera_eval::{BBox, PatientResult, SliceResult, summarise};
+use tessera_train::{
+    DecodeConfig, DetectorConfig, DetectorTrainer, Example, TrainerConfig, infer_volume,
+};
+
+const SIZE: usize = 64;
+
+/// Lung-like background with one or two bright square lesions.
+fn examples(count: usize) -> Vec<Example> {
+    (0..count)
+        .map(|i| {
+            let mut image = vec![0.1f32; 3 * SIZE * SIZE];
+            let mut lesion = vec![false; SIZE * SIZE];
+            let mut boxes = Vec::new();
+            let spots = [
+                (8 + (i * 7) % 30, 10 + (i * 11) % 30, 8 + i % 5),
+                (40, 36 + i % 8, 10),
+            ];
+            for &(x0, y0, side) in spots.iter().take(1 + i % 2) {
+                for y in y0..y0 + side {
+                    for x in x0..x0 + side {
+                        lesion[y * SIZE + x] = true;
+                        for c in 0..3 {
+                            image[c * SIZE * SIZE + y * SIZE + x] = 0.7;
+                        }
+                    }
+                }
+                boxes.push(BBox::new(
+                    x0 as f32,
+                    y0 as f32,
+                    (x0 + side) as f32,
+                    (y0 + side) as f32,
+                ));
+            }
+            Example {
+                image,
+                boxes,
+                lesion,
+            }
+        })
+        .collect()
+}
+
+fn tiny() -> DetectorConfig {
+    DetectorConfig {
+        input_size: SIZE as i64,
+        widths: [8, 8, 16, 16, 16],
+        convs_per_stage: [1, 1, 1, 1],
+        fpn_channels: 16,
+    }
+}
+
+fn round(steps: usize, seed: u64) -> LocalTrainingConfig {
+    LocalTrainingConfig {
+        steps,
+        batch_size: 4,
+        learning_rate: 3e-3,
+        proximal_mu: 0.0,
+        seed,
+    }
+}
+
+fn no_augmentation() -> TrainerConfig {
+    TrainerConfig {
+        augmentation: None,
+        threads: 1,
+        ..TrainerConfig::default()
+    }
+}
+
+#[test]
+fn loss_decreases_and_a_handful_of_slices_is_overfitted() {
+    let data = examples(4);
+    let mut t = DetectorTrainer::native(&tiny(), data.clone(), no_augmentation(), 1).unwrap();
+    let first = t.train(&t.parameters(), &round(20, 1)).unwrap();
+    let mut params = first.parameters.clone();
+    let mut last = first.mean_loss;
+    for r in 0..9 {
+        let u = t.train(&params, &round(20, 2 + r)).unwrap();
+        params = u.parameters;
+        last = u.mean_loss;
+    }
+    assert!(
+        last < first.mean_loss * 0.5,
+        "loss {} → {}",
+        first.mean_loss,
+        last
+    );
+    assert_eq!(first.samples, 4);
+
+    let images: Vec<&[f32]> = data.iter().map(|e| e.image.as_slice()).collect();
+    let predicted = t.predict(&images, &DecodeConfig::default()).unwrap();
+    let (dets, maps) = (predicted.detections, predicted.scores);
+    let patients: Vec<PatientResult> = data
+        .iter()
+        .zip(dets)
+        .enumerate()
+        .map(|(i, (e, d))| PatientResult {
+            patient: i.to_string(),
+            slices: vec![SliceResult {
+                truth: e.boxes.clone(),
+                detections: d,
+            }],
+        })
+        .collect();
+    let summary = summarise(&patients, 0.3);
+    let sensitivity = summary.sensitivity.unwrap().mean;
+    assert!(
+        sensitivity >= 0.75,
+        "sensitivity {sensitivity} after overfitting"
+    );
+    // the lesion-score map is high on lesions and low elsewhere
+    let on = data[0]
+        .lesion
+        .iter()
+        .zip(&maps[0])
+        .filter(|(l, _)| **l)
+        .map(|(_, s)| *s)
+        .fold(0f32, f32::max);
+    let background: Vec<f32> = data[0]
+        .lesion
+        .iter()
+        .zip(&maps[0])
+        .filter(|(l, _)| !**l)
+        .map(|(_, s)| *s)
+        .collect();
+    let mean_off = background.iter().sum::<f32>() / background.len() as f32;
+    assert!(
+        on > 0.5 && mean_off < 0.2,
+        "mask scores: lesion peak {on}, background mean {mean_off}"
+    );
+}
+
+#[test]
+fn parameters_flatten_and_checkpoint_exactly() {
+    let data = examples(2);
+    let mut a = DetectorTrainer::native(&tiny(), data.clone(), no_augmentation(), 3).unwrap();
+    let trained = a.train(&a.parameters(), &round(3, 3)).unwrap().parameters;
+    let mut b = DetectorTrainer::native(&tiny(), data, no_augmentation(), 4).unwrap();
+    assert_ne!(b.parameters(), trained);
+    // flatten → unflatten is exact (train with zero steps just loads the start point)
+    let loaded = b.train(&trained, &round(0, 0)).unwrap().parameters;
+    assert_eq!(loaded, trained);
+    // checkpoint save/load is exact
+    let dir = std::env::temp_dir().join(format!("tessera-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    a.save(&path).unwrap();
+    let mut c = DetectorTrainer::native(&tiny(), vec![], no_augmentation(), 9).unwrap();
+    c.load(&path).unwrap();
+    assert_eq!(c.parameters(), a.parameters());
+    // the layout marks batch-norm entries, including running statistics
+    let layout = a.layout();
+    let stats = layout
+        .entries()
+        .iter()
+        .filter(|e| e.kind == ParamKind::NormStatistic)
+        .count();
+    let affine = layout
+        .entries()
+        .iter()
+        .filter(|e| e.kind == ParamKind::NormAffine)
+        .count();
+    assert!(
+        stats > 0 && stats == affine,
+        "{stats} statistics, {affine} affine"
+    );
+    assert!(layout.entries().windows(2).all(|w| w[0].name < w[1].name));
+}
+
+#[test]
+fn training_is_bitwise_deterministic_on_cpu() {
+    let run = || {
+        let data = examples(6);
+        let mut t = DetectorTrainer::native(
+            &tiny(),
+            data,
+            TrainerConfig {
+                threads: 2,
+                ..TrainerConfig::default()
+            },
+            11,
+        )
+        .unwrap();
+        t.train(&t.parameters(), &round(8, 5)).unwrap().parameters
+    };
+    let (a, b) = (run(), run());
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+#[test]
+fn fedprox_keeps_the_model_closer_to_the_start() {
+    let data = examples(4);
+    let mut t = DetectorTrainer::native(&tiny(), data, no_augmentation(), 2).unwrap();
+    let start = t.parameters();
+    let distance = |p: &[f32]| {
+        p.iter()
+            .zip(&start)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f32>()
+            .sqrt()
+    };
+    let free = t.train(&start, &round(15, 7)).unwrap().parameters;
+    let prox = t
+        .train(
+            &start,
+            &LocalTrainingConfig {
+                proximal_mu: 50.0,
+                ..round(15, 7)
+            },
+        )
+        .unwrap()
+        .parameters;
+    assert!(
+        distance(&prox) < distance(&free),
+        "{} vs {}",
+        distance(&prox),
+        distance(&free)
+    );
+}
+
+#[test]
+fn a_torchscript_model_trains_and_predicts_through_the_same_interface() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_detector.pt");
+    let data = examples(4);
+    let mut t =
+        DetectorTrainer::torchscript(&path, SIZE as i64, data.clone(), no_augmentation()).unwrap();
+    assert!(!t.layout().is_empty());
+    let start = t.parameters();
+    let u = t.train(&start, &round(10, 1)).unwrap();
+    assert_ne!(u.parameters, start);
+    assert!(u.mean_loss.is_finite());
+    let images: Vec<&[f32]> = data.iter().map(|e| e.image.as_slice()).collect();
+    let predicted = t.predict(&images, &DecodeConfig::default()).unwrap();
+    let (dets, maps) = (predicted.detections, predicted.scores);
+    assert_eq!((dets.len(), maps.len(), maps[0].len()), (4, 4, SIZE * SIZE));
+    // a model breaking the output contract is refused with the file named
+    assert!(DetectorTrainer::torchscript(&path, 30, vec![], no_augmentation()).is_err());
+}
+
+#[test]
+fn volume_inference_covers_the_lung_slices_and_keeps_detections_in_the_lung() {
+    let population = Population {
+        lesion_free_share: 0.0,
+        lesions_mean: 3.0,
+        lesion_diameter_mm: [10.0, 40.0],
+        consolidation_share: 0.5,
+    };
+    let acq = Acquisition {
+        in_plane_spacing_mm: 0.8,
+        slice_thickness_mm: 5.0,
+        field_of_view_mm: 400.0,
+        noise_hu: 10.0,
+        kernel_blur_mm: 0.5,
+        hu_scale: 1.0,
+        hu_offset: 0.0,
+    };
+    let scan =
+        Patient::sample(&population, [4; 32]).scan("p", &acq, Resolution::Small, 1.0, [1; 32]);
+    let spec = SliceSpec {
+        size: SIZE,
+        spacing_mm: 6.4,
+        ..SliceSpec::SMALL
+    };
+    let mut t = DetectorTrainer::native(&tiny(), vec![], no_augmentation(), 1).unwrap();
+    let low = DecodeConfig {
+        min_score: 0.0,
+        ..DecodeConfig::default()
+    };
+    let pred = infer_volume(&mut t, &scan, &spec, 8, &low).unwrap();
+    let lung_slices = (0..scan.ct.shape[0])
+        .filter(|&z| scan.lung.slice(z).iter().any(|l| *l))
+        .count();
+    assert_eq!(pred.slices.len(), lung_slices);
+    assert_eq!(pred.scores.shape, [scan.ct.shape[0], SIZE, SIZE]);
+    assert!(
+        pred.slices.iter().any(|(_, d)| !d.is_empty()),
+        "an untrained model still proposes boxes at score ≥ 0"
+    );
+    let samples = tessera_data::slices(&scan, &spec);
+    for ((z, dets), s) in pred.slices.iter().zip(&samples) {
+        assert_eq!(*z, s.z);
+        for d in dets {
+            let (cx, cy) = (
+                ((d.bbox.x0 + d.bbox.x1) / 2.0) as usize,
+                ((d.bbox.y0 + d.bbox.y1) / 2.0) as usize,
+            );
+            assert!(s.lung[cy * SIZE + cx]);
+        }
+    }
+}
