@@ -521,18 +521,9 @@ impl Aggregator {
         let mut dropped_secrets: BTreeMap<SiteId, AgreementSecret> = BTreeMap::new();
         let mut dropped_keys = Vec::with_capacity(dropped.len());
         for &owner in &dropped {
-            let shares = self
-                .mask_key_shares
-                .get(&owner)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let Ok(secret) = interpolator.reconstruct(shares) else {
-                return self.abort(AbortReason::TooFewHolders {
-                    phase: Phase::Unmasking,
-                    owner,
-                    have: shares.len(),
-                    need: t,
-                });
+            let secret = match reconstruct(&mut interpolator, &self.mask_key_shares, owner, t) {
+                Ok(secret) => secret,
+                Err(reason) => return self.abort(reason),
             };
             let key = protocol::mask_key_from_secret(&self.config, owner, &secret);
             if key.public() != self.adverts[&owner].mask_key {
@@ -548,18 +539,9 @@ impl Aggregator {
         }
         let mut jobs = Vec::with_capacity(dropped_keys.len() + masked.len());
         for &owner in &masked {
-            let shares = self
-                .self_mask_shares
-                .get(&owner)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let Ok(secret) = interpolator.reconstruct(shares) else {
-                return self.abort(AbortReason::TooFewHolders {
-                    phase: Phase::Unmasking,
-                    owner,
-                    have: shares.len(),
-                    need: t,
-                });
+            let secret = match reconstruct(&mut interpolator, &self.self_mask_shares, owner, t) {
+                Ok(secret) => secret,
+                Err(reason) => return self.abort(reason),
             };
             if protocol::self_mask_commitment(&self.config, owner, &secret)
                 != self.adverts[&owner].self_mask_commitment
@@ -607,4 +589,22 @@ impl Aggregator {
         });
         self.status = Status::Finished;
     }
+}
+
+/// `owner`'s secret from the first t shares revealed to the aggregator.
+fn reconstruct(
+    interpolator: &mut shamir::Interpolator,
+    revealed: &BTreeMap<SiteId, Vec<(SiteId, Scalar)>>,
+    owner: SiteId,
+    t: usize,
+) -> Result<Scalar, AbortReason> {
+    let shares = revealed.get(&owner).map(Vec::as_slice).unwrap_or_default();
+    interpolator
+        .reconstruct(shares)
+        .map_err(|_| AbortReason::TooFewHolders {
+            phase: Phase::Unmasking,
+            owner,
+            have: shares.len(),
+            need: t,
+        })
 }
