@@ -2,6 +2,7 @@
 //! happens in the library crates.
 
 mod data;
+mod pki;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ enum Command {
     /// Synthetic cohorts and dataset checks.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// The federation's CA, certificates and signed roster.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(&args),
         Command::Data(cmd) => data::run(&cmd),
+        Command::Pki(cmd) => pki::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

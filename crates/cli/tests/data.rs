@@ -74,3 +74,37 @@ fn an_invalid_registry_names_the_key() {
     let (ok, _, stderr) = tessera(&["data", "synth", "--registry", reg.to_str().unwrap()]);
     assert!(!ok && stderr.contains("unknown field `seeds`"), "{stderr}");
 }
+
+#[test]
+fn pki_init_and_issue() {
+    let dir = std::env::temp_dir().join(format!("tessera-cli-pki-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let (ok, _, stderr) = tessera(&["pki", "init", "--dir", d]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = tessera(&["pki", "issue", "--dir", d, "--coordinator"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) =
+        tessera(&["pki", "issue", "--dir", d, "--site", "site-a", "--id", "0"]);
+    assert!(
+        ok && stdout.contains("roster.json re-signed"),
+        "{stdout}{stderr}"
+    );
+    let (ok, _, stderr) = tessera(&["pki", "issue", "--dir", d, "--site", "site-a", "--id", "1"]);
+    assert!(
+        !ok && stderr.contains("site-a.pem already exists"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = tessera(&["pki", "issue", "--dir", d, "--site", "site-b"]);
+    assert!(!ok && stderr.contains("--id is required"), "{stderr}");
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "coordinator.pem",
+        "site-a.key",
+        "site-a.identity",
+        "roster.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+}

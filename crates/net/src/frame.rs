@@ -1,0 +1,198 @@
+//! Length-delimited frames: a 4-byte big-endian length, then the payload. A hard
+//! maximum is checked before anything is allocated, so a peer cannot make us reserve
+//! memory by announcing a huge frame.
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Default hard maximum of one frame (a 10^7-coordinate 32-bit vector fits).
+pub const MAX_FRAME: usize = 64 << 20;
+
+#[derive(Debug, Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("stream ended inside a frame ({got} of {expected} bytes)")]
+    Truncated { expected: usize, got: usize },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Prefixes `payload` with its length.
+pub fn encode(payload: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
+    if payload.len() > max || payload.len() > u32::MAX as usize {
+        return Err(FrameError::TooLarge {
+            len: payload.len(),
+            max,
+        });
+    }
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// Incremental, sans-IO decoding: push bytes as they arrive, take frames out.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl Decoder {
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `None` if more bytes are needed, or an error for an
+    /// oversized frame (after which the stream must be dropped).
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(frame))
+    }
+
+    /// Bytes received but not yet part of a complete frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated { expected: 4, got })
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut payload = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = r.read(&mut payload[got..]).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated { expected: len, got });
+        }
+        got += n;
+    }
+    Ok(Some(payload))
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+    max: usize,
+) -> Result<(), FrameError> {
+    if payload.len() > max || payload.len() > u32::MAX as usize {
+        return Err(FrameError::TooLarge {
+            len: payload.len(),
+            max,
+        });
+    }
+    w.write_all(&(payload.len() as u32).to_be_bytes()).await?;
+    w.write_all(payload).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_reassembles_frames_from_any_split() {
+        let frames: Vec<Vec<u8>> = vec![vec![], vec![1, 2, 3], vec![7; 1000]];
+        let wire: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| encode(f, MAX_FRAME).unwrap())
+            .collect();
+        for chunk in [1, 2, 3, 5, 64, wire.len()] {
+            let mut d = Decoder::new(MAX_FRAME);
+            let mut out = Vec::new();
+            for piece in wire.chunks(chunk) {
+                d.push(piece);
+                while let Some(f) = d.next_frame().unwrap() {
+                    out.push(f);
+                }
+            }
+            assert_eq!(out, frames, "chunk {chunk}");
+            assert_eq!(d.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_allocation() {
+        let mut d = Decoder::new(16);
+        d.push(&(1u32 << 31).to_be_bytes());
+        assert!(matches!(
+            d.next_frame(),
+            Err(FrameError::TooLarge { max: 16, .. })
+        ));
+        assert!(matches!(
+            encode(&[0; 17], 16),
+            Err(FrameError::TooLarge { len: 17, max: 16 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn async_reads_detect_truncation_and_clean_ends() {
+        let mut wire = encode(b"hello", MAX_FRAME).unwrap();
+        let mut r = wire.as_slice();
+        assert_eq!(
+            read_frame(&mut r, MAX_FRAME).await.unwrap().unwrap(),
+            b"hello"
+        );
+        assert!(read_frame(&mut r, MAX_FRAME).await.unwrap().is_none());
+        wire.truncate(6);
+        let mut r = wire.as_slice();
+        assert!(matches!(
+            read_frame(&mut r, MAX_FRAME).await,
+            Err(FrameError::Truncated {
+                expected: 5,
+                got: 2
+            })
+        ));
+        let mut r: &[u8] = &[0, 0];
+        assert!(matches!(
+            read_frame(&mut r, MAX_FRAME).await,
+            Err(FrameError::Truncated {
+                expected: 4,
+                got: 2
+            })
+        ));
+        let mut out = Vec::new();
+        write_frame(&mut out, b"abc", MAX_FRAME).await.unwrap();
+        assert_eq!(out, encode(b"abc", MAX_FRAME).unwrap());
+    }
+}
