@@ -6,6 +6,7 @@
 //! - [`frame`]: length-delimited frames with a hard maximum, decodable sans-IO.
 //! - [`quic`]: QUIC endpoints with mutual TLS 1.3 only, ALPN `tessera/1`, and opt-in
 //!   `SSLKEYLOGFILE` key logging.
+//! - [`transcript`]: a site's signed, hash-chained record of every outbound message.
 //!
 //! The orchestration that runs federated rounds over these connections is not built
 //! yet; this crate knows nothing of models or protocols beyond bytes and identities.
@@ -13,3 +14,4 @@
 pub mod frame;
 pub mod pki;
 pub mod quic;
+pub mod transcript;

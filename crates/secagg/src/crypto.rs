@@ -33,6 +33,8 @@ pub enum CryptoError {
     BadSignature,
     #[error("invalid Ed25519 seed")]
     InvalidIdentitySeed,
+    #[error("signature labels must be 1–255 bytes and outside tessera/secagg/")]
+    ReservedLabel,
 }
 
 /// Purpose labels for key derivation and signatures (domain separation).
@@ -152,6 +154,15 @@ impl IdentityKeyPair {
         IdentityPublicKey(pk)
     }
 
+    /// Signs `message` for a purpose outside secure aggregation (e.g. transcripts),
+    /// domain-separated by `label` exactly as the protocol's own signatures are, so no
+    /// such signature can be mistaken for one of the protocol's. Labels must not start
+    /// with `tessera/secagg/`.
+    pub fn sign_labelled(&self, label: &str, message: &[u8]) -> Result<Signature, CryptoError> {
+        let msg = labelled(label, message)?;
+        Ok(self.sign(&msg))
+    }
+
     pub(crate) fn sign(&self, message: &[u8]) -> Signature {
         let mut sig = [0u8; 64];
         sig.copy_from_slice(self.pair.sign(message).as_ref());
@@ -171,7 +182,29 @@ impl std::fmt::Debug for IdentityKeyPair {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IdentityPublicKey(pub [u8; 32]);
 
+/// `len(label) ‖ label ‖ message`, refusing the protocol's own labels.
+fn labelled(label: &str, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if label.starts_with("tessera/secagg/") || label.is_empty() || label.len() > 255 {
+        return Err(CryptoError::ReservedLabel);
+    }
+    let mut out = Vec::with_capacity(1 + label.len() + message.len());
+    out.push(label.len() as u8);
+    out.extend_from_slice(label.as_bytes());
+    out.extend_from_slice(message);
+    Ok(out)
+}
+
 impl IdentityPublicKey {
+    /// Verifies a signature made with [`IdentityKeyPair::sign_labelled`].
+    pub fn verify_labelled(
+        &self,
+        label: &str,
+        message: &[u8],
+        sig: &Signature,
+    ) -> Result<(), CryptoError> {
+        self.verify(&labelled(label, message)?, sig)
+    }
+
     pub(crate) fn verify(&self, message: &[u8], sig: &Signature) -> Result<(), CryptoError> {
         signature::UnparsedPublicKey::new(&signature::ED25519, &self.0)
             .verify(message, &sig.0)
@@ -554,6 +587,31 @@ mod tests {
         assert!(id.public().verify(b"hellp", &sig).is_err());
         let other = IdentityKeyPair::generate(&mut rng);
         assert!(other.public().verify(b"hello", &sig).is_err());
+    }
+
+    #[test]
+    fn labelled_signatures_are_separated_from_the_protocol() {
+        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed([4u8; 32]);
+        let id = IdentityKeyPair::generate(&mut rng);
+        let sig = id
+            .sign_labelled("tessera/transcript/v1", b"record")
+            .unwrap();
+        assert!(
+            id.public()
+                .verify_labelled("tessera/transcript/v1", b"record", &sig)
+                .is_ok()
+        );
+        assert!(
+            id.public()
+                .verify_labelled("tessera/other/v1", b"record", &sig)
+                .is_err()
+        );
+        assert!(id.public().verify(b"record", &sig).is_err());
+        assert_eq!(
+            id.sign_labelled("tessera/secagg/v1/advertise", b"x")
+                .unwrap_err(),
+            CryptoError::ReservedLabel
+        );
     }
 
     #[test]
