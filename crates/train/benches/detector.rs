@@ -33,9 +33,17 @@ fn example(size: usize) -> Example {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Median wall time of `reps` runs of `f`, in seconds.
+fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let now = Instant::now();
+            f();
+            now.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 fn main() {
@@ -79,14 +87,9 @@ fn main() {
         },
     )
     .expect("warm-up");
-    let times: Vec<f64> = (0..3)
-        .map(|_| {
-            let now = Instant::now();
-            t.train(&start, &round).expect("training");
-            now.elapsed().as_secs_f64()
-        })
-        .collect();
-    let per_step = median(times) / steps as f64;
+    let per_step = median_seconds(3, || {
+        t.train(&start, &round).expect("training");
+    }) / steps as f64;
     println!(
         "| tiny | 128² | training, batch {batch} with augmentation | {:.1} slices/s ({:.0} ms/step) |",
         batch as f64 / per_step,
@@ -95,15 +98,10 @@ fn main() {
     let images: Vec<Vec<f32>> = (0..batch).map(|_| example(128).image).collect();
     let refs: Vec<&[f32]> = images.iter().map(|v| v.as_slice()).collect();
     t.predict(&refs, &DecodeConfig::default()).expect("warm-up");
-    let times: Vec<f64> = (0..5)
-        .map(|_| {
-            let now = Instant::now();
-            t.predict(&refs, &DecodeConfig::default())
-                .expect("inference");
-            now.elapsed().as_secs_f64()
-        })
-        .collect();
-    let per_slice = median(times) / batch as f64;
+    let per_slice = median_seconds(5, || {
+        t.predict(&refs, &DecodeConfig::default())
+            .expect("inference");
+    }) / batch as f64;
     println!(
         "| tiny | 128² | inference per slice (batch {batch}) | {:.1} ms |",
         per_slice * 1e3
@@ -119,15 +117,10 @@ fn main() {
     let images: Vec<Vec<f32>> = (0..2).map(|_| example(512).image).collect();
     let refs: Vec<&[f32]> = images.iter().map(|v| v.as_slice()).collect();
     p.predict(&refs, &DecodeConfig::default()).expect("warm-up");
-    let times: Vec<f64> = (0..3)
-        .map(|_| {
-            let now = Instant::now();
-            p.predict(&refs, &DecodeConfig::default())
-                .expect("inference");
-            now.elapsed().as_secs_f64()
-        })
-        .collect();
-    let per_slice = median(times) / 2.0;
+    let per_slice = median_seconds(3, || {
+        p.predict(&refs, &DecodeConfig::default())
+            .expect("inference");
+    }) / 2.0;
     println!(
         "| paper | 512² | inference per slice (batch 2) | {:.0} ms |",
         per_slice * 1e3

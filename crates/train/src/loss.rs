@@ -37,6 +37,18 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// The same targets on `device` (where the model runs), so that losses are computed
+    /// there without copying the model's outputs back every step.
+    pub fn to_device(&self, device: tch::Device) -> Self {
+        Self {
+            images: self.images.to_device(device),
+            heat: self.heat.to_device(device),
+            regression: self.regression.to_device(device),
+            positive: self.positive.to_device(device),
+            mask: self.mask.to_device(device),
+        }
+    }
+
     pub fn build(batch: &[Example], size: i64) -> Self {
         let g = size / STRIDE;
         let cells = (g * g) as usize;

@@ -306,14 +306,8 @@ impl LocalTrainer for DetectorTrainer {
                     }
                 })
                 .collect();
-            let targets = Targets::build(&batch, self.size);
-            let images = targets.images.to_device(self.vs.device());
-            let out = self.forward(&images, true)?;
-            let out = HeadOutputs {
-                heatmap: out.heatmap.to_device(Device::Cpu),
-                boxes: out.boxes.to_device(Device::Cpu),
-                mask: out.mask.to_device(Device::Cpu),
-            };
+            let targets = Targets::build(&batch, self.size).to_device(self.vs.device());
+            let out = self.forward(&targets.images, true)?;
             let mut loss = losses(&out, &targets).total;
             if cfg.proximal_mu > 0.0 {
                 let prox = self
