@@ -185,9 +185,11 @@ pub trait AggregationStrategy: Send {
     fn apply(&mut self, layout: &ParamLayout, global: &mut [f32], mean_delta: &[f32]);
 }
 
-/// The strategies researchers compare, as configured.
+/// The strategies researchers compare, as configured. Externally tagged, so that it
+/// works in TOML (`strategy = "fedavg"`, `strategy = { fedprox = { mu = 0.01 } }`) and in
+/// the compact binary wire format alike.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Strategy {
     FedAvg,
     FedProx { mu: f64 },
@@ -410,13 +412,26 @@ mod tests {
 
     #[test]
     fn strategies_parse_from_config_and_reject_unknown_keys() {
-        let s: Strategy = toml::from_str("name = \"fedprox\"\nmu = 0.01").unwrap();
+        #[derive(Deserialize)]
+        struct Config {
+            strategy: Strategy,
+        }
+        let s = toml::from_str::<Config>("strategy = { fedprox = { mu = 0.01 } }")
+            .unwrap()
+            .strategy;
         assert_eq!(s, Strategy::FedProx { mu: 0.01 });
         assert_eq!(s.proximal_mu(), 0.01);
-        let err = toml::from_str::<Strategy>(
-            "name = \"fedavgm\"\nserver_lr = 1.0\nmomentum = 0.9\nbeta = 1",
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("unknown field `beta`"), "{err}");
+        assert_eq!(
+            toml::from_str::<Config>("strategy = 'fedbn'")
+                .unwrap()
+                .strategy,
+            Strategy::FedBn
+        );
+        let bad = "strategy = { fedavgm = { server_lr = 1.0, momentum = 0.9, beta = 1 } }";
+        let err = toml::from_str::<Config>(bad).err().unwrap();
+        assert!(
+            err.to_string().contains("unexpected keys in table: beta"),
+            "{err}"
+        );
     }
 }

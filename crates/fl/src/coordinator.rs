@@ -1,0 +1,301 @@
+//! The coordinator: runs rounds, drives the secure-aggregation phases with deadlines,
+//! updates the global model through the strategy, and checkpoints after every round.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_core::{AggregationStrategy, LocalTrainingConfig, ParamLayout, Strategy};
+use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
+use tessera_secagg::{
+    Aggregator, FixedPoint, GraphSpec, Modulus, Roster, Round, RoundConfig, RoundParams, SessionId,
+    SiteId, Status,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::error::FlError;
+use crate::wire::{self, CodecSpec, RoundStart, ToCoordinator, ToSite};
+
+/// Which secure-aggregation protocol a federation uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    Secagg,
+    SecaggPlus,
+}
+
+/// How the coordinator runs rounds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    pub session: [u8; 16],
+    pub strategy: Strategy,
+    pub training: LocalTrainingConfig,
+    pub protocol: Protocol,
+    /// Expected dropout and corruption rates, for choosing the threshold (and degree).
+    pub dropout_rate: f64,
+    pub corruption_rate: f64,
+    pub bits: u8,
+    /// Clipping range of each coordinate of a site's parameter change.
+    pub clip: f32,
+    /// Largest site weight (sample count).
+    pub max_weight: u64,
+    /// Time for local training and the first phase.
+    pub training_timeout: Duration,
+    /// Time for each later phase; a site that misses it is a dropout.
+    pub phase_timeout: Duration,
+    pub checkpoint: PathBuf,
+}
+
+/// The state that survives a crash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Checkpoint {
+    session: [u8; 16],
+    next_round: u64,
+    global: Vec<f32>,
+}
+
+/// What happened in one round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundReport {
+    pub round: u64,
+    pub participants: Vec<SiteId>,
+    /// Sites whose update is in the new model; empty when the round aborted.
+    pub contributors: Vec<SiteId>,
+    /// Why the round aborted, if it did (the global model is then unchanged).
+    pub aborted: Option<String>,
+    /// Total weight (samples) of the contributors.
+    pub total_weight: u64,
+}
+
+/// The coordinator of one federation.
+pub struct Coordinator {
+    config: FederationConfig,
+    roster: Arc<Roster>,
+    layout: ParamLayout,
+    global: Vec<f32>,
+    server: Box<dyn AggregationStrategy>,
+    next_round: u64,
+    sites: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
+    inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FlError> {
+    use std::io::Write;
+    let err = |e: std::io::Error| FlError::Checkpoint {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let tmp = path.with_extension("partial");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+impl Coordinator {
+    /// A coordinator for connected `sites`; resumes from the checkpoint if one exists,
+    /// otherwise starts from `initial`.
+    pub fn new(
+        config: FederationConfig,
+        roster: Arc<Roster>,
+        layout: ParamLayout,
+        initial: Vec<f32>,
+        sites: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
+        inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
+    ) -> Result<Self, FlError> {
+        layout
+            .check(&initial)
+            .map_err(|e| FlError::Model(e.to_string()))?;
+        let (next_round, global) = match std::fs::read(&config.checkpoint) {
+            Ok(bytes) => {
+                let ck: Checkpoint =
+                    postcard::from_bytes(&bytes).map_err(|e| FlError::Checkpoint {
+                        path: config.checkpoint.clone(),
+                        message: format!("unreadable checkpoint: {e}"),
+                    })?;
+                if ck.session != config.session || ck.global.len() != layout.len() {
+                    return Err(FlError::Checkpoint {
+                        path: config.checkpoint.clone(),
+                        message:
+                            "belongs to another session or model; move it away to start afresh"
+                                .into(),
+                    });
+                }
+                (ck.next_round, ck.global)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (1, initial),
+            Err(e) => {
+                return Err(FlError::Checkpoint {
+                    path: config.checkpoint.clone(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let server = config.strategy.server();
+        Ok(Self {
+            config,
+            roster,
+            layout,
+            global,
+            server,
+            next_round,
+            sites,
+            inbox,
+        })
+    }
+
+    pub fn global(&self) -> &[f32] {
+        &self.global
+    }
+
+    pub fn next_round(&self) -> u64 {
+        self.next_round
+    }
+
+    fn plan(&self, n: usize) -> Result<(u32, GraphSpec), FlError> {
+        let request = PlanRequest::new(n, self.config.dropout_rate, self.config.corruption_rate);
+        let plan = match self.config.protocol {
+            Protocol::Secagg => plan_secagg(&request)?,
+            Protocol::SecaggPlus => plan_secagg_plus(&request)?,
+        };
+        let graph = match plan.degree {
+            // The graph seed is public round randomness derived from the session and
+            // round (see the secagg crate's notes on who may choose it).
+            Some(k) => {
+                let mut seed = [0u8; 32];
+                seed[..16].copy_from_slice(&self.config.session);
+                seed[16..24].copy_from_slice(&self.next_round.to_le_bytes());
+                GraphSpec::RandomRegular {
+                    degree: k as u32,
+                    seed,
+                }
+            }
+            None => GraphSpec::Complete,
+        };
+        Ok((plan.threshold as u32, graph))
+    }
+
+    async fn send(&self, to: SiteId, msg: &ToSite) {
+        if let Some(tx) = self.sites.get(&to) {
+            // A closed link is a dropout; the phase deadline handles it.
+            let _ = tx.send(wire::encode(msg)).await;
+        }
+    }
+
+    /// Runs the next round with every connected site.
+    pub async fn run_round(&mut self) -> Result<RoundReport, FlError> {
+        let round = self.next_round;
+        let participants: Vec<SiteId> = self.sites.keys().copied().collect();
+        let n = participants.len();
+        let (threshold, graph) = self.plan(n)?;
+        let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Model(e.to_string()))?;
+        let codec = CodecSpec {
+            bits: self.config.bits,
+            clip: self.config.clip,
+            scale: FixedPoint::max_scale(modulus, self.config.clip, n),
+            max_sites: n,
+            max_weight: self.config.max_weight,
+            dim: self.layout.len(),
+        };
+        let fixed_point = codec.codec()?;
+        let params = RoundParams {
+            session: SessionId(self.config.session),
+            round: Round(round),
+            participants: participants.clone(),
+            vector_len: fixed_point.encoded_len() as u32,
+            modulus,
+            threshold,
+            graph,
+        };
+        let config = RoundConfig::new(params.clone())?;
+        let mut training = self.config.training.clone();
+        training.proximal_mu = self.config.strategy.proximal_mu();
+        training.seed = training.seed.wrapping_add(round);
+        let start = ToSite::RoundStart(Box::new(RoundStart {
+            params,
+            codec,
+            training,
+            strategy: self.config.strategy.clone(),
+            global: self.global.clone(),
+        }));
+        for &site in &participants {
+            self.send(site, &start).await;
+        }
+        let mut aggregator = Aggregator::new(config, self.roster.clone())?;
+        let mut timeout = self.config.training_timeout;
+        while let Status::Collecting(phase) = aggregator.status().clone() {
+            let deadline = Instant::now() + timeout;
+            timeout = self.config.phase_timeout;
+            while aggregator.status() == &Status::Collecting(phase) {
+                let Ok(Some((from, bytes))) =
+                    tokio::time::timeout_at(deadline, self.inbox.recv()).await
+                else {
+                    break;
+                };
+                // Anything undecodable, stale or out of place is dropped; the sender's
+                // silence is then handled like any dropout.
+                if let Ok(ToCoordinator::SecAgg(env)) = wire::decode(&bytes) {
+                    let _ = aggregator.handle(from, env);
+                }
+            }
+            if aggregator.status() == &Status::Collecting(phase) {
+                aggregator.close_phase()?;
+            }
+            for out in aggregator.take_outgoing() {
+                self.send(out.to, &ToSite::SecAgg(Box::new(out.envelope)))
+                    .await;
+            }
+        }
+        let report = match (aggregator.status().clone(), aggregator.result()) {
+            (Status::Finished, Some(sum)) => {
+                let mean = fixed_point.decode(&sum.sum)?;
+                self.server
+                    .apply(&self.layout, &mut self.global, &mean.mean);
+                RoundReport {
+                    round,
+                    participants: participants.clone(),
+                    contributors: sum.contributors.clone(),
+                    aborted: None,
+                    total_weight: mean.total_weight,
+                }
+            }
+            (Status::Aborted(reason), _) => RoundReport {
+                round,
+                participants: participants.clone(),
+                contributors: vec![],
+                aborted: Some(reason.to_string()),
+                total_weight: 0,
+            },
+            (status, _) => {
+                return Err(FlError::Model(format!(
+                    "round {round} ended in state {status:?}"
+                )));
+            }
+        };
+        let completed = report.aborted.is_none();
+        for &site in &participants {
+            self.send(site, &ToSite::RoundEnd { round, completed })
+                .await;
+        }
+        self.next_round += 1;
+        let ck = Checkpoint {
+            session: self.config.session,
+            next_round: self.next_round,
+            global: self.global.clone(),
+        };
+        write_atomic(
+            &self.config.checkpoint,
+            &postcard::to_allocvec(&ck).unwrap_or_default(),
+        )?;
+        Ok(report)
+    }
+
+    /// Tells every site to stop.
+    pub async fn shutdown(&self) {
+        for &site in self.sites.keys() {
+            self.send(site, &ToSite::Shutdown).await;
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! # tessera-fl: federated rounds
+//!
+//! The coordinator and the site loops that turn the secure-aggregation state machines
+//! into federated training: the coordinator sends each round's parameters, codec,
+//! training settings, strategy and global model; each site trains through its
+//! [`tessera_core::LocalTrainer`], encodes its parameter change with its sample count,
+//! and runs the secure-aggregation phases; the coordinator closes each phase at its
+//! deadline (a silent site is a dropout), decodes the weighted mean change, applies the
+//! strategy, and checkpoints the global model atomically, so a restarted coordinator
+//! resumes after the last completed round. Every message a site sends goes through one
+//! [`Egress`], which first appends it to the site's signed transcript.
+//!
+//! Sites and coordinator exchange byte messages over channels: in one process they are
+//! connected directly (simulation); over the network a connection task per site will
+//! carry the same messages in QUIC frames (not built yet).
+
+mod coordinator;
+mod error;
+mod site;
+pub mod wire;
+
+pub use coordinator::{Coordinator, FederationConfig, Protocol, RoundReport};
+pub use error::FlError;
+pub use site::{Egress, SiteOptions, SiteSummary, run_site};
