@@ -2,6 +2,7 @@
 //! happens in the library crates.
 
 mod data;
+mod federation;
 mod pki;
 mod simulate;
 
@@ -30,6 +31,16 @@ enum Command {
     /// The federation's CA, certificates and signed roster.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// Run a federation's coordinator over QUIC with mutual TLS.
+    Coordinator {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Run one site of a federation.
+    Site {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +49,8 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(&args),
         Command::Data(cmd) => data::run(&cmd),
         Command::Pki(cmd) => pki::run(&cmd),
+        Command::Coordinator { config } => federation::coordinator(&config),
+        Command::Site { config } => federation::site(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

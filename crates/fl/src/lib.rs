@@ -11,14 +11,19 @@
 //! [`Egress`], which first appends it to the site's signed transcript.
 //!
 //! Sites and coordinator exchange byte messages over channels: in one process they are
-//! connected directly (simulation); over the network a connection task per site will
-//! carry the same messages in QUIC frames (not built yet).
+//! connected directly (simulation); over the network [`accept_sites`] and [`open_link`]
+//! carry the same messages in frames on one QUIC stream per site, the coordinator naming
+//! each site by its CA-verified certificate and the CA-signed roster.
 
 mod coordinator;
 mod error;
+mod known;
+mod links;
 mod site;
 pub mod wire;
 
 pub use coordinator::{Coordinator, FederationConfig, Protocol, RoundReport};
 pub use error::FlError;
+pub use known::KnownUpdateTrainer;
+pub use links::{SiteLinks, accept_sites, open_link};
 pub use site::{Egress, SiteOptions, SiteSummary, run_site};

@@ -1,15 +1,13 @@
 //! A federation in one process: rounds, dropouts, aborts, resume, transcripts.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_core::{
-    LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamKind, ParamLayout, Strategy,
-};
+use tessera_core::{LocalTrainingConfig, ParamLayout, Strategy};
 use tessera_fl::{
-    Coordinator, Egress, FederationConfig, Protocol, SiteOptions, SiteSummary, run_site,
+    Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, SiteSummary,
+    run_site,
 };
 use tessera_net::transcript::{TranscriptWriter, verify};
 use tessera_secagg::simulation::test_identities;
@@ -20,36 +18,7 @@ use tokio::task::JoinHandle;
 const DIM: usize = 6;
 
 fn layout() -> ParamLayout {
-    ParamLayout::new(vec![("w".into(), vec![DIM as i64], ParamKind::Weight)]).unwrap()
-}
-
-/// Moves every parameter by a fixed, site-specific step: a known update.
-struct KnownTrainer {
-    layout: ParamLayout,
-    params: Vec<f32>,
-    step: f32,
-    samples: u64,
-}
-
-impl LocalTrainer for KnownTrainer {
-    type Error = Infallible;
-
-    fn layout(&self) -> &ParamLayout {
-        &self.layout
-    }
-
-    fn parameters(&self) -> Vec<f32> {
-        self.params.clone()
-    }
-
-    fn train(&mut self, start: &[f32], _: &LocalTrainingConfig) -> Result<LocalUpdate, Infallible> {
-        self.params = start.iter().map(|p| p + self.step).collect();
-        Ok(LocalUpdate {
-            parameters: self.params.clone(),
-            samples: self.samples,
-            mean_loss: 0.0,
-        })
-    }
+    KnownUpdateTrainer::layout_for(DIM).unwrap()
 }
 
 fn step(i: u32) -> f32 {
@@ -124,12 +93,7 @@ fn start(dir: &std::path::Path, n: u32, silent: &BTreeMap<u32, (u64, Phase)>) ->
             seed: [i as u8; 32],
             silent_from: silent.get(&(i as u32)).copied(),
         };
-        let mut trainer = KnownTrainer {
-            layout: layout(),
-            params: vec![0.0; DIM],
-            step: step(i as u32),
-            samples: samples(i as u32),
-        };
+        let mut trainer = KnownUpdateTrainer::new(DIM, step(i as u32), samples(i as u32)).unwrap();
         sites.push(tokio::spawn(async move {
             run_site(opts, &mut trainer, site_rx, egress).await.unwrap()
         }));

@@ -71,6 +71,15 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>, Qui
     Ok(Arc::new(roots))
 }
 
+/// Keep-alives every 2 s and a 15 s idle timeout: a vanished peer is noticed quickly
+/// (phase deadlines, not the transport, decide dropouts; this only frees resources).
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(15_000).into()));
+    Arc::new(t)
+}
+
 fn tls(e: impl std::fmt::Display) -> QuicError {
     QuicError::Tls(e.to_string())
 }
@@ -95,8 +104,9 @@ pub fn server(
         cfg.key_log = Arc::new(rustls::KeyLogFile::new());
     }
     let quic = QuicServerConfig::try_from(cfg).map_err(tls)?;
-    quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), addr)
-        .map_err(|source| QuicError::Bind { addr, source })
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport());
+    quinn::Endpoint::server(config, addr).map_err(|source| QuicError::Bind { addr, source })
 }
 
 /// A client endpoint presenting `creds` and trusting only the CA.
@@ -115,7 +125,9 @@ pub fn client(creds: &Credentials, keylog: bool) -> Result<quinn::Endpoint, Quic
     let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
     let mut endpoint =
         quinn::Endpoint::client(addr).map_err(|source| QuicError::Bind { addr, source })?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport());
+    endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
 

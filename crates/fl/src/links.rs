@@ -1,0 +1,97 @@
+//! Carrying the federation's byte messages over QUIC: one bidirectional stream per
+//! site, opened by the site, with length-delimited frames. The coordinator names each
+//! connection by its CA-verified certificate and the CA-signed roster, never by
+//! anything the peer says.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
+use tessera_net::pki::SignedRoster;
+use tessera_net::quic::peer_name;
+use tessera_secagg::SiteId;
+use tokio::sync::mpsc;
+
+use crate::error::FlError;
+
+/// The coordinator's ends of its sites' links.
+pub struct SiteLinks {
+    pub senders: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
+    pub inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
+}
+
+/// Writes `outgoing` as frames and forwards non-empty incoming frames, wrapped by
+/// `wrap`, into `incoming` (waiting for room: back-pressure, not loss).
+fn pump<M: Send + 'static>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    incoming: mpsc::Sender<M>,
+    wrap: impl Fn(Vec<u8>) -> M + Send + 'static,
+) {
+    tokio::spawn(async move {
+        while let Some(bytes) = outgoing.recv().await {
+            if write_frame(&mut send, &bytes, MAX_FRAME).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    });
+    tokio::spawn(async move {
+        // A corrupt, oversized or truncated frame ends this link; the site is then a
+        // dropout, and nothing else is affected. Empty frames only open the stream.
+        while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
+            if !bytes.is_empty() && incoming.send(wrap(bytes)).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Accepts connections until `expected` distinct roster sites have joined or `wait`
+/// has passed. Unknown or duplicate peers are refused.
+pub async fn accept_sites(
+    endpoint: &quinn::Endpoint,
+    roster: &SignedRoster,
+    expected: usize,
+    wait: Duration,
+) -> Result<SiteLinks, FlError> {
+    let (inbox_tx, inbox) = mpsc::channel(1024);
+    let mut senders = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while senders.len() < expected {
+        let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, endpoint.accept()).await else {
+            break;
+        };
+        let Ok(conn) = incoming.await else { continue };
+        let Some(site) = peer_name(&conn).and_then(|name| roster.site_of(&name)) else {
+            conn.close(1u32.into(), b"not a site of this federation");
+            continue;
+        };
+        if senders.contains_key(&site) {
+            conn.close(2u32.into(), b"already connected");
+            continue;
+        }
+        let Ok(Ok((send, recv))) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
+            continue;
+        };
+        let (tx, rx) = mpsc::channel(64);
+        pump(send, recv, rx, inbox_tx.clone(), move |bytes| (site, bytes));
+        senders.insert(site, tx);
+    }
+    Ok(SiteLinks { senders, inbox })
+}
+
+/// A site's ends of its link to the coordinator: (to the coordinator, from it).
+pub async fn open_link(
+    conn: &quinn::Connection,
+) -> Result<(mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>), FlError> {
+    let (mut send, recv) = conn.open_bi().await.map_err(|_| FlError::Disconnected)?;
+    // QUIC streams appear to the peer only once written to: announce this one.
+    write_frame(&mut send, &[], MAX_FRAME)
+        .await
+        .map_err(|_| FlError::Disconnected)?;
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let (in_tx, in_rx) = mpsc::channel(64);
+    pump(send, recv, out_rx, in_tx, |bytes| bytes);
+    Ok((out_tx, in_rx))
+}
