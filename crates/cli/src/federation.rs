@@ -213,7 +213,7 @@ pub fn site(config: &Path) -> Result<(), String> {
             identity,
             roster: Arc::new(roster.identities().map_err(|e| e.to_string())?),
             seed,
-            silent_from: None,
+            silent: Default::default(),
         };
         let summary = run_site(
             opts,

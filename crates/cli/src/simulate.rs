@@ -1,18 +1,19 @@
-//! `tessera simulate`: secure-aggregation rounds between simulated sites.
+//! `tessera simulate`: a federation in one process — the real coordinator and site
+//! loops over in-memory links — with random dropouts, checking every round's global
+//! model against the plaintext weighted mean.
 
 use clap::ValueEnum;
-use std::time::Instant;
+use rand_core::Rng;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tessera_core::{LocalTrainingConfig, Strategy};
+use tessera_fl::{FederationConfig, KnownUpdateTrainer, Protocol, memory};
 use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
-use tessera_secagg::simulation::{
-    DropSchedule, SimulatedSite, run_round, site_rng, test_identities,
-};
-use tessera_secagg::{
-    FixedPoint, GraphSpec, Modulus, Phase, PlainVector, Round, RoundConfig, RoundParams, SessionId,
-    SiteId, Status,
-};
+use tessera_secagg::simulation::site_rng;
+use tessera_secagg::{FixedPoint, Modulus, Phase, SiteId};
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum Protocol {
+pub enum ProtocolArg {
     /// Complete graph (Bonawitz et al. 2017).
     Secagg,
     /// Random k-regular graph (Bell et al. 2020), degree from the planner.
@@ -24,7 +25,7 @@ pub struct SimulateArgs {
     /// Number of sites.
     #[arg(long, default_value_t = 50)]
     sites: usize,
-    /// Coordinates of each model update.
+    /// Parameters of the (known-update) model.
     #[arg(long, default_value_t = 100_000)]
     dim: usize,
     #[arg(long, default_value_t = 3)]
@@ -35,38 +36,41 @@ pub struct SimulateArgs {
     /// Fraction of sites assumed corrupt (for choosing the threshold and degree).
     #[arg(long, default_value_t = 0.05)]
     corruption: f64,
-    #[arg(long, value_enum, default_value_t = Protocol::SecaggPlus)]
-    protocol: Protocol,
+    #[arg(long, value_enum, default_value_t = ProtocolArg::SecaggPlus)]
+    protocol: ProtocolArg,
     /// Bits per coordinate of the aggregation ring (8 to 32).
     #[arg(long, default_value_t = 24)]
     bits: u8,
-    /// Clipping range: coordinates are clipped to [-clip, clip] before encoding.
+    /// Clipping range of each coordinate of a site's update.
     #[arg(long, default_value_t = 1.0)]
     clip: f32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Deadline of each secure-aggregation phase (and, plus a second, of local
+    /// training); a silent site costs the round this long.
+    #[arg(long, default_value_t = 500)]
+    phase_timeout_ms: u64,
+}
+
+fn uniform(rng: &mut impl rand_core::Rng) -> f32 {
+    (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
 }
 
 pub fn run(args: &SimulateArgs) -> Result<(), String> {
     let modulus = Modulus::new(args.bits).map_err(|e| format!("--bits: {e}"))?;
     let request = PlanRequest::new(args.sites, args.dropout, args.corruption);
-    let plan = match args.protocol {
-        Protocol::Secagg => plan_secagg(&request),
-        Protocol::SecaggPlus => plan_secagg_plus(&request),
-    }
-    .map_err(|e| e.to_string())?;
+    let (protocol, plan) = match args.protocol {
+        ProtocolArg::Secagg => (Protocol::Secagg, plan_secagg(&request)),
+        ProtocolArg::SecaggPlus => (Protocol::SecaggPlus, plan_secagg_plus(&request)),
+    };
+    let plan = plan.map_err(|e| e.to_string())?;
     let max_weight = 1000;
     let scale = FixedPoint::max_scale(modulus, args.clip, args.sites);
-    let codec = FixedPoint::new(modulus, args.clip, scale, args.sites, max_weight, args.dim)
+    FixedPoint::new(modulus, args.clip, scale, args.sites, max_weight, args.dim)
         .map_err(|e| e.to_string())?;
-    let ids: Vec<SiteId> = (0..args.sites as u32).map(SiteId).collect();
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&args.seed.to_le_bytes());
-    let (identities, roster) = test_identities(&ids, seed);
-
     println!(
-        "{} sites, {} coordinates, {}-bit ring, clip ±{}, scale {:.1}",
-        args.sites, args.dim, args.bits, args.clip, scale
+        "{} sites, {} parameters, {}-bit ring, clip ±{}, scale {scale:.1}",
+        args.sites, args.dim, args.bits, args.clip
     );
     match plan.degree {
         Some(k) => println!(
@@ -94,146 +98,107 @@ pub fn run(args: &SimulateArgs) -> Result<(), String> {
         "at dropout rate {} and corruption bound {}: {privacy}; a round aborts with probability {abort}",
         args.dropout, args.corruption
     );
-    println!(
-        "round | contributors | status | time | up / down | vs plaintext f32 | max error (bound)"
-    );
 
-    let mut failures = 0;
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&args.seed.to_le_bytes());
+    let mut rng = site_rng(seed, SiteId(u32::MAX));
+    let steps: Vec<f32> = (0..args.sites)
+        .map(|_| (uniform(&mut rng) * 2.0 - 1.0) * 0.5 * args.clip)
+        .collect();
+    let weights: Vec<u64> = (0..args.sites)
+        .map(|_| 1 + u64::from(rng.next_u32()) % max_weight)
+        .collect();
+    let phases = [
+        Phase::AdvertiseKeys,
+        Phase::ShareKeys,
+        Phase::MaskedInput,
+        Phase::ConsistencyCheck,
+        Phase::Unmasking,
+    ];
+    let mut silent: BTreeMap<SiteId, BTreeMap<u64, Phase>> = BTreeMap::new();
     for round in 1..=args.rounds {
-        let mut rng = site_rng(seed, SiteId(u32::MAX - round as u32));
-        let graph = match plan.degree {
-            Some(k) => {
-                let mut beacon = [0u8; 32];
-                rand_core::Rng::fill_bytes(&mut rng, &mut beacon);
-                GraphSpec::RandomRegular {
-                    degree: k as u32,
-                    seed: beacon,
-                }
-            }
-            None => GraphSpec::Complete,
-        };
-        let updates: Vec<Vec<f32>> = ids
-            .iter()
-            .map(|_| {
-                (0..args.dim)
-                    .map(|_| uniform(&mut rng) * 2.0 - 1.0)
-                    .collect()
-            })
-            .collect();
-        let weights: Vec<u64> = ids
-            .iter()
-            .map(|_| 1 + rand_core::Rng::next_u64(&mut rng) % max_weight)
-            .collect();
-        let phases = [
-            Phase::AdvertiseKeys,
-            Phase::ShareKeys,
-            Phase::MaskedInput,
-            Phase::ConsistencyCheck,
-            Phase::Unmasking,
-        ];
-        let mut drops = DropSchedule::new();
-        for id in &ids {
+        for site in 0..args.sites as u32 {
             if f64::from(uniform(&mut rng)) < args.dropout {
-                drops.insert(
-                    *id,
-                    phases[rand_core::Rng::next_u32(&mut rng) as usize % phases.len()],
-                );
+                silent
+                    .entry(SiteId(site))
+                    .or_default()
+                    .insert(round, phases[rng.next_u32() as usize % phases.len()]);
             }
         }
-        let mut inputs = Vec::with_capacity(ids.len());
-        for (u, w) in updates.iter().zip(&weights) {
-            inputs.push(codec.encode(u, *w, &mut rng).map_err(|e| e.to_string())?);
-        }
-        let config = RoundConfig::new(RoundParams {
-            session: SessionId([0x7e; 16]),
-            round: Round(round),
-            participants: ids.clone(),
-            vector_len: codec.encoded_len() as u32,
-            modulus,
-            threshold: plan.threshold as u32,
-            graph,
-        })
+    }
+    let work = std::env::temp_dir().join(format!("tessera-simulate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let config = FederationConfig {
+        session: [0x5e; 16],
+        strategy: Strategy::FedAvg,
+        training: LocalTrainingConfig {
+            steps: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            proximal_mu: 0.0,
+            seed: args.seed,
+        },
+        protocol,
+        dropout_rate: args.dropout,
+        corruption_rate: args.corruption,
+        bits: args.bits,
+        clip: args.clip,
+        max_weight,
+        training_timeout: Duration::from_millis(args.phase_timeout_ms + 1000),
+        phase_timeout: Duration::from_millis(args.phase_timeout_ms),
+        checkpoint: work.join("checkpoint.bin"),
+    };
+    let layout = KnownUpdateTrainer::layout_for(args.dim).map_err(|e| e.to_string())?;
+    let trainers: Vec<KnownUpdateTrainer> = steps
+        .iter()
+        .zip(&weights)
+        .map(|(s, w)| KnownUpdateTrainer::new(args.dim, *s, *w))
+        .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-        let sites = ids
-            .iter()
-            .zip(&identities)
-            .zip(inputs.iter().cloned())
-            .map(|((id, identity), input)| SimulatedSite {
-                id: *id,
-                identity: identity.clone(),
-                input,
-            })
-            .collect();
-        let start = Instant::now();
-        let outcome =
-            run_round(&config, &roster, sites, &drops, seed, false).map_err(|e| e.to_string())?;
-        let elapsed = start.elapsed();
-        let traffic = format!(
-            "{:.1} / {:.1} MB",
-            outcome.bytes_up as f64 / 1e6,
-            outcome.bytes_down as f64 / 1e6
-        );
-        match (&outcome.status, &outcome.result) {
-            (Status::Finished, Some(result)) => {
-                let contributors = &result.contributors;
-                let mut expected = PlainVector::zeros(modulus, codec.encoded_len());
-                for c in contributors {
-                    expected.add_assign(&inputs[c.0 as usize]);
-                }
-                let exact = expected == result.sum;
-                let mean = codec.decode(&result.sum).map_err(|e| e.to_string())?;
-                let total: u64 = contributors.iter().map(|c| weights[c.0 as usize]).sum();
-                let bound = codec.mean_error_bound(contributors.len(), total);
-                let max_error = (0..args.dim)
-                    .map(|j| {
-                        let truth: f64 = contributors
-                            .iter()
-                            .map(|c| {
-                                f64::from(updates[c.0 as usize][j]) * weights[c.0 as usize] as f64
-                            })
-                            .sum::<f64>()
-                            / total as f64;
-                        (f64::from(mean.mean[j]) - truth).abs()
-                    })
-                    .fold(0.0, f64::max);
-                let plaintext_bytes = (contributors.len() * args.dim * 4) as f64;
-                let ok = exact && max_error <= bound + 1e-6;
-                failures += usize::from(!ok);
-                println!(
-                    "{round:>5} | {:>3} of {:<3} | {} | {:.2} s | {traffic} | {:.2}× up | {max_error:.2e} ({bound:.2e})",
-                    contributors.len(),
-                    args.sites,
-                    if ok { "sum exact" } else { "MISMATCH" },
-                    elapsed.as_secs_f64(),
-                    outcome.bytes_up as f64 / plaintext_bytes,
-                );
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let result = runtime.block_on(async {
+        let mut fed = memory::start(config, layout, vec![0.0; args.dim], trainers, &silent, &work.join("transcripts"), seed)
+            .map_err(|e| e.to_string())?;
+        println!("round | contributors | status | time | up / down | max error (bound)");
+        let mut expected = 0.0f64;
+        let mut failures = 0;
+        for _ in 0..args.rounds {
+            let (up0, down0) = traffic(&fed);
+            let start = Instant::now();
+            let report = fed.coordinator.run_round().await.map_err(|e| e.to_string())?;
+            let elapsed = start.elapsed().as_secs_f64();
+            let (up1, down1) = traffic(&fed);
+            let traffic = format!("{:.1} / {:.1} MB", (up1 - up0) as f64 / 1e6, (down1 - down0) as f64 / 1e6);
+            if let Some(reason) = &report.aborted {
+                println!("{:>5} | {:>3} of {:<3} | aborted: {reason} | {elapsed:.2} s | {traffic}", report.round, 0, args.sites);
+                continue;
             }
-            (Status::Aborted(reason), _) => {
-                println!(
-                    "{round:>5} | {:>3} dropped | aborted: {reason} | {:.2} s | {traffic}",
-                    drops.len(),
-                    elapsed.as_secs_f64()
-                );
-            }
-            (status, _) => {
-                return Err(format!(
-                    "round {round} ended in an unexpected state: {status:?}"
-                ));
-            }
+            let total: u64 = report.contributors.iter().map(|c| weights[c.0 as usize]).sum();
+            expected += report.contributors.iter().map(|c| f64::from(steps[c.0 as usize]) * weights[c.0 as usize] as f64).sum::<f64>() / total as f64;
+            // quantisation (below n·W/(s·Σw) per round) plus f32 rounding of the model
+            let bound = report.round as f64 * (args.sites as f64 * max_weight as f64 / (scale * total as f64) + 1e-6);
+            let error = fed.coordinator.global().iter().map(|g| (f64::from(*g) - expected).abs()).fold(0.0, f64::max);
+            let ok = error <= bound && total == report.total_weight;
+            failures += usize::from(!ok);
+            println!(
+                "{:>5} | {:>3} of {:<3} | {} | {elapsed:.2} s | {traffic} | {error:.2e} ({bound:.2e})",
+                report.round,
+                report.contributors.len(),
+                args.sites,
+                if ok { "within bound" } else { "MISMATCH" },
+            );
         }
-        if !outcome.site_errors.is_empty() || !outcome.aggregator_errors.is_empty() {
-            return Err(format!(
-                "round {round}: honest parties reported errors: {:?} {:?}",
-                outcome.site_errors, outcome.aggregator_errors
-            ));
-        }
-    }
-    if failures > 0 {
-        return Err(format!("{failures} round(s) decoded a wrong aggregate"));
-    }
-    Ok(())
+        fed.coordinator.shutdown().await;
+        if failures > 0 { Err(format!("{failures} round(s) produced a wrong global model")) } else { Ok(()) }
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
-fn uniform(rng: &mut impl rand_core::Rng) -> f32 {
-    (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+fn traffic(fed: &memory::MemoryFederation) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        fed.traffic.to_coordinator.load(Relaxed),
+        fed.traffic.to_sites.load(Relaxed),
+    )
 }

@@ -40,7 +40,7 @@ fn simulate_reports_exact_sums_for_both_protocols() {
         assert_eq!(rounds.len(), 2, "{stdout}");
         for line in rounds {
             assert!(
-                line.contains("sum exact") || line.contains("aborted"),
+                line.contains("within bound") || line.contains("aborted"),
                 "{line}"
             );
         }
@@ -70,4 +70,28 @@ fn infeasible_settings_fail_with_a_clear_message() {
         String::from_utf8_lossy(&out.stderr)
             .contains("--bits: modulus of 40 bits is not supported")
     );
+}
+
+#[test]
+fn five_hundred_sites_through_the_orchestration() {
+    let out = tessera(&[
+        "simulate",
+        "--sites",
+        "500",
+        "--dim",
+        "100",
+        "--rounds",
+        "1",
+        "--dropout",
+        "0",
+        "--phase-timeout-ms",
+        "60000",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("500 of 500 | within bound"), "{stdout}");
 }

@@ -3,6 +3,7 @@
 
 use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tessera_core::LocalTrainer;
 use tessera_net::transcript::TranscriptWriter;
@@ -42,9 +43,9 @@ pub struct SiteOptions {
     pub roster: Arc<Roster>,
     /// Randomness for stochastic rounding and secure aggregation.
     pub seed: [u8; 32],
-    /// Fault injection for tests and simulations: from this (round, phase) on, the site
-    /// stays silent in that round, as if its connection had dropped.
-    pub silent_from: Option<(u64, Phase)>,
+    /// Fault injection for tests and simulations: in each listed round, the site stays
+    /// silent from the given phase on, as if its connection had dropped.
+    pub silent: BTreeMap<u64, Phase>,
 }
 
 /// What a site did over its lifetime.
@@ -73,10 +74,8 @@ pub async fn run_site<T: LocalTrainer>(
                 continue;
             }
         };
-        let silent = |round: u64, phase: Phase| {
-            opts.silent_from
-                .is_some_and(|(r, p)| r == round && phase >= p)
-        };
+        let silent =
+            |round: u64, phase: Phase| opts.silent.get(&round).is_some_and(|p| phase >= *p);
         match msg {
             ToSite::RoundStart(start) => {
                 summary.rounds_started += 1;

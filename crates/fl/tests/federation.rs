@@ -1,21 +1,24 @@
-//! A federation in one process: rounds, dropouts, aborts, resume, transcripts.
+//! A federation in one process: rounds, dropouts at every phase, aborts, resume,
+//! transcripts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tessera_core::{LocalTrainingConfig, ParamLayout, Strategy};
-use tessera_fl::{
-    Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, SiteSummary,
-    run_site,
-};
-use tessera_net::transcript::{TranscriptWriter, verify};
+use tessera_fl::{Coordinator, FederationConfig, KnownUpdateTrainer, Protocol, memory};
+use tessera_net::transcript::verify;
 use tessera_secagg::simulation::test_identities;
-use tessera_secagg::{IdentityKeyPair, Phase, Roster, SiteId};
+use tessera_secagg::{Phase, SiteId};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 const DIM: usize = 6;
+const PHASES: [Phase; 5] = [
+    Phase::AdvertiseKeys,
+    Phase::ShareKeys,
+    Phase::MaskedInput,
+    Phase::ConsistencyCheck,
+    Phase::Unmasking,
+];
 
 fn layout() -> ParamLayout {
     KnownUpdateTrainer::layout_for(DIM).unwrap()
@@ -29,13 +32,7 @@ fn samples(i: u32) -> u64 {
     10 * (u64::from(i) + 1)
 }
 
-struct Federation {
-    coordinator: Coordinator,
-    sites: Vec<JoinHandle<SiteSummary>>,
-    transcripts: Vec<(PathBuf, Arc<IdentityKeyPair>)>,
-}
-
-fn config(dir: &std::path::Path) -> FederationConfig {
+fn config(dir: &Path) -> FederationConfig {
     FederationConfig {
         session: [3; 16],
         strategy: Strategy::FedAvg,
@@ -52,66 +49,30 @@ fn config(dir: &std::path::Path) -> FederationConfig {
         bits: 32,
         clip: 1.0,
         max_weight: 1000,
-        training_timeout: Duration::from_secs(5),
-        phase_timeout: Duration::from_millis(400),
+        training_timeout: Duration::from_secs(1),
+        phase_timeout: Duration::from_millis(300),
         checkpoint: dir.join("checkpoint.bin"),
     }
 }
 
-fn start(dir: &std::path::Path, n: u32, silent: &BTreeMap<u32, (u64, Phase)>) -> Federation {
-    let ids: Vec<SiteId> = (0..n).map(SiteId).collect();
-    let (identities, roster): (Vec<Arc<IdentityKeyPair>>, Arc<Roster>) =
-        test_identities(&ids, [8; 32]);
-    let (inbox_tx, inbox_rx) = mpsc::channel(256);
-    let mut links = BTreeMap::new();
-    let mut sites = Vec::new();
-    let mut transcripts = Vec::new();
-    for (i, identity) in identities.into_iter().enumerate() {
-        let id = SiteId(i as u32);
-        let (to_site, site_rx) = mpsc::channel(64);
-        links.insert(id, to_site);
-        let (egress_tx, mut egress_rx) = mpsc::channel::<Vec<u8>>(64);
-        // The link: tags each message with the sender, as an authenticated connection does.
-        let inbox = inbox_tx.clone();
-        tokio::spawn(async move {
-            while let Some(bytes) = egress_rx.recv().await {
-                if inbox.send((id, bytes)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let path = dir.join(format!("site-{i}.transcript"));
-        transcripts.push((path.clone(), identity.clone()));
-        let egress = Egress::new(
-            egress_tx,
-            TranscriptWriter::open(&path, identity.clone()).unwrap(),
-        );
-        let opts = SiteOptions {
-            id,
-            identity,
-            roster: roster.clone(),
-            seed: [i as u8; 32],
-            silent_from: silent.get(&(i as u32)).copied(),
-        };
-        let mut trainer = KnownUpdateTrainer::new(DIM, step(i as u32), samples(i as u32)).unwrap();
-        sites.push(tokio::spawn(async move {
-            run_site(opts, &mut trainer, site_rx, egress).await.unwrap()
-        }));
-    }
-    let coordinator = Coordinator::new(
+fn start(
+    dir: &Path,
+    n: u32,
+    silent: &BTreeMap<SiteId, BTreeMap<u64, Phase>>,
+) -> memory::MemoryFederation {
+    let trainers = (0..n)
+        .map(|i| KnownUpdateTrainer::new(DIM, step(i), samples(i)).unwrap())
+        .collect();
+    memory::start(
         config(dir),
-        roster,
         layout(),
         vec![0.5; DIM],
-        links,
-        inbox_rx,
+        trainers,
+        silent,
+        dir,
+        [8; 32],
     )
-    .unwrap();
-    Federation {
-        coordinator,
-        sites,
-        transcripts,
-    }
+    .unwrap()
 }
 
 /// The weighted mean step of the given sites.
@@ -131,19 +92,28 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
+const TOLERANCE: f32 = 1e-4;
+
+fn assert_global(c: &Coordinator, expected: f32) {
+    assert!(
+        c.global().iter().all(|g| (g - expected).abs() < TOLERANCE),
+        "{:?} vs {expected}",
+        c.global()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
     let dir = tmp("rounds");
     // site 3 goes silent in round 2 before its masked input; in round 3 sites 0, 1 and 2
     // go silent before sharing keys (3 > n − t = 2 with n = 5, t = 3), so round 3 aborts.
     let silent = BTreeMap::from([
-        (3, (2, Phase::MaskedInput)),
-        (0, (3, Phase::ShareKeys)),
-        (1, (3, Phase::ShareKeys)),
-        (2, (3, Phase::ShareKeys)),
+        (SiteId(3), BTreeMap::from([(2, Phase::MaskedInput)])),
+        (SiteId(0), BTreeMap::from([(3, Phase::ShareKeys)])),
+        (SiteId(1), BTreeMap::from([(3, Phase::ShareKeys)])),
+        (SiteId(2), BTreeMap::from([(3, Phase::ShareKeys)])),
     ]);
     let mut fed = start(&dir, 5, &silent);
-    let tolerance = 1e-4;
     let mut expected = 0.5f32;
 
     let r1 = fed.coordinator.run_round().await.unwrap();
@@ -153,14 +123,7 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
         "{r1:?}"
     );
     expected += mean_step(&[0, 1, 2, 3, 4]);
-    assert!(
-        fed.coordinator
-            .global()
-            .iter()
-            .all(|g| (g - expected).abs() < tolerance),
-        "{:?} vs {expected}",
-        fed.coordinator.global()
-    );
+    assert_global(&fed.coordinator, expected);
 
     let r2 = fed.coordinator.run_round().await.unwrap();
     assert_eq!(
@@ -172,12 +135,7 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
         samples(0) + samples(1) + samples(2) + samples(4)
     );
     expected += mean_step(&[0, 1, 2, 4]);
-    assert!(
-        fed.coordinator
-            .global()
-            .iter()
-            .all(|g| (g - expected).abs() < tolerance)
-    );
+    assert_global(&fed.coordinator, expected);
 
     let r3 = fed.coordinator.run_round().await.unwrap();
     assert!(
@@ -186,37 +144,29 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
             .is_some_and(|a| a.contains("fewer than the threshold")),
         "{r3:?}"
     );
-    assert!(
-        fed.coordinator
-            .global()
-            .iter()
-            .all(|g| (g - expected).abs() < tolerance),
-        "an aborted round changes nothing"
-    );
+    assert_global(&fed.coordinator, expected);
 
     let r4 = fed.coordinator.run_round().await.unwrap();
     assert_eq!(r4.contributors.len(), 5, "the next round proceeds");
     expected += mean_step(&[0, 1, 2, 3, 4]);
-    assert!(
-        fed.coordinator
-            .global()
-            .iter()
-            .all(|g| (g - expected).abs() < tolerance)
-    );
+    assert_global(&fed.coordinator, expected);
     let global_before = fed.coordinator.global().to_vec();
     fed.coordinator.shutdown().await;
     for s in fed.sites {
-        let summary = s.await.unwrap();
+        let summary = s.await.unwrap().unwrap();
         assert_eq!(summary.rounds_started, 4);
         assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     }
 
-    // Every site's transcript verifies and shows only protocol messages: round 2's
-    // silent site sent no masked input then.
-    for (i, (path, identity)) in fed.transcripts.iter().enumerate() {
-        let s = verify(path, &identity.public()).unwrap();
-        let kinds: Vec<&str> = s.by_kind.keys().map(String::as_str).collect();
-        for k in &kinds {
+    // Every site's transcript verifies and shows only protocol messages.
+    let (identities, _) = test_identities(&(0..5).map(SiteId).collect::<Vec<_>>(), [8; 32]);
+    for (i, identity) in identities.iter().enumerate() {
+        let s = verify(
+            &dir.join(format!("site-{i}.transcript")),
+            &identity.public(),
+        )
+        .unwrap();
+        for k in s.by_kind.keys() {
             assert!(
                 [
                     "advertise-keys",
@@ -225,21 +175,21 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
                     "consistency-signature",
                     "unmask-shares"
                 ]
-                .contains(k),
+                .contains(&k.as_str()),
                 "{k}"
             );
         }
+        // round 3 aborted after sharing keys; site 3 was silent before masking in round 2
         let masked = s.by_kind.get("masked-input").map_or(0, |c| c.0);
-        // round 3 aborted after sharing keys, so nobody sent a masked input in it
-        let expected_masked = if i == 3 { 2 } else { 3 };
-        assert_eq!(masked, expected_masked, "site {i}");
+        assert_eq!(masked, if i == 3 { 2 } else { 3 }, "site {i}");
     }
 
     // A restarted coordinator resumes after the last completed round with the same model.
+    let roster = test_identities(&[SiteId(0)], [8; 32]).1;
     let (_tx, rx) = mpsc::channel(1);
     let resumed = Coordinator::new(
         config(&dir),
-        test_identities(&[SiteId(0)], [8; 32]).1,
+        roster.clone(),
         layout(),
         vec![0.0; DIM],
         BTreeMap::new(),
@@ -252,14 +202,41 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
     other.session = [4; 16];
     let (_tx, rx) = mpsc::channel(1);
     assert!(
-        Coordinator::new(
-            other,
-            test_identities(&[SiteId(0)], [8; 32]).1,
-            layout(),
-            vec![0.0; DIM],
-            BTreeMap::new(),
-            rx
-        )
-        .is_err()
+        Coordinator::new(other, roster, layout(), vec![0.0; DIM], BTreeMap::new(), rx).is_err()
     );
+}
+
+/// n − t = 2 sites drop at each phase in turn: every round completes with exactly the
+/// sites that sent their masked input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_to_n_minus_t_dropouts_at_every_phase() {
+    let dir = tmp("phases");
+    let mut silent: BTreeMap<SiteId, BTreeMap<u64, Phase>> = BTreeMap::new();
+    for (r, phase) in PHASES.iter().enumerate() {
+        for site in [1, 4] {
+            silent
+                .entry(SiteId(site))
+                .or_default()
+                .insert(r as u64 + 1, *phase);
+        }
+    }
+    let mut fed = start(&dir, 5, &silent);
+    let mut expected = 0.5f32;
+    for phase in PHASES {
+        let report = fed.coordinator.run_round().await.unwrap();
+        assert!(report.aborted.is_none(), "{phase}: {report:?}");
+        let contributors: Vec<u32> = if phase <= Phase::MaskedInput {
+            vec![0, 2, 3]
+        } else {
+            vec![0, 1, 2, 3, 4]
+        };
+        assert_eq!(
+            report.contributors,
+            contributors.iter().map(|&i| SiteId(i)).collect::<Vec<_>>(),
+            "{phase}"
+        );
+        expected += mean_step(&contributors);
+        assert_global(&fed.coordinator, expected);
+    }
+    fed.coordinator.shutdown().await;
 }
