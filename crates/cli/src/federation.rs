@@ -42,6 +42,9 @@ struct CoordinatorFile {
     bits: u8,
     clip: f32,
     max_weight: u64,
+    /// Fraction of the sites selected each round (default: all).
+    #[serde(default = "all_sites")]
+    sample_fraction: f64,
     training_timeout_s: f64,
     phase_timeout_s: f64,
 }
@@ -63,6 +66,10 @@ struct SiteFile {
     step: f32,
     samples: u64,
     model: ModelConfig,
+}
+
+fn all_sites() -> f64 {
+    1.0
 }
 
 fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, String> {
@@ -103,6 +110,7 @@ pub fn coordinator(config: &Path) -> Result<(), String> {
         bits: cfg.bits,
         clip: cfg.clip,
         max_weight: cfg.max_weight,
+        sample_fraction: cfg.sample_fraction,
         training_timeout: seconds("training_timeout_s", cfg.training_timeout_s)?,
         phase_timeout: seconds("phase_timeout_s", cfg.phase_timeout_s)?,
         checkpoint: cfg.checkpoint.clone(),

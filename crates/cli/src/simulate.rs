@@ -144,6 +144,7 @@ pub fn run(args: &SimulateArgs) -> Result<(), String> {
         bits: args.bits,
         clip: args.clip,
         max_weight,
+        sample_fraction: 1.0,
         training_timeout: Duration::from_millis(args.phase_timeout_ms + 1000),
         phase_timeout: Duration::from_millis(args.phase_timeout_ms),
         checkpoint: work.join("checkpoint.bin"),

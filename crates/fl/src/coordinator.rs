@@ -42,6 +42,9 @@ pub struct FederationConfig {
     pub clip: f32,
     /// Largest site weight (sample count).
     pub max_weight: u64,
+    /// Fraction of the connected sites selected for each round (1 = all), drawn
+    /// afresh every round from the session and round number.
+    pub sample_fraction: f64,
     /// Time for local training and the first phase.
     pub training_timeout: Duration,
     /// Time for each later phase; a site that misses it is a dropout.
@@ -177,6 +180,30 @@ impl Coordinator {
         Ok((plan.threshold as u32, graph))
     }
 
+    /// The round's participants: ⌈fraction · connected⌉ sites (at least 2), chosen by a
+    /// shuffle seeded with the session and round, so a restart picks the same ones.
+    fn select(&self, round: u64) -> Vec<SiteId> {
+        use chacha20::ChaCha20Rng;
+        use rand_core::{Rng, SeedableRng};
+        let mut all: Vec<SiteId> = self.sites.keys().copied().collect();
+        let fraction = self.config.sample_fraction.clamp(0.0, 1.0);
+        let k = ((fraction * all.len() as f64).ceil() as usize).clamp(all.len().min(2), all.len());
+        if k == all.len() {
+            return all;
+        }
+        let mut seed = [0u8; 32];
+        seed[..16].copy_from_slice(&self.config.session);
+        seed[16..24].copy_from_slice(&round.to_le_bytes());
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        for i in (1..all.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            all.swap(i, j);
+        }
+        let mut chosen = all[..k].to_vec();
+        chosen.sort_unstable();
+        chosen
+    }
+
     async fn send(&self, to: SiteId, msg: &ToSite) {
         if let Some(tx) = self.sites.get(&to) {
             // A closed link is a dropout; the phase deadline handles it.
@@ -187,7 +214,7 @@ impl Coordinator {
     /// Runs the next round with every connected site.
     pub async fn run_round(&mut self) -> Result<RoundReport, FlError> {
         let round = self.next_round;
-        let participants: Vec<SiteId> = self.sites.keys().copied().collect();
+        let participants = self.select(round);
         let n = participants.len();
         let (threshold, graph) = self.plan(n)?;
         let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Model(e.to_string()))?;

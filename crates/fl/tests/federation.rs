@@ -49,6 +49,7 @@ fn config(dir: &Path) -> FederationConfig {
         bits: 32,
         clip: 1.0,
         max_weight: 1000,
+        sample_fraction: 1.0,
         training_timeout: Duration::from_secs(1),
         phase_timeout: Duration::from_millis(300),
         checkpoint: dir.join("checkpoint.bin"),
@@ -238,5 +239,43 @@ async fn up_to_n_minus_t_dropouts_at_every_phase() {
         expected += mean_step(&contributors);
         assert_global(&fed.coordinator, expected);
     }
+    fed.coordinator.shutdown().await;
+}
+
+/// With a sampled fraction, each round takes the drawn sites only, and only they move
+/// the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_fraction_of_sites_takes_part() {
+    let dir = tmp("sampled");
+    let trainers = (0..8)
+        .map(|i| KnownUpdateTrainer::new(DIM, step(i), samples(i)).unwrap())
+        .collect();
+    let mut cfg = config(&dir);
+    cfg.sample_fraction = 0.5;
+    let mut fed = memory::start(
+        cfg,
+        layout(),
+        vec![0.5; DIM],
+        trainers,
+        &BTreeMap::new(),
+        &dir,
+        [8; 32],
+    )
+    .unwrap();
+    let mut expected = 0.5f32;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let report = fed.coordinator.run_round().await.unwrap();
+        assert_eq!(report.participants.len(), 4);
+        assert_eq!(report.contributors, report.participants);
+        let ids: Vec<u32> = report.contributors.iter().map(|s| s.0).collect();
+        expected += mean_step(&ids);
+        assert_global(&fed.coordinator, expected);
+        seen.extend(ids);
+    }
+    assert!(
+        seen.len() > 4,
+        "different rounds draw different sites: {seen:?}"
+    );
     fed.coordinator.shutdown().await;
 }
