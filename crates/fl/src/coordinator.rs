@@ -9,8 +9,8 @@ use std::time::Duration;
 use tessera_core::{AggregationStrategy, LocalTrainingConfig, ParamLayout, Strategy};
 use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
 use tessera_secagg::{
-    Aggregator, FixedPoint, GraphSpec, Modulus, Roster, Round, RoundConfig, RoundParams, SessionId,
-    SiteId, Status,
+    Aggregator, FixedPoint, GraphSpec, Modulus, PlainVector, Roster, Round, RoundConfig,
+    RoundParams, SessionId, SiteId, Status,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,6 +24,8 @@ use crate::wire::{self, CodecSpec, RoundStart, ToCoordinator, ToSite};
 pub enum Protocol {
     Secagg,
     SecaggPlus,
+    /// The baseline without secure aggregation: the coordinator sees every update.
+    Plaintext,
 }
 
 /// How the coordinator runs rounds.
@@ -160,7 +162,7 @@ impl Coordinator {
     fn plan(&self, n: usize) -> Result<(u32, GraphSpec), FlError> {
         let request = PlanRequest::new(n, self.config.dropout_rate, self.config.corruption_rate);
         let plan = match self.config.protocol {
-            Protocol::Secagg => plan_secagg(&request)?,
+            Protocol::Secagg | Protocol::Plaintext => plan_secagg(&request)?,
             Protocol::SecaggPlus => plan_secagg_plus(&request)?,
         };
         let graph = match plan.degree {
@@ -246,9 +248,15 @@ impl Coordinator {
             training,
             strategy: self.config.strategy.clone(),
             global: self.global.clone(),
+            secure: self.config.protocol != Protocol::Plaintext,
         }));
         for &site in &participants {
             self.send(site, &start).await;
+        }
+        if self.config.protocol == Protocol::Plaintext {
+            return self
+                .finish_plaintext(round, participants, &fixed_point, modulus)
+                .await;
         }
         let mut aggregator = Aggregator::new(config, self.roster.clone())?;
         let mut timeout = self.config.training_timeout;
@@ -301,10 +309,21 @@ impl Coordinator {
                 )));
             }
         };
+        self.end_round(report).await
+    }
+
+    /// Tells the participants the round is over and checkpoints.
+    async fn end_round(&mut self, report: RoundReport) -> Result<RoundReport, FlError> {
         let completed = report.aborted.is_none();
-        for &site in &participants {
-            self.send(site, &ToSite::RoundEnd { round, completed })
-                .await;
+        for &site in &report.participants {
+            self.send(
+                site,
+                &ToSite::RoundEnd {
+                    round: report.round,
+                    completed,
+                },
+            )
+            .await;
         }
         self.next_round += 1;
         let ck = Checkpoint {
@@ -317,6 +336,56 @@ impl Coordinator {
             &postcard::to_allocvec(&ck).unwrap_or_default(),
         )?;
         Ok(report)
+    }
+
+    /// The plaintext baseline: sum the updates that arrive before the deadline.
+    async fn finish_plaintext(
+        &mut self,
+        round: u64,
+        participants: Vec<SiteId>,
+        fixed_point: &FixedPoint,
+        modulus: Modulus,
+    ) -> Result<RoundReport, FlError> {
+        let deadline = Instant::now() + self.config.training_timeout;
+        let mut sum = PlainVector::zeros(modulus, fixed_point.encoded_len());
+        let mut contributors = std::collections::BTreeSet::new();
+        while contributors.len() < participants.len() {
+            let Ok(Some((from, bytes))) =
+                tokio::time::timeout_at(deadline, self.inbox.recv()).await
+            else {
+                break;
+            };
+            if let Ok(ToCoordinator::Plain { round: r, update }) = wire::decode(&bytes)
+                && r == round
+                && participants.contains(&from)
+                && update.len() == sum.len()
+                && update.modulus() == modulus
+                && contributors.insert(from)
+            {
+                sum.add_assign(&update);
+            }
+        }
+        let report = if contributors.is_empty() {
+            RoundReport {
+                round,
+                participants,
+                contributors: vec![],
+                aborted: Some("no site sent its update".into()),
+                total_weight: 0,
+            }
+        } else {
+            let mean = fixed_point.decode(&sum)?;
+            self.server
+                .apply(&self.layout, &mut self.global, &mean.mean);
+            RoundReport {
+                round,
+                participants,
+                contributors: contributors.into_iter().collect(),
+                aborted: None,
+                total_weight: mean.total_weight,
+            }
+        };
+        self.end_round(report).await
     }
 
     /// Tells every site to stop.

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tessera_core::LocalTrainer;
 use tessera_net::transcript::TranscriptWriter;
-use tessera_secagg::{Envelope, IdentityKeyPair, Phase, Roster, RoundConfig, Site, SiteId};
+use tessera_secagg::{
+    Envelope, IdentityKeyPair, Phase, PlainVector, Roster, RoundConfig, Site, SiteId,
+};
 use tokio::sync::mpsc;
 
 use crate::error::FlError;
@@ -25,9 +27,14 @@ impl Egress {
         Self { out, transcript }
     }
 
-    async fn send(&mut self, env: Envelope) -> Result<(), FlError> {
-        let (kind, round, phase) = (env.body.kind(), env.header.round.0, env.phase().to_string());
-        let bytes = wire::encode(&ToCoordinator::SecAgg(env));
+    async fn send(&mut self, msg: ToCoordinator) -> Result<(), FlError> {
+        let (kind, round, phase) = match &msg {
+            ToCoordinator::SecAgg(env) => {
+                (env.body.kind(), env.header.round.0, env.phase().to_string())
+            }
+            ToCoordinator::Plain { round, .. } => ("plain-update", *round, "plaintext".to_string()),
+        };
+        let bytes = wire::encode(&msg);
         self.transcript.append(kind, round, &phase, &bytes)?;
         self.out
             .send(bytes)
@@ -81,10 +88,15 @@ pub async fn run_site<T: LocalTrainer>(
                 summary.rounds_started += 1;
                 let round = start.params.round.0;
                 match begin_round(&opts, trainer, &start, &mut rng) {
-                    Ok((site, advert)) => {
-                        current = Some((round, site));
+                    Ok(Begun::Secure(site, advert)) => {
+                        current = Some((round, *site));
                         if !silent(round, Phase::AdvertiseKeys) {
-                            egress.send(advert).await?;
+                            egress.send(ToCoordinator::SecAgg(advert)).await?;
+                        }
+                    }
+                    Ok(Begun::Plain(update)) => {
+                        if !silent(round, Phase::AdvertiseKeys) {
+                            egress.send(ToCoordinator::Plain { round, update }).await?;
                         }
                     }
                     Err(e) => summary.errors.push(e.to_string()),
@@ -97,7 +109,7 @@ pub async fn run_site<T: LocalTrainer>(
                 match site.handle(*env, &mut rng) {
                     Ok(reply) => {
                         if !silent(*round, reply.phase()) {
-                            egress.send(reply).await?;
+                            egress.send(ToCoordinator::SecAgg(reply)).await?;
                         }
                     }
                     Err(e) => summary.errors.push(e.to_string()),
@@ -113,14 +125,22 @@ pub async fn run_site<T: LocalTrainer>(
     Ok(summary)
 }
 
+/// How a site enters a round.
+enum Begun {
+    /// Secure aggregation started; the advertisement is the first message.
+    Secure(Box<Site>, Envelope),
+    /// The plaintext baseline: the encoded update itself.
+    Plain(PlainVector),
+}
+
 /// Trains from the global model, encodes the parameter change and starts the
-/// secure-aggregation round.
+/// secure-aggregation round (or, in the plaintext baseline, returns the update).
 fn begin_round<T: LocalTrainer>(
     opts: &SiteOptions,
     trainer: &mut T,
     start: &RoundStart,
     rng: &mut ChaCha20Rng,
-) -> Result<(Site, Envelope), FlError> {
+) -> Result<Begun, FlError> {
     let layout = trainer.layout().clone();
     layout
         .check(&start.global)
@@ -147,6 +167,9 @@ fn begin_round<T: LocalTrainer>(
     }
     let codec = start.codec.codec()?;
     let input = codec.encode(&delta, update.samples, rng)?;
+    if !start.secure {
+        return Ok(Begun::Plain(input));
+    }
     let config = RoundConfig::new(start.params.clone())?;
     let (site, advert) = Site::new(
         config,
@@ -156,5 +179,5 @@ fn begin_round<T: LocalTrainer>(
         input,
         rng,
     )?;
-    Ok((site, advert))
+    Ok(Begun::Secure(Box::new(site), advert))
 }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use tessera_core::{LocalTrainingConfig, Strategy};
-use tessera_secagg::{EncodingError, Envelope, FixedPoint, Modulus, RoundParams};
+use tessera_secagg::{EncodingError, Envelope, FixedPoint, Modulus, PlainVector, RoundParams};
 use thiserror::Error;
 
 /// Version of this message format.
@@ -52,6 +52,9 @@ pub struct RoundStart {
     pub strategy: Strategy,
     /// The global model, in the layout's order.
     pub global: Vec<f32>,
+    /// `false` only in the plaintext baseline: sites then send their encoded update in
+    /// the clear instead of running secure aggregation.
+    pub secure: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +72,11 @@ pub enum ToSite {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToCoordinator {
     SecAgg(Envelope),
+    /// The plaintext baseline's unmasked, encoded update (never sent when `secure`).
+    Plain {
+        round: u64,
+        update: PlainVector,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -156,6 +164,7 @@ mod tests {
                     },
                     strategy: strategy.clone(),
                     global: vec![0.5, -1.0, 2.0],
+                    secure: true,
                 }));
                 assert_eq!(decode::<ToSite>(&encode(&msg)).unwrap(), msg);
             }

@@ -279,3 +279,33 @@ async fn a_sampled_fraction_of_sites_takes_part() {
     );
     fed.coordinator.shutdown().await;
 }
+
+/// The plaintext baseline runs through the same loops and reaches the same model; its
+/// transcripts show the unmasked updates for what they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_baseline_reaches_the_same_model() {
+    let dir = tmp("plain");
+    let trainers = (0..4)
+        .map(|i| KnownUpdateTrainer::new(DIM, step(i), samples(i)).unwrap())
+        .collect();
+    let mut cfg = config(&dir);
+    cfg.protocol = Protocol::Plaintext;
+    let mut fed = memory::start(
+        cfg,
+        layout(),
+        vec![0.5; DIM],
+        trainers,
+        &BTreeMap::new(),
+        &dir,
+        [8; 32],
+    )
+    .unwrap();
+    let report = fed.coordinator.run_round().await.unwrap();
+    assert_eq!(report.contributors.len(), 4);
+    assert_eq!(report.total_weight, (0..4).map(samples).sum::<u64>());
+    assert_global(&fed.coordinator, 0.5 + mean_step(&[0, 1, 2, 3]));
+    fed.coordinator.shutdown().await;
+    let (identities, _) = test_identities(&(0..4).map(SiteId).collect::<Vec<_>>(), [8; 32]);
+    let s = verify(&dir.join("site-0.transcript"), &identities[0].public()).unwrap();
+    assert_eq!(s.by_kind.keys().collect::<Vec<_>>(), vec!["plain-update"]);
+}

@@ -156,47 +156,74 @@ struct PackedWire {
     bytes: Vec<u8>,
 }
 
+fn serialize_packed<S: Serializer>(
+    modulus: Modulus,
+    words: &[u32],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let width = modulus.wire_width();
+    let mut bytes = Vec::with_capacity(words.len() * width);
+    for w in words {
+        bytes.extend_from_slice(&w.to_le_bytes()[..width]);
+    }
+    PackedWire {
+        bits: modulus.bits,
+        bytes,
+    }
+    .serialize(s)
+}
+
+fn deserialize_packed<'de, D: Deserializer<'de>>(d: D) -> Result<(Modulus, Vec<u32>), D::Error> {
+    use serde::de::Error;
+    let wire = PackedWire::deserialize(d)?;
+    let modulus = Modulus::new(wire.bits).map_err(D::Error::custom)?;
+    let width = modulus.wire_width();
+    if wire.bytes.len() % width != 0 {
+        return Err(D::Error::custom(format!(
+            "packed vector of {} bytes is not a whole number of {width}-byte elements",
+            wire.bytes.len()
+        )));
+    }
+    let mask = modulus.mask();
+    let mut words = Vec::with_capacity(wire.bytes.len() / width);
+    for chunk in wire.bytes.chunks_exact(width) {
+        let mut le = [0u8; 4];
+        le[..width].copy_from_slice(chunk);
+        let w = u32::from_le_bytes(le);
+        if w & !mask != 0 {
+            return Err(D::Error::custom(format!(
+                "element {w:#x} does not fit in {} bits",
+                modulus.bits
+            )));
+        }
+        words.push(w);
+    }
+    Ok((modulus, words))
+}
+
 impl Serialize for MaskedVector {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let width = self.modulus.wire_width();
-        let mut bytes = Vec::with_capacity(self.words.len() * width);
-        for w in &self.words {
-            bytes.extend_from_slice(&w.to_le_bytes()[..width]);
-        }
-        PackedWire {
-            bits: self.modulus.bits,
-            bytes,
-        }
-        .serialize(s)
+        serialize_packed(self.modulus, &self.words, s)
     }
 }
 
 impl<'de> Deserialize<'de> for MaskedVector {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let wire = PackedWire::deserialize(d)?;
-        let modulus = Modulus::new(wire.bits).map_err(D::Error::custom)?;
-        let width = modulus.wire_width();
-        if wire.bytes.len() % width != 0 {
-            return Err(D::Error::custom(format!(
-                "packed vector of {} bytes is not a whole number of {width}-byte elements",
-                wire.bytes.len()
-            )));
-        }
-        let mask = modulus.mask();
-        let mut words = Vec::with_capacity(wire.bytes.len() / width);
-        for chunk in wire.bytes.chunks_exact(width) {
-            let mut le = [0u8; 4];
-            le[..width].copy_from_slice(chunk);
-            let w = u32::from_le_bytes(le);
-            if w & !mask != 0 {
-                return Err(D::Error::custom(format!(
-                    "element {w:#x} does not fit in {} bits",
-                    modulus.bits
-                )));
-            }
-            words.push(w);
-        }
+        let (modulus, words) = deserialize_packed(d)?;
+        Ok(Self { modulus, words })
+    }
+}
+
+/// Plain vectors travel only in the plaintext baseline (no secure aggregation).
+impl Serialize for PlainVector {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_packed(self.modulus, &self.words, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PlainVector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (modulus, words) = deserialize_packed(d)?;
         Ok(Self { modulus, words })
     }
 }
