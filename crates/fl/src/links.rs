@@ -4,6 +4,8 @@
 //! anything the peer says.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
 use tessera_net::pki::SignedRoster;
@@ -17,6 +19,22 @@ use crate::error::FlError;
 pub struct SiteLinks {
     pub senders: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
     pub inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
+    /// Frame payload bytes carried so far (QUIC and TLS overhead not included).
+    pub traffic: Arc<Traffic>,
+}
+
+/// Bytes that crossed a federation's links, both ways.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub to_coordinator: AtomicU64,
+    pub to_sites: AtomicU64,
+}
+
+impl Traffic {
+    /// (to the coordinator, to the sites) so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.to_coordinator.load(Ordering::Relaxed), self.to_sites.load(Ordering::Relaxed))
+    }
 }
 
 /// Writes `outgoing` as frames and forwards non-empty incoming frames, wrapped by
@@ -27,9 +45,18 @@ fn pump<M: Send + 'static>(
     mut outgoing: mpsc::Receiver<Vec<u8>>,
     incoming: mpsc::Sender<M>,
     wrap: impl Fn(Vec<u8>) -> M + Send + 'static,
+    counters: Option<(Arc<Traffic>, bool)>,
 ) {
+    let count = move |n: usize, inbound: bool| {
+        if let Some((t, coordinator_side)) = &counters {
+            let c = if inbound == *coordinator_side { &t.to_coordinator } else { &t.to_sites };
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    };
+    let count_out = count.clone();
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
+            count_out(bytes.len(), false);
             if write_frame(&mut send, &bytes, MAX_FRAME).await.is_err() {
                 break;
             }
@@ -40,6 +67,7 @@ fn pump<M: Send + 'static>(
         // A corrupt, oversized or truncated frame ends this link; the site is then a
         // dropout, and nothing else is affected. Empty frames only open the stream.
         while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
+            count(bytes.len(), true);
             if !bytes.is_empty() && incoming.send(wrap(bytes)).await.is_err() {
                 break;
             }
@@ -56,6 +84,7 @@ pub async fn accept_sites(
     wait: Duration,
 ) -> Result<SiteLinks, FlError> {
     let (inbox_tx, inbox) = mpsc::channel(1024);
+    let traffic = Arc::new(Traffic::default());
     let mut senders = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + wait;
     while senders.len() < expected {
@@ -75,10 +104,10 @@ pub async fn accept_sites(
             continue;
         };
         let (tx, rx) = mpsc::channel(64);
-        pump(send, recv, rx, inbox_tx.clone(), move |bytes| (site, bytes));
+        pump(send, recv, rx, inbox_tx.clone(), move |bytes| (site, bytes), Some((traffic.clone(), true)));
         senders.insert(site, tx);
     }
-    Ok(SiteLinks { senders, inbox })
+    Ok(SiteLinks { senders, inbox, traffic })
 }
 
 /// A site's ends of its link to the coordinator: (to the coordinator, from it).
@@ -92,6 +121,6 @@ pub async fn open_link(
         .map_err(|_| FlError::Disconnected)?;
     let (out_tx, out_rx) = mpsc::channel(64);
     let (in_tx, in_rx) = mpsc::channel(64);
-    pump(send, recv, out_rx, in_tx, |bytes| bytes);
+    pump(send, recv, out_rx, in_tx, |bytes| bytes, None);
     Ok((out_tx, in_rx))
 }

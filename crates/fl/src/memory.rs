@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use tessera_core::{LocalTrainer, ParamLayout};
 use tessera_net::transcript::TranscriptWriter;
 use tessera_secagg::simulation::test_identities;
@@ -15,14 +15,8 @@ use tokio::task::JoinHandle;
 
 use crate::coordinator::{Coordinator, FederationConfig};
 use crate::error::FlError;
+use crate::links::Traffic;
 use crate::site::{Egress, SiteOptions, SiteSummary, run_site};
-
-/// Bytes that crossed the links, both ways.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    pub to_coordinator: AtomicU64,
-    pub to_sites: AtomicU64,
-}
 
 /// A running in-process federation.
 pub struct MemoryFederation {

@@ -1,0 +1,141 @@
+//! One federated round over QUIC on loopback, with the coordinator and n sites in this
+//! process (so site work — training the known-update model, encoding, masking — shares
+//! the machine with the coordinator): plaintext FedAvg vs SecAgg vs SecAgg+, with the
+//! frame payload bytes each way, and raw single-stream QUIC throughput in the same run.
+//!
+//! `cargo bench -p tessera-fl --bench rounds` prints a Markdown table. Each figure is one
+//! timed round after a warm-up round; setting up a federation per configuration makes
+//! criterion's repeated sampling impractical here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_core::{LocalTrainingConfig, Strategy};
+use tessera_fl::{Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, accept_sites, open_link, run_site};
+use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
+use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
+use tessera_net::quic::{Credentials, client, connect, server};
+use tessera_net::transcript::TranscriptWriter;
+use tessera_secagg::SiteId;
+
+fn federation_dir(n: usize) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-bench-pki-{n}-{}", std::process::id()));
+    if !dir.join("roster.json").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        init(&dir).unwrap();
+        issue(&dir, "coordinator", Role::Coordinator).unwrap();
+        for i in 0..n {
+            issue(&dir, &format!("site-{i}"), Role::Site(SiteId(i as u32))).unwrap();
+        }
+    }
+    dir
+}
+
+async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
+    let dir = federation_dir(n);
+    let roster = SignedRoster::load(&dir.join("roster.json"), &dir.join("ca.pem")).unwrap();
+    let identities = Arc::new(roster.identities().unwrap());
+    let endpoint = server(([127, 0, 0, 1], 0).into(), &Credentials::load(&dir, "coordinator").unwrap(), false).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let work = std::env::temp_dir().join(format!("tessera-bench-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    for i in 0..n {
+        let (dir, work, identities) = (dir.clone(), work.clone(), identities.clone());
+        tokio::spawn(async move {
+            let name = format!("site-{i}");
+            let identity = Arc::new(load_identity(&dir.join(format!("{name}.identity"))).unwrap());
+            let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
+            let conn = connect(&ep, addr, "coordinator").await.unwrap();
+            let (tx, rx) = open_link(&conn).await.unwrap();
+            let transcript = TranscriptWriter::open(&work.join(format!("{name}.transcript")), identity.clone()).unwrap();
+            let opts = SiteOptions { id: SiteId(i as u32), identity, roster: identities, seed: [i as u8; 32], silent: BTreeMap::new() };
+            let mut trainer = KnownUpdateTrainer::new(m, 0.001 * (i as f32 + 1.0), 100).unwrap();
+            let _ = run_site(opts, &mut trainer, rx, Egress::new(tx, transcript)).await;
+            drop(conn);
+        });
+    }
+    let links = accept_sites(&endpoint, &roster, n, Duration::from_secs(60)).await.unwrap();
+    let traffic = links.traffic.clone();
+    let config = FederationConfig {
+        session: [1; 16],
+        strategy: Strategy::FedAvg,
+        training: LocalTrainingConfig { steps: 1, batch_size: 1, learning_rate: 0.0, proximal_mu: 0.0, seed: 0 },
+        protocol,
+        dropout_rate: 0.0,
+        corruption_rate: 0.05,
+        bits: 24,
+        clip: 1.0,
+        max_weight: 1000,
+        sample_fraction: 1.0,
+        training_timeout: Duration::from_secs(120),
+        phase_timeout: Duration::from_secs(120),
+        checkpoint: work.join("checkpoint.bin"),
+    };
+    let layout = KnownUpdateTrainer::layout_for(m).unwrap();
+    let mut c = Coordinator::new(config, identities, layout, vec![0.0; m], links.senders, links.inbox).unwrap();
+    c.run_round().await.unwrap(); // warm-up
+    let (up0, down0) = traffic.snapshot();
+    let start = Instant::now();
+    let report = c.run_round().await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(report.aborted.is_none() && report.contributors.len() == n, "{report:?}");
+    let (up1, down1) = traffic.snapshot();
+    c.shutdown().await;
+    endpoint.close(0u32.into(), b"done");
+    (secs, up1 - up0, down1 - down0)
+}
+
+async fn raw_throughput(bytes: usize) -> f64 {
+    let dir = federation_dir(3);
+    let endpoint = server(([127, 0, 0, 1], 0).into(), &Credentials::load(&dir, "coordinator").unwrap(), false).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let receiver = tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let (_, mut recv) = conn.accept_bi().await.unwrap();
+        let mut got = 0;
+        while let Ok(Some(f)) = read_frame(&mut recv, MAX_FRAME).await {
+            got += f.len();
+        }
+        got
+    });
+    let ep = client(&Credentials::load(&dir, "site-0").unwrap(), false).unwrap();
+    let conn = connect(&ep, addr, "coordinator").await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let start = Instant::now();
+    for _ in 0..bytes / chunk.len() {
+        write_frame(&mut send, &chunk, MAX_FRAME).await.unwrap();
+    }
+    send.finish().unwrap();
+    let got = receiver.await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(got, bytes / chunk.len() * chunk.len());
+    got as f64 / secs / 1e6
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        println!("raw single-stream QUIC over loopback (mutual TLS, 1 MiB frames, 256 MiB): {:.0} MB/s", raw_throughput(256 << 20).await);
+        println!();
+        println!("| n | m | protocol | round wall time | up (sites → coordinator) | down | time vs plaintext | up bytes vs plaintext |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for n in [3, 10, 50] {
+            for m in [100_000, 1_000_000] {
+                let plain = round(n, m, Protocol::Plaintext).await;
+                for (name, protocol) in [("plaintext", Protocol::Plaintext), ("SecAgg", Protocol::Secagg), ("SecAgg+", Protocol::SecaggPlus)] {
+                    let r = if protocol == Protocol::Plaintext { plain } else { round(n, m, protocol).await };
+                    println!(
+                        "| {n} | {m} | {name} | {:.3} s | {:.2} MB | {:.2} MB | {:.2}× | {:.3}× |",
+                        r.0,
+                        r.1 as f64 / 1e6,
+                        r.2 as f64 / 1e6,
+                        r.0 / plain.0,
+                        r.1 as f64 / plain.1 as f64
+                    );
+                }
+            }
+        }
+    });
+}
