@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_core::{LocalTrainingConfig, Strategy};
-use tessera_fl::{Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, accept_sites, open_link, run_site};
+use tessera_fl::{
+    Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, accept_sites,
+    open_link, run_site,
+};
 use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
 use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
 use tessera_net::quic::{Credentials, client, connect, server};
@@ -35,7 +38,12 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
     let dir = federation_dir(n);
     let roster = SignedRoster::load(&dir.join("roster.json"), &dir.join("ca.pem")).unwrap();
     let identities = Arc::new(roster.identities().unwrap());
-    let endpoint = server(([127, 0, 0, 1], 0).into(), &Credentials::load(&dir, "coordinator").unwrap(), false).unwrap();
+    let endpoint = server(
+        ([127, 0, 0, 1], 0).into(),
+        &Credentials::load(&dir, "coordinator").unwrap(),
+        false,
+    )
+    .unwrap();
     let addr = endpoint.local_addr().unwrap();
     let work = std::env::temp_dir().join(format!("tessera-bench-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -48,19 +56,35 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
             let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
             let conn = connect(&ep, addr, "coordinator").await.unwrap();
             let (tx, rx) = open_link(&conn).await.unwrap();
-            let transcript = TranscriptWriter::open(&work.join(format!("{name}.transcript")), identity.clone()).unwrap();
-            let opts = SiteOptions { id: SiteId(i as u32), identity, roster: identities, seed: [i as u8; 32], silent: BTreeMap::new() };
+            let transcript =
+                TranscriptWriter::open(&work.join(format!("{name}.transcript")), identity.clone())
+                    .unwrap();
+            let opts = SiteOptions {
+                id: SiteId(i as u32),
+                identity,
+                roster: identities,
+                seed: [i as u8; 32],
+                silent: BTreeMap::new(),
+            };
             let mut trainer = KnownUpdateTrainer::new(m, 0.001 * (i as f32 + 1.0), 100).unwrap();
             let _ = run_site(opts, &mut trainer, rx, Egress::new(tx, transcript)).await;
             drop(conn);
         });
     }
-    let links = accept_sites(&endpoint, &roster, n, Duration::from_secs(60)).await.unwrap();
+    let links = accept_sites(&endpoint, &roster, n, Duration::from_secs(60))
+        .await
+        .unwrap();
     let traffic = links.traffic.clone();
     let config = FederationConfig {
         session: [1; 16],
         strategy: Strategy::FedAvg,
-        training: LocalTrainingConfig { steps: 1, batch_size: 1, learning_rate: 0.0, proximal_mu: 0.0, seed: 0 },
+        training: LocalTrainingConfig {
+            steps: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            proximal_mu: 0.0,
+            seed: 0,
+        },
         protocol,
         dropout_rate: 0.0,
         corruption_rate: 0.05,
@@ -73,13 +97,24 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
         checkpoint: work.join("checkpoint.bin"),
     };
     let layout = KnownUpdateTrainer::layout_for(m).unwrap();
-    let mut c = Coordinator::new(config, identities, layout, vec![0.0; m], links.senders, links.inbox).unwrap();
+    let mut c = Coordinator::new(
+        config,
+        identities,
+        layout,
+        vec![0.0; m],
+        links.senders,
+        links.inbox,
+    )
+    .unwrap();
     c.run_round().await.unwrap(); // warm-up
     let (up0, down0) = traffic.snapshot();
     let start = Instant::now();
     let report = c.run_round().await.unwrap();
     let secs = start.elapsed().as_secs_f64();
-    assert!(report.aborted.is_none() && report.contributors.len() == n, "{report:?}");
+    assert!(
+        report.aborted.is_none() && report.contributors.len() == n,
+        "{report:?}"
+    );
     let (up1, down1) = traffic.snapshot();
     c.shutdown().await;
     endpoint.close(0u32.into(), b"done");
@@ -88,7 +123,12 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
 
 async fn raw_throughput(bytes: usize) -> f64 {
     let dir = federation_dir(3);
-    let endpoint = server(([127, 0, 0, 1], 0).into(), &Credentials::load(&dir, "coordinator").unwrap(), false).unwrap();
+    let endpoint = server(
+        ([127, 0, 0, 1], 0).into(),
+        &Credentials::load(&dir, "coordinator").unwrap(),
+        false,
+    )
+    .unwrap();
     let addr = endpoint.local_addr().unwrap();
     let receiver = tokio::spawn(async move {
         let conn = endpoint.accept().await.unwrap().await.unwrap();
@@ -115,7 +155,10 @@ async fn raw_throughput(bytes: usize) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         println!("raw single-stream QUIC over loopback (mutual TLS, 1 MiB frames, 256 MiB): {:.0} MB/s", raw_throughput(256 << 20).await);
         println!();

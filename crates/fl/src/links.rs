@@ -33,7 +33,10 @@ pub struct Traffic {
 impl Traffic {
     /// (to the coordinator, to the sites) so far.
     pub fn snapshot(&self) -> (u64, u64) {
-        (self.to_coordinator.load(Ordering::Relaxed), self.to_sites.load(Ordering::Relaxed))
+        (
+            self.to_coordinator.load(Ordering::Relaxed),
+            self.to_sites.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -49,7 +52,11 @@ fn pump<M: Send + 'static>(
 ) {
     let count = move |n: usize, inbound: bool| {
         if let Some((t, coordinator_side)) = &counters {
-            let c = if inbound == *coordinator_side { &t.to_coordinator } else { &t.to_sites };
+            let c = if inbound == *coordinator_side {
+                &t.to_coordinator
+            } else {
+                &t.to_sites
+            };
             c.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
@@ -104,10 +111,21 @@ pub async fn accept_sites(
             continue;
         };
         let (tx, rx) = mpsc::channel(64);
-        pump(send, recv, rx, inbox_tx.clone(), move |bytes| (site, bytes), Some((traffic.clone(), true)));
+        pump(
+            send,
+            recv,
+            rx,
+            inbox_tx.clone(),
+            move |bytes| (site, bytes),
+            Some((traffic.clone(), true)),
+        );
         senders.insert(site, tx);
     }
-    Ok(SiteLinks { senders, inbox, traffic })
+    Ok(SiteLinks {
+        senders,
+        inbox,
+        traffic,
+    })
 }
 
 /// A site's ends of its link to the coordinator: (to the coordinator, from it).
