@@ -207,9 +207,13 @@ impl Coordinator {
     }
 
     async fn send(&self, to: SiteId, msg: &ToSite) {
+        self.send_encoded(to, wire::encode(msg)).await;
+    }
+
+    async fn send_encoded(&self, to: SiteId, bytes: Vec<u8>) {
         if let Some(tx) = self.sites.get(&to) {
             // A closed link is a dropout; the phase deadline handles it.
-            let _ = tx.send(wire::encode(msg)).await;
+            let _ = tx.send(bytes).await;
         }
     }
 
@@ -250,8 +254,10 @@ impl Coordinator {
             global: self.global.clone(),
             secure: self.config.protocol != Protocol::Plaintext,
         }));
+        // The model is encoded once, not once per site.
+        let start = wire::encode(&start);
         for &site in &participants {
-            self.send(site, &start).await;
+            self.send_encoded(site, start.clone()).await;
         }
         if self.config.protocol == Protocol::Plaintext {
             return self
