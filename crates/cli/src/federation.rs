@@ -8,10 +8,10 @@ use std::time::Duration;
 use tessera_core::{LocalTrainingConfig, Strategy};
 use tessera_fl::{
     Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, accept_sites,
-    open_link, run_site,
+    reconnecting_link, run_site,
 };
 use tessera_net::pki::{SignedRoster, load_identity};
-use tessera_net::quic::{Credentials, client, connect, server};
+use tessera_net::quic::{Credentials, client, server};
 use tessera_net::transcript::TranscriptWriter;
 
 /// The model being federated. Only the deterministic known-update model exists so far:
@@ -200,22 +200,14 @@ pub fn site(config: &Path) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let endpoint = client(&creds, cfg.keylog).map_err(|e| e.to_string())?;
-        let deadline =
-            tokio::time::Instant::now() + seconds("connect_timeout_s", cfg.connect_timeout_s)?;
-        let conn = loop {
-            match connect(&endpoint, cfg.coordinator, "coordinator").await {
-                Ok(c) => break c,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(format!(
-                        "coordinator unreachable ({e}); is it running at {}?",
-                        cfg.coordinator
-                    ));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        };
-        let (to_coordinator, from_coordinator) =
-            open_link(&conn).await.map_err(|e| e.to_string())?;
+        // Re-dials whenever the connection is lost, e.g. while the coordinator restarts.
+        let retry_for = seconds("connect_timeout_s", cfg.connect_timeout_s)?;
+        let (to_coordinator, from_coordinator) = reconnecting_link(
+            endpoint,
+            cfg.coordinator,
+            "coordinator".to_string(),
+            retry_for,
+        );
         let opts = SiteOptions {
             id,
             identity,
@@ -231,6 +223,12 @@ pub fn site(config: &Path) -> Result<(), String> {
         )
         .await
         .map_err(|e| e.to_string())?;
+        if summary.rounds_started == 0 {
+            return Err(format!(
+                "no round started: the coordinator at {} was unreachable for {} s or sent nothing; is it running?",
+                cfg.coordinator, cfg.connect_timeout_s
+            ));
+        }
         println!(
             "{}: {} rounds, {} completed",
             cfg.name, summary.rounds_started, summary.rounds_completed

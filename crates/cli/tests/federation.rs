@@ -196,14 +196,9 @@ fn a_killed_coordinator_resumes_from_its_checkpoint() {
     assert!(checkpoint.exists(), "no round completed");
     coordinator.kill().unwrap();
     let _ = coordinator.wait();
-    for mut s in sites {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    // Restart with the same configuration; the sites rejoin as new processes and keep
-    // appending to their transcripts.
+    // Restart with the same configuration. The same site processes notice the lost
+    // connection, re-dial and rejoin, appending to the same transcripts.
     let coordinator = spawn(&["coordinator", "--config", config.to_str().unwrap()]);
-    let sites = spawn_sites(&dir);
     let (ok, out) = finish(coordinator, Duration::from_secs(120));
     assert!(ok, "{out}");
     assert!(
@@ -225,4 +220,35 @@ fn a_killed_coordinator_resumes_from_its_checkpoint() {
             "{site}"
         );
     }
+}
+
+#[test]
+fn an_unreachable_coordinator_gives_an_actionable_error() {
+    let (dir, _) = setup("unreachable");
+    let port = free_port();
+    let config = dir.join("site-a.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("coordinator =") {
+                format!("coordinator = \"127.0.0.1:{port}\"")
+            } else if l.starts_with("connect_timeout_s") {
+                "connect_timeout_s = 1".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text).unwrap();
+    let (ok, out) = finish(
+        spawn(&["site", "--config", config.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("unreachable") && out.contains(&port.to_string()),
+        "{out}"
+    );
 }

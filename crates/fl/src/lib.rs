@@ -26,5 +26,5 @@ pub mod wire;
 pub use coordinator::{Coordinator, FederationConfig, Protocol, RoundReport};
 pub use error::FlError;
 pub use known::KnownUpdateTrainer;
-pub use links::{SiteLinks, Traffic, accept_sites, open_link};
+pub use links::{SiteLinks, Traffic, accept_sites, open_link, reconnecting_link};
 pub use site::{Egress, SiteOptions, SiteSummary, run_site};

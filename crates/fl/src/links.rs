@@ -142,3 +142,64 @@ pub async fn open_link(
     pump(send, recv, out_rx, in_tx, |bytes| bytes, None);
     Ok((out_tx, in_rx))
 }
+
+/// A site's link that survives losing its connection: it dials the coordinator
+/// (`server_name` in its certificate) and, whenever the connection fails, dials again
+/// every 250 ms for up to `retry_for`, carrying on with the same channels. A message that
+/// was being written when the connection failed is lost; the coordinator's deadlines
+/// treat the gap like any dropout. Returns the site's ends: (to the coordinator, from it);
+/// the second closes when the coordinator cannot be reached again.
+pub fn reconnecting_link(
+    endpoint: quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    server_name: String,
+    retry_for: Duration,
+) -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        loop {
+            let deadline = tokio::time::Instant::now() + retry_for;
+            let conn = loop {
+                match tessera_net::quic::connect(&endpoint, addr, &server_name).await {
+                    Ok(c) => break Some(c),
+                    Err(_) if tokio::time::Instant::now() >= deadline => break None,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            };
+            // Unreachable for too long: dropping `in_tx` tells the site.
+            let Some(conn) = conn else { return };
+            let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                continue;
+            };
+            // QUIC streams appear to the peer only once written to: announce this one.
+            if write_frame(&mut send, &[], MAX_FRAME).await.is_err() {
+                continue;
+            }
+            let reader = async {
+                while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
+                    if !bytes.is_empty() && in_tx.send(bytes).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let writer = async {
+                while let Some(bytes) = out_rx.recv().await {
+                    if write_frame(&mut send, &bytes, MAX_FRAME).await.is_err() {
+                        return false;
+                    }
+                }
+                true // the site has finished
+            };
+            tokio::select! {
+                _ = reader => {}
+                finished = writer => if finished {
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                    return;
+                },
+            }
+        }
+    });
+    (out_tx, in_rx)
+}
