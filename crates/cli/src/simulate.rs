@@ -7,7 +7,7 @@ use rand_core::Rng;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tessera_core::{LocalTrainingConfig, Strategy};
-use tessera_fl::{FederationConfig, KnownUpdateTrainer, Protocol, memory};
+use tessera_fl::{FederationConfig, KnownUpdateTrainer, Protocol, loopback, memory};
 use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
 use tessera_secagg::simulation::site_rng;
 use tessera_secagg::{FixedPoint, Modulus, Phase, SiteId};
@@ -46,6 +46,10 @@ pub struct SimulateArgs {
     clip: f32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Connect the sites to the coordinator over real QUIC with mutual TLS on
+    /// 127.0.0.1 (a throwaway PKI) instead of in-memory links.
+    #[arg(long)]
+    quic: bool,
     /// Deadline of each secure-aggregation phase (and, plus a second, of local
     /// training); a silent site costs the round this long.
     #[arg(long, default_value_t = 500)]
@@ -158,17 +162,26 @@ pub fn run(args: &SimulateArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(async {
-        let mut fed = memory::start(config, layout, vec![0.0; args.dim], trainers, &silent, &work.join("transcripts"), seed)
-            .map_err(|e| e.to_string())?;
+        let (mut coordinator, traffic, endpoint) = if args.quic {
+            let fed = loopback::start(config, layout, vec![0.0; args.dim], trainers, &silent, &work, seed)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("sites connected over QUIC with mutual TLS on 127.0.0.1");
+            (fed.coordinator, fed.traffic, Some(fed.endpoint))
+        } else {
+            let fed = memory::start(config, layout, vec![0.0; args.dim], trainers, &silent, &work.join("transcripts"), seed)
+                .map_err(|e| e.to_string())?;
+            (fed.coordinator, fed.traffic, None)
+        };
         println!("round | contributors | status | time | up / down | max error (bound)");
         let mut expected = 0.0f64;
         let mut failures = 0;
         for _ in 0..args.rounds {
-            let (up0, down0) = traffic(&fed);
+            let (up0, down0) = traffic.snapshot();
             let start = Instant::now();
-            let report = fed.coordinator.run_round().await.map_err(|e| e.to_string())?;
+            let report = coordinator.run_round().await.map_err(|e| e.to_string())?;
             let elapsed = start.elapsed().as_secs_f64();
-            let (up1, down1) = traffic(&fed);
+            let (up1, down1) = traffic.snapshot();
             let traffic = format!("{:.1} / {:.1} MB", (up1 - up0) as f64 / 1e6, (down1 - down0) as f64 / 1e6);
             if let Some(reason) = &report.aborted {
                 println!("{:>5} | {:>3} of {:<3} | aborted: {reason} | {elapsed:.2} s | {traffic}", report.round, 0, args.sites);
@@ -178,7 +191,7 @@ pub fn run(args: &SimulateArgs) -> Result<(), String> {
             expected += report.contributors.iter().map(|c| f64::from(steps[c.0 as usize]) * weights[c.0 as usize] as f64).sum::<f64>() / total as f64;
             // quantisation (below n·W/(s·Σw) per round) plus f32 rounding of the model
             let bound = report.round as f64 * (args.sites as f64 * max_weight as f64 / (scale * total as f64) + 1e-6);
-            let error = fed.coordinator.global().iter().map(|g| (f64::from(*g) - expected).abs()).fold(0.0, f64::max);
+            let error = coordinator.global().iter().map(|g| (f64::from(*g) - expected).abs()).fold(0.0, f64::max);
             let ok = error <= bound && total == report.total_weight;
             failures += usize::from(!ok);
             println!(
@@ -189,17 +202,13 @@ pub fn run(args: &SimulateArgs) -> Result<(), String> {
                 if ok { "within bound" } else { "MISMATCH" },
             );
         }
-        fed.coordinator.shutdown().await;
+        coordinator.shutdown().await;
+        if let Some(endpoint) = endpoint {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            endpoint.close(0u32.into(), b"done");
+        }
         if failures > 0 { Err(format!("{failures} round(s) produced a wrong global model")) } else { Ok(()) }
     });
     let _ = std::fs::remove_dir_all(&work);
     result
-}
-
-fn traffic(fed: &memory::MemoryFederation) -> (u64, u64) {
-    use std::sync::atomic::Ordering::Relaxed;
-    (
-        fed.traffic.to_coordinator.load(Relaxed),
-        fed.traffic.to_sites.load(Relaxed),
-    )
 }

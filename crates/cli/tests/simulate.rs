@@ -95,3 +95,34 @@ fn five_hundred_sites_through_the_orchestration() {
     );
     assert!(stdout.contains("500 of 500 | within bound"), "{stdout}");
 }
+
+#[test]
+fn simulate_over_quic_on_loopback() {
+    let out = tessera(&[
+        "simulate",
+        "--quic",
+        "--sites",
+        "6",
+        "--dim",
+        "200",
+        "--rounds",
+        "2",
+        "--dropout",
+        "0",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sites connected over QUIC with mutual TLS on 127.0.0.1"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("6 of 6   | within bound").count(),
+        2,
+        "{stdout}"
+    );
+}

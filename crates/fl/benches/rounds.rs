@@ -8,73 +8,24 @@
 //! criterion's repeated sampling impractical here.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_core::{LocalTrainingConfig, Strategy};
-use tessera_fl::{
-    Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, accept_sites,
-    open_link, run_site,
-};
+use tessera_fl::{FederationConfig, KnownUpdateTrainer, Protocol, loopback};
 use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
-use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
+use tessera_net::pki::{Role, init, issue};
 use tessera_net::quic::{Credentials, client, connect, server};
-use tessera_net::transcript::TranscriptWriter;
 use tessera_secagg::SiteId;
 
 fn federation_dir(n: usize) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tessera-bench-pki-{n}-{}", std::process::id()));
-    if !dir.join("roster.json").exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        init(&dir).unwrap();
-        issue(&dir, "coordinator", Role::Coordinator).unwrap();
-        for i in 0..n {
-            issue(&dir, &format!("site-{i}"), Role::Site(SiteId(i as u32))).unwrap();
-        }
-    }
-    dir
+    std::env::temp_dir().join(format!("tessera-bench-{n}-{}", std::process::id()))
 }
 
 async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
     let dir = federation_dir(n);
-    let roster = SignedRoster::load(&dir.join("roster.json"), &dir.join("ca.pem")).unwrap();
-    let identities = Arc::new(roster.identities().unwrap());
-    let endpoint = server(
-        ([127, 0, 0, 1], 0).into(),
-        &Credentials::load(&dir, "coordinator").unwrap(),
-        false,
-    )
-    .unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let work = std::env::temp_dir().join(format!("tessera-bench-run-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
+    let _ = std::fs::remove_file(dir.join("checkpoint.bin"));
     for i in 0..n {
-        let (dir, work, identities) = (dir.clone(), work.clone(), identities.clone());
-        tokio::spawn(async move {
-            let name = format!("site-{i}");
-            let identity = Arc::new(load_identity(&dir.join(format!("{name}.identity"))).unwrap());
-            let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
-            let conn = connect(&ep, addr, "coordinator").await.unwrap();
-            let (tx, rx) = open_link(&conn).await.unwrap();
-            let transcript =
-                TranscriptWriter::open(&work.join(format!("{name}.transcript")), identity.clone())
-                    .unwrap();
-            let opts = SiteOptions {
-                id: SiteId(i as u32),
-                identity,
-                roster: identities,
-                seed: [i as u8; 32],
-                silent: BTreeMap::new(),
-            };
-            let mut trainer = KnownUpdateTrainer::new(m, 0.001 * (i as f32 + 1.0), 100).unwrap();
-            let _ = run_site(opts, &mut trainer, rx, Egress::new(tx, transcript)).await;
-            drop(conn);
-        });
+        let _ = std::fs::remove_file(dir.join(format!("site-{i}.transcript")));
     }
-    let links = accept_sites(&endpoint, &roster, n, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let traffic = links.traffic.clone();
     let config = FederationConfig {
         session: [1; 16],
         strategy: Strategy::FedAvg,
@@ -94,35 +45,45 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
         sample_fraction: 1.0,
         training_timeout: Duration::from_secs(120),
         phase_timeout: Duration::from_secs(120),
-        checkpoint: work.join("checkpoint.bin"),
+        checkpoint: dir.join("checkpoint.bin"),
     };
+    let trainers = (0..n)
+        .map(|i| KnownUpdateTrainer::new(m, 0.001 * (i as f32 + 1.0), 100).unwrap())
+        .collect();
     let layout = KnownUpdateTrainer::layout_for(m).unwrap();
-    let mut c = Coordinator::new(
+    let mut fed = loopback::start(
         config,
-        identities,
         layout,
         vec![0.0; m],
-        links.senders,
-        links.inbox,
+        trainers,
+        &BTreeMap::new(),
+        &dir,
+        [3; 32],
     )
+    .await
     .unwrap();
-    c.run_round().await.unwrap(); // warm-up
-    let (up0, down0) = traffic.snapshot();
+    fed.coordinator.run_round().await.unwrap(); // warm-up
+    let (up0, down0) = fed.traffic.snapshot();
     let start = Instant::now();
-    let report = c.run_round().await.unwrap();
+    let report = fed.coordinator.run_round().await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     assert!(
         report.aborted.is_none() && report.contributors.len() == n,
         "{report:?}"
     );
-    let (up1, down1) = traffic.snapshot();
-    c.shutdown().await;
-    endpoint.close(0u32.into(), b"done");
+    let (up1, down1) = fed.traffic.snapshot();
+    fed.shutdown().await;
     (secs, up1 - up0, down1 - down0)
 }
 
 async fn raw_throughput(bytes: usize) -> f64 {
-    let dir = federation_dir(3);
+    let dir = federation_dir(3).join("pki");
+    if !dir.join("site-0.pem").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        init(&dir).unwrap();
+        issue(&dir, "coordinator", Role::Coordinator).unwrap();
+        issue(&dir, "site-0", Role::Site(SiteId(0))).unwrap();
+    }
     let endpoint = server(
         ([127, 0, 0, 1], 0).into(),
         &Credentials::load(&dir, "coordinator").unwrap(),

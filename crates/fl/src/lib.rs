@@ -19,6 +19,7 @@ mod coordinator;
 mod error;
 mod known;
 mod links;
+pub mod loopback;
 pub mod memory;
 mod site;
 pub mod wire;
