@@ -252,3 +252,32 @@ fn an_unreachable_coordinator_gives_an_actionable_error() {
         "{out}"
     );
 }
+
+#[test]
+fn coordinator_configs_name_bad_keys_and_busy_ports() {
+    let (dir, port) = setup("badconfig");
+    let config = coordinator_config(&dir, port, 1);
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("rounds = 1", "rounds = 1\nround = 2")).unwrap();
+    let (ok, out) = finish(
+        spawn(&["coordinator", "--config", config.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(!ok && out.contains("unknown field `round`"), "{out}");
+    // a port already taken
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap().port();
+    std::fs::write(
+        &config,
+        good.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{taken}")),
+    )
+    .unwrap();
+    let (ok, out) = finish(
+        spawn(&["coordinator", "--config", config.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        !ok && out.contains(&format!("cannot bind 127.0.0.1:{taken}")),
+        "{out}"
+    );
+}

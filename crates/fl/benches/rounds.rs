@@ -3,9 +3,9 @@
 //! the machine with the coordinator): plaintext FedAvg vs SecAgg vs SecAgg+, with the
 //! frame payload bytes each way, and raw single-stream QUIC throughput in the same run.
 //!
-//! `cargo bench -p tessera-fl --bench rounds` prints a Markdown table. Each figure is one
-//! timed round after a warm-up round; setting up a federation per configuration makes
-//! criterion's repeated sampling impractical here.
+//! `cargo bench -p tessera-fl --bench rounds` prints a Markdown table: per configuration,
+//! the median wall time of five rounds after a warm-up round and the mean bytes per
+//! round (setting up a federation per configuration makes criterion impractical here).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ use tessera_secagg::SiteId;
 fn federation_dir(n: usize) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("tessera-bench-{n}-{}", std::process::id()))
 }
+
+/// Timed rounds per configuration (after one warm-up); the median is reported.
+const ROUNDS: usize = 5;
 
 async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
     let dir = federation_dir(n);
@@ -64,16 +67,24 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
     .unwrap();
     fed.coordinator.run_round().await.unwrap(); // warm-up
     let (up0, down0) = fed.traffic.snapshot();
-    let start = Instant::now();
-    let report = fed.coordinator.run_round().await.unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    assert!(
-        report.aborted.is_none() && report.contributors.len() == n,
-        "{report:?}"
-    );
+    let mut times = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        let report = fed.coordinator.run_round().await.unwrap();
+        times.push(start.elapsed().as_secs_f64());
+        assert!(
+            report.aborted.is_none() && report.contributors.len() == n,
+            "{report:?}"
+        );
+    }
     let (up1, down1) = fed.traffic.snapshot();
     fed.shutdown().await;
-    (secs, up1 - up0, down1 - down0)
+    times.sort_by(f64::total_cmp);
+    (
+        times[ROUNDS / 2],
+        (up1 - up0) / ROUNDS as u64,
+        (down1 - down0) / ROUNDS as u64,
+    )
 }
 
 async fn raw_throughput(bytes: usize) -> f64 {
