@@ -140,7 +140,8 @@ pub fn coordinator(config: &Path) -> Result<(), String> {
             links.senders,
             links.inbox,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_joins(links.joins);
         if coordinator.next_round() > 1 {
             println!(
                 "resuming from the checkpoint at round {}",

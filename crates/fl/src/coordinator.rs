@@ -85,6 +85,7 @@ pub struct Coordinator {
     next_round: u64,
     sites: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
     inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
+    joins: Option<mpsc::Receiver<(SiteId, mpsc::Sender<Vec<u8>>)>>,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FlError> {
@@ -148,7 +149,15 @@ impl Coordinator {
             next_round,
             sites,
             inbox,
+            joins: None,
         })
+    }
+
+    /// Sites that connect (again) while the federation runs: each is swapped in, with
+    /// its new link, at the start of the next round.
+    pub fn with_joins(mut self, joins: mpsc::Receiver<(SiteId, mpsc::Sender<Vec<u8>>)>) -> Self {
+        self.joins = Some(joins);
+        self
     }
 
     pub fn global(&self) -> &[f32] {
@@ -220,6 +229,11 @@ impl Coordinator {
     /// Runs the next round with every connected site.
     pub async fn run_round(&mut self) -> Result<RoundReport, FlError> {
         let round = self.next_round;
+        if let Some(joins) = self.joins.as_mut() {
+            while let Ok((site, link)) = joins.try_recv() {
+                self.sites.insert(site, link);
+            }
+        }
         let participants = self.select(round);
         let n = participants.len();
         let (threshold, graph) = self.plan(n)?;

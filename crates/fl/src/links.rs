@@ -21,6 +21,9 @@ pub struct SiteLinks {
     pub inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
     /// Frame payload bytes carried so far (QUIC and TLS overhead not included).
     pub traffic: Arc<Traffic>,
+    /// Roster sites that connect later (or reconnect), with their new link; the
+    /// coordinator swaps them in at the start of the next round.
+    pub joins: mpsc::Receiver<(SiteId, mpsc::Sender<Vec<u8>>)>,
 }
 
 /// Bytes that crossed a federation's links, both ways.
@@ -82,8 +85,25 @@ fn pump<M: Send + 'static>(
     });
 }
 
+/// Accepts a connection and names it through the roster; `None` for strangers.
+async fn accept_one(
+    incoming: quinn::Incoming,
+    roster: &SignedRoster,
+) -> Option<(SiteId, quinn::Connection)> {
+    let conn = incoming.await.ok()?;
+    match peer_name(&conn).and_then(|name| roster.site_of(&name)) {
+        Some(site) => Some((site, conn)),
+        None => {
+            conn.close(1u32.into(), b"not a site of this federation");
+            None
+        }
+    }
+}
+
 /// Accepts connections until `expected` distinct roster sites have joined or `wait`
-/// has passed. Unknown or duplicate peers are refused.
+/// has passed; strangers are refused. Afterwards it keeps accepting in the background:
+/// a roster site that connects again (after a network failure) or late is reported on
+/// [`SiteLinks::joins`].
 pub async fn accept_sites(
     endpoint: &quinn::Endpoint,
     roster: &SignedRoster,
@@ -93,38 +113,56 @@ pub async fn accept_sites(
     let (inbox_tx, inbox) = mpsc::channel(1024);
     let traffic = Arc::new(Traffic::default());
     let mut senders = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    while senders.len() < expected {
-        let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, endpoint.accept()).await else {
-            break;
-        };
-        let Ok(conn) = incoming.await else { continue };
-        let Some(site) = peer_name(&conn).and_then(|name| roster.site_of(&name)) else {
-            conn.close(1u32.into(), b"not a site of this federation");
-            continue;
-        };
-        if senders.contains_key(&site) {
-            conn.close(2u32.into(), b"already connected");
-            continue;
-        }
-        let Ok(Ok((send, recv))) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
-            continue;
-        };
+    let link = |conn: quinn::Connection,
+                site: SiteId,
+                inbox_tx: mpsc::Sender<(SiteId, Vec<u8>)>,
+                traffic: Arc<Traffic>| async move {
+        let (send, recv) = tokio::time::timeout(Duration::from_secs(30), conn.accept_bi())
+            .await
+            .ok()?
+            .ok()?;
         let (tx, rx) = mpsc::channel(64);
         pump(
             send,
             recv,
             rx,
-            inbox_tx.clone(),
+            inbox_tx,
             move |bytes| (site, bytes),
-            Some((traffic.clone(), true)),
+            Some((traffic, true)),
         );
-        senders.insert(site, tx);
+        Some(tx)
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    while senders.len() < expected {
+        let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, endpoint.accept()).await else {
+            break;
+        };
+        let Some((site, conn)) = accept_one(incoming, roster).await else {
+            continue;
+        };
+        if let Some(tx) = link(conn, site, inbox_tx.clone(), traffic.clone()).await {
+            senders.insert(site, tx);
+        }
     }
+    let (joins_tx, joins) = mpsc::channel(64);
+    let (endpoint, roster, bg_traffic) = (endpoint.clone(), roster.clone(), traffic.clone());
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let Some((site, conn)) = accept_one(incoming, &roster).await else {
+                continue;
+            };
+            if let Some(tx) = link(conn, site, inbox_tx.clone(), bg_traffic.clone()).await
+                && joins_tx.send((site, tx)).await.is_err()
+            {
+                break;
+            }
+        }
+    });
     Ok(SiteLinks {
         senders,
         inbox,
         traffic,
+        joins,
     })
 }
 

@@ -112,7 +112,8 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
         initial,
         links.senders,
         links.inbox,
-    )?;
+    )?
+    .with_joins(links.joins);
     Ok(LoopbackFederation {
         coordinator,
         sites,

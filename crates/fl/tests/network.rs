@@ -189,3 +189,98 @@ async fn a_hostile_site_cannot_disturb_the_round() {
     assert_eq!(report.contributors, vec![SiteId(0), SiteId(1), SiteId(2)]);
     coordinator.shutdown().await;
 }
+
+/// A roster site that connects after the federation has started — as a site re-dialling
+/// after a network failure does — is swapped in and takes part from the next round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_connecting_later_joins_the_next_round() {
+    let dir = std::env::temp_dir().join(format!("tessera-fl-join-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    init(&dir).unwrap();
+    issue(&dir, "coordinator", Role::Coordinator).unwrap();
+    for i in 0..3 {
+        issue(&dir, &format!("site-{i}"), Role::Site(SiteId(i))).unwrap();
+    }
+    let roster = SignedRoster::load(&dir.join("roster.json"), &dir.join("ca.pem")).unwrap();
+    let identities = Arc::new(roster.identities().unwrap());
+    let endpoint = server(
+        ([127, 0, 0, 1], 0).into(),
+        &Credentials::load(&dir, "coordinator").unwrap(),
+        false,
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let spawn_site = |i: u32| {
+        let (dir, identities) = (dir.clone(), identities.clone());
+        tokio::spawn(async move {
+            let name = format!("site-{i}");
+            let identity = Arc::new(load_identity(&dir.join(format!("{name}.identity"))).unwrap());
+            let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
+            let (tx, rx) = tessera_fl::reconnecting_link(
+                ep,
+                addr,
+                "coordinator".into(),
+                Duration::from_secs(10),
+            );
+            let transcript =
+                TranscriptWriter::open(&dir.join(format!("{name}.transcript")), identity.clone())
+                    .unwrap();
+            let opts = SiteOptions {
+                id: SiteId(i),
+                identity,
+                roster: identities,
+                seed: [i as u8; 32],
+                silent: BTreeMap::new(),
+            };
+            let mut trainer = KnownUpdateTrainer::new(DIM, 0.01, 10).unwrap();
+            run_site(opts, &mut trainer, rx, Egress::new(tx, transcript))
+                .await
+                .unwrap();
+        })
+    };
+    spawn_site(0);
+    spawn_site(1);
+    let links = accept_sites(&endpoint, &roster, 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let config = FederationConfig {
+        session: [5; 16],
+        strategy: Strategy::FedAvg,
+        training: LocalTrainingConfig {
+            steps: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            proximal_mu: 0.0,
+            seed: 0,
+        },
+        protocol: Protocol::Secagg,
+        dropout_rate: 0.05,
+        corruption_rate: 0.0,
+        bits: 24,
+        clip: 1.0,
+        max_weight: 100,
+        sample_fraction: 1.0,
+        training_timeout: Duration::from_secs(5),
+        phase_timeout: Duration::from_secs(2),
+        checkpoint: dir.join("checkpoint.bin"),
+    };
+    let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
+    let mut coordinator = Coordinator::new(
+        config,
+        identities.clone(),
+        layout,
+        vec![0.0; DIM],
+        links.senders,
+        links.inbox,
+    )
+    .unwrap()
+    .with_joins(links.joins);
+    let r1 = coordinator.run_round().await.unwrap();
+    assert_eq!(r1.participants, vec![SiteId(0), SiteId(1)]);
+    spawn_site(2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r2 = coordinator.run_round().await.unwrap();
+    assert_eq!(r2.participants, vec![SiteId(0), SiteId(1), SiteId(2)]);
+    assert_eq!(r2.contributors, r2.participants);
+    coordinator.shutdown().await;
+}
