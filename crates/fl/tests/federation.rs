@@ -61,11 +61,20 @@ fn start(
     n: u32,
     silent: &BTreeMap<SiteId, BTreeMap<u64, Phase>>,
 ) -> memory::MemoryFederation {
+    start_with(config(dir), dir, n, silent)
+}
+
+fn start_with(
+    cfg: FederationConfig,
+    dir: &Path,
+    n: u32,
+    silent: &BTreeMap<SiteId, BTreeMap<u64, Phase>>,
+) -> memory::MemoryFederation {
     let trainers = (0..n)
         .map(|i| KnownUpdateTrainer::new(DIM, step(i), samples(i)).unwrap())
         .collect();
     memory::start(
-        config(dir),
+        cfg,
         layout(),
         vec![0.5; DIM],
         trainers,
@@ -247,21 +256,9 @@ async fn up_to_n_minus_t_dropouts_at_every_phase() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampled_fraction_of_sites_takes_part() {
     let dir = tmp("sampled");
-    let trainers = (0..8)
-        .map(|i| KnownUpdateTrainer::new(DIM, step(i), samples(i)).unwrap())
-        .collect();
     let mut cfg = config(&dir);
     cfg.sample_fraction = 0.5;
-    let mut fed = memory::start(
-        cfg,
-        layout(),
-        vec![0.5; DIM],
-        trainers,
-        &BTreeMap::new(),
-        &dir,
-        [8; 32],
-    )
-    .unwrap();
+    let mut fed = start_with(cfg, &dir, 8, &BTreeMap::new());
     let mut expected = 0.5f32;
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..3 {
@@ -285,21 +282,9 @@ async fn a_sampled_fraction_of_sites_takes_part() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plaintext_baseline_reaches_the_same_model() {
     let dir = tmp("plain");
-    let trainers = (0..4)
-        .map(|i| KnownUpdateTrainer::new(DIM, step(i), samples(i)).unwrap())
-        .collect();
     let mut cfg = config(&dir);
     cfg.protocol = Protocol::Plaintext;
-    let mut fed = memory::start(
-        cfg,
-        layout(),
-        vec![0.5; DIM],
-        trainers,
-        &BTreeMap::new(),
-        &dir,
-        [8; 32],
-    )
-    .unwrap();
+    let mut fed = start_with(cfg, &dir, 4, &BTreeMap::new());
     let report = fed.coordinator.run_round().await.unwrap();
     assert_eq!(report.contributors.len(), 4);
     assert_eq!(report.total_weight, (0..4).map(samples).sum::<u64>());

@@ -3,29 +3,31 @@
 //! coordinator nor spoil the honest sites' rounds.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::{LocalTrainingConfig, Strategy};
 use tessera_fl::wire::{self, ToCoordinator, ToSite};
 use tessera_fl::{
     Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, accept_sites,
-    open_link, run_site,
+    reconnecting_link, run_site,
 };
 use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
 use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
 use tessera_net::quic::{Credentials, client, connect, server};
 use tessera_net::transcript::TranscriptWriter;
-use tessera_secagg::{Party, PlainVector, Round, RoundConfig, Site, SiteId};
+use tessera_secagg::{Party, PlainVector, Roster, Round, RoundConfig, Site, SiteId};
 
 const DIM: usize = 8;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostile_site_cannot_disturb_the_round() {
-    let dir = std::env::temp_dir().join(format!("tessera-fl-network-{}", std::process::id()));
+/// A federation PKI for `sites` sites and the coordinator's endpoint on a free port.
+fn federation(name: &str, sites: u32) -> (PathBuf, SignedRoster, Arc<Roster>, quinn::Endpoint) {
+    let dir = std::env::temp_dir().join(format!("tessera-fl-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     init(&dir).unwrap();
     issue(&dir, "coordinator", Role::Coordinator).unwrap();
-    for i in 0..4 {
+    for i in 0..sites {
         issue(&dir, &format!("site-{i}"), Role::Site(SiteId(i))).unwrap();
     }
     let roster = SignedRoster::load(&dir.join("roster.json"), &dir.join("ca.pem")).unwrap();
@@ -36,33 +38,69 @@ async fn a_hostile_site_cannot_disturb_the_round() {
         false,
     )
     .unwrap();
-    let addr = endpoint.local_addr().unwrap();
+    (dir, roster, identities, endpoint)
+}
 
-    // Three honest sites.
-    for i in 0..3u32 {
-        let (dir, identities) = (dir.clone(), identities.clone());
-        tokio::spawn(async move {
-            let name = format!("site-{i}");
-            let identity = Arc::new(load_identity(&dir.join(format!("{name}.identity"))).unwrap());
-            let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
-            let conn = connect(&ep, addr, "coordinator").await.unwrap();
-            let (tx, rx) = open_link(&conn).await.unwrap();
-            let transcript =
-                TranscriptWriter::open(&dir.join(format!("{name}.transcript")), identity.clone())
-                    .unwrap();
-            let opts = SiteOptions {
-                id: SiteId(i),
-                identity,
-                roster: identities,
-                seed: [i as u8; 32],
-                silent: BTreeMap::new(),
-            };
-            let mut trainer = KnownUpdateTrainer::new(DIM, 0.01, 10).unwrap();
-            run_site(opts, &mut trainer, rx, Egress::new(tx, transcript))
-                .await
+/// An honest site `i` dialling the coordinator at `addr`.
+fn spawn_honest_site(dir: &Path, identities: &Arc<Roster>, addr: SocketAddr, i: u32) {
+    let (dir, identities) = (dir.to_owned(), identities.clone());
+    tokio::spawn(async move {
+        let name = format!("site-{i}");
+        let identity = Arc::new(load_identity(&dir.join(format!("{name}.identity"))).unwrap());
+        let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
+        let (tx, rx) = reconnecting_link(ep, addr, "coordinator".into(), Duration::from_secs(10));
+        let transcript =
+            TranscriptWriter::open(&dir.join(format!("{name}.transcript")), identity.clone())
                 .unwrap();
-            drop(conn);
-        });
+        let opts = SiteOptions {
+            id: SiteId(i),
+            identity,
+            roster: identities,
+            seed: [i as u8; 32],
+            silent: BTreeMap::new(),
+        };
+        let mut trainer = KnownUpdateTrainer::new(DIM, 0.01, 10).unwrap();
+        run_site(opts, &mut trainer, rx, Egress::new(tx, transcript))
+            .await
+            .unwrap();
+    });
+}
+
+fn config(
+    dir: &Path,
+    session: u8,
+    training_timeout: Duration,
+    phase_timeout: Duration,
+) -> FederationConfig {
+    FederationConfig {
+        session: [session; 16],
+        strategy: Strategy::FedAvg,
+        training: LocalTrainingConfig {
+            steps: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            proximal_mu: 0.0,
+            seed: 0,
+        },
+        protocol: Protocol::Secagg,
+        dropout_rate: 0.05,
+        corruption_rate: 0.0,
+        bits: 24,
+        clip: 1.0,
+        max_weight: 100,
+        sample_fraction: 1.0,
+        training_timeout,
+        phase_timeout,
+        checkpoint: dir.join("checkpoint.bin"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_site_cannot_disturb_the_round() {
+    let (dir, roster, identities, endpoint) = federation("network", 4);
+    let addr = endpoint.local_addr().unwrap();
+    for i in 0..3 {
+        spawn_honest_site(&dir, &identities, addr, i);
     }
 
     // The hostile site: a valid certificate and identity, bad behaviour, on its own raw
@@ -132,27 +170,7 @@ async fn a_hostile_site_cannot_disturb_the_round() {
         .await
         .unwrap();
     assert_eq!(links.senders.len(), 4);
-    let config = FederationConfig {
-        session: [9; 16],
-        strategy: Strategy::FedAvg,
-        training: LocalTrainingConfig {
-            steps: 1,
-            batch_size: 1,
-            learning_rate: 0.0,
-            proximal_mu: 0.0,
-            seed: 0,
-        },
-        protocol: Protocol::Secagg,
-        dropout_rate: 0.05,
-        corruption_rate: 0.0,
-        bits: 24,
-        clip: 1.0,
-        max_weight: 100,
-        sample_fraction: 1.0,
-        training_timeout: Duration::from_secs(2),
-        phase_timeout: Duration::from_millis(500),
-        checkpoint: dir.join("checkpoint.bin"),
-    };
+    let config = config(&dir, 9, Duration::from_secs(2), Duration::from_millis(500));
     let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
     let mut coordinator = Coordinator::new(
         config,
@@ -194,76 +212,14 @@ async fn a_hostile_site_cannot_disturb_the_round() {
 /// after a network failure does — is swapped in and takes part from the next round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_connecting_later_joins_the_next_round() {
-    let dir = std::env::temp_dir().join(format!("tessera-fl-join-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    init(&dir).unwrap();
-    issue(&dir, "coordinator", Role::Coordinator).unwrap();
-    for i in 0..3 {
-        issue(&dir, &format!("site-{i}"), Role::Site(SiteId(i))).unwrap();
-    }
-    let roster = SignedRoster::load(&dir.join("roster.json"), &dir.join("ca.pem")).unwrap();
-    let identities = Arc::new(roster.identities().unwrap());
-    let endpoint = server(
-        ([127, 0, 0, 1], 0).into(),
-        &Credentials::load(&dir, "coordinator").unwrap(),
-        false,
-    )
-    .unwrap();
+    let (dir, roster, identities, endpoint) = federation("join", 3);
     let addr = endpoint.local_addr().unwrap();
-    let spawn_site = |i: u32| {
-        let (dir, identities) = (dir.clone(), identities.clone());
-        tokio::spawn(async move {
-            let name = format!("site-{i}");
-            let identity = Arc::new(load_identity(&dir.join(format!("{name}.identity"))).unwrap());
-            let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
-            let (tx, rx) = tessera_fl::reconnecting_link(
-                ep,
-                addr,
-                "coordinator".into(),
-                Duration::from_secs(10),
-            );
-            let transcript =
-                TranscriptWriter::open(&dir.join(format!("{name}.transcript")), identity.clone())
-                    .unwrap();
-            let opts = SiteOptions {
-                id: SiteId(i),
-                identity,
-                roster: identities,
-                seed: [i as u8; 32],
-                silent: BTreeMap::new(),
-            };
-            let mut trainer = KnownUpdateTrainer::new(DIM, 0.01, 10).unwrap();
-            run_site(opts, &mut trainer, rx, Egress::new(tx, transcript))
-                .await
-                .unwrap();
-        })
-    };
-    spawn_site(0);
-    spawn_site(1);
+    spawn_honest_site(&dir, &identities, addr, 0);
+    spawn_honest_site(&dir, &identities, addr, 1);
     let links = accept_sites(&endpoint, &roster, 2, Duration::from_secs(30))
         .await
         .unwrap();
-    let config = FederationConfig {
-        session: [5; 16],
-        strategy: Strategy::FedAvg,
-        training: LocalTrainingConfig {
-            steps: 1,
-            batch_size: 1,
-            learning_rate: 0.0,
-            proximal_mu: 0.0,
-            seed: 0,
-        },
-        protocol: Protocol::Secagg,
-        dropout_rate: 0.05,
-        corruption_rate: 0.0,
-        bits: 24,
-        clip: 1.0,
-        max_weight: 100,
-        sample_fraction: 1.0,
-        training_timeout: Duration::from_secs(5),
-        phase_timeout: Duration::from_secs(2),
-        checkpoint: dir.join("checkpoint.bin"),
-    };
+    let config = config(&dir, 5, Duration::from_secs(5), Duration::from_secs(2));
     let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
     let mut coordinator = Coordinator::new(
         config,
@@ -277,7 +233,7 @@ async fn a_site_connecting_later_joins_the_next_round() {
     .with_joins(links.joins);
     let r1 = coordinator.run_round().await.unwrap();
     assert_eq!(r1.participants, vec![SiteId(0), SiteId(1)]);
-    spawn_site(2);
+    spawn_honest_site(&dir, &identities, addr, 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r2 = coordinator.run_round().await.unwrap();
     assert_eq!(r2.participants, vec![SiteId(0), SiteId(1), SiteId(2)]);
