@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::{LocalTrainingConfig, Strategy};
 use tessera_fl::{
-    Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, accept_sites,
-    reconnecting_link, run_site,
+    Coordinator, DpConfig, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions,
+    accept_sites, reconnecting_link, run_site,
 };
 use tessera_net::pki::{SignedRoster, load_identity};
 use tessera_net::quic::{Credentials, client, server};
@@ -47,6 +47,9 @@ struct CoordinatorFile {
     sample_fraction: f64,
     training_timeout_s: f64,
     phase_timeout_s: f64,
+    /// Differential privacy (`[dp]`, default none).
+    #[serde(default)]
+    dp: DpConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +86,9 @@ fn seconds(key: &str, s: f64) -> Result<Duration, String> {
 
 pub fn coordinator(config: &Path) -> Result<(), String> {
     let cfg: CoordinatorFile = load(config)?;
+    cfg.dp
+        .validate()
+        .map_err(|e| format!("{}: {e}", config.display()))?;
     let ModelConfig::KnownUpdate { dim } = cfg.model;
     let roster = SignedRoster::load(&cfg.pki.join("roster.json"), &cfg.pki.join("ca.pem"))
         .map_err(|e| e.to_string())?;
@@ -114,6 +120,7 @@ pub fn coordinator(config: &Path) -> Result<(), String> {
         training_timeout: seconds("training_timeout_s", cfg.training_timeout_s)?,
         phase_timeout: seconds("phase_timeout_s", cfg.phase_timeout_s)?,
         checkpoint: cfg.checkpoint.clone(),
+        dp: cfg.dp.clone(),
     };
     let layout = KnownUpdateTrainer::layout_for(dim).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
@@ -150,16 +157,28 @@ pub fn coordinator(config: &Path) -> Result<(), String> {
         }
         while coordinator.next_round() <= cfg.rounds {
             let report = coordinator.run_round().await.map_err(|e| e.to_string())?;
+            let privacy = report.privacy.as_ref().map_or(String::new(), |p| {
+                format!(
+                    "; privacy: ρ {:.3e} this round, ε {:.3} spent at δ {:e}",
+                    p.rho, p.cumulative_epsilon, cfg.dp.delta
+                )
+            });
             match &report.aborted {
                 None => println!(
-                    "round {}: {} of {} sites contributed (weight {})",
+                    "round {}: {} of {} sites contributed (weight {}){privacy}",
                     report.round,
                     report.contributors.len(),
                     report.participants.len(),
                     report.total_weight
                 ),
-                Some(reason) => println!("round {}: aborted: {reason}", report.round),
+                Some(reason) => println!("round {}: aborted: {reason}{privacy}", report.round),
             }
+        }
+        if coordinator.ledger().is_some() {
+            println!(
+                "privacy ledger: {}",
+                cfg.checkpoint.with_extension("ledger.json").display()
+            );
         }
         let g = coordinator.global();
         let mean = g.iter().map(|v| f64::from(*v)).sum::<f64>() / g.len().max(1) as f64;

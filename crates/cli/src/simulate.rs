@@ -152,6 +152,7 @@ pub fn run(args: &SimulateArgs) -> Result<(), String> {
         training_timeout: Duration::from_millis(args.phase_timeout_ms + 1000),
         phase_timeout: Duration::from_millis(args.phase_timeout_ms),
         checkpoint: work.join("checkpoint.bin"),
+        dp: tessera_fl::DpConfig::default(),
     };
     let layout = KnownUpdateTrainer::layout_for(args.dim).map_err(|e| e.to_string())?;
     let trainers: Vec<KnownUpdateTrainer> = steps

@@ -181,6 +181,40 @@ fn three_site_processes_train_three_rounds_over_quic() {
 }
 
 #[test]
+fn a_private_federation_reports_its_privacy_ledger() {
+    let (dir, port) = setup("private");
+    let config = coordinator_config(&dir, port, 2);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("bits = 32", "bits = 24");
+    std::fs::write(
+        &config,
+        format!("{text}[dp]\nmechanism = \"ddg\"\nepsilon = 10.0\ndelta = 1e-5\nrounds = 2\nl2_clip = 1.0\n"),
+    )
+    .unwrap();
+    let coordinator = spawn(&["coordinator", "--config", config.to_str().unwrap()]);
+    let sites = spawn_sites(&dir);
+    let (ok, out) = finish(coordinator, Duration::from_secs(120));
+    assert!(ok, "{out}");
+    for round in 1..=2 {
+        assert!(
+            out.contains(&format!("round {round}: 3 of 3 sites contributed")),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("privacy: ρ") && out.contains("privacy ledger:"),
+        "{out}"
+    );
+    let ledger = std::fs::read_to_string(dir.join("checkpoint.ledger.json")).unwrap();
+    assert!(ledger.contains("\"mechanism\": \"ddg\"") && ledger.contains("cumulative_epsilon"));
+    for site in sites {
+        let (ok, out) = finish(site, Duration::from_secs(30));
+        assert!(ok, "{out}");
+    }
+}
+
+#[test]
 fn a_killed_coordinator_resumes_from_its_checkpoint() {
     let (dir, port) = setup("kill");
     let rounds = 100;
@@ -264,6 +298,12 @@ fn coordinator_configs_name_bad_keys_and_busy_ports() {
         Duration::from_secs(30),
     );
     assert!(!ok && out.contains("unknown field `round`"), "{out}");
+    std::fs::write(&config, format!("{good}[dp]\nmechanism = \"ddg\"\nepsilon = -1.0\ndelta = 1e-5\nrounds = 3\nl2_clip = 1.0\n")).unwrap();
+    let (ok, out) = finish(
+        spawn(&["coordinator", "--config", config.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(!ok && out.contains("dp.epsilon = -1"), "{out}");
     // a port already taken
     let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let taken = busy.local_addr().unwrap().port();

@@ -49,6 +49,7 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
         training_timeout: Duration::from_secs(120),
         phase_timeout: Duration::from_secs(120),
         checkpoint: dir.join("checkpoint.bin"),
+        dp: tessera_fl::DpConfig::default(),
     };
     let trainers = (0..n)
         .map(|i| KnownUpdateTrainer::new(m, 0.001 * (i as f32 + 1.0), 100).unwrap())

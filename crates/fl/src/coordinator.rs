@@ -1,12 +1,18 @@
 //! The coordinator: runs rounds, drives the secure-aggregation phases with deadlines,
 //! updates the global model through the strategy, and checkpoints after every round.
 
+use chacha20::ChaCha20Rng;
+use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::{AggregationStrategy, LocalTrainingConfig, ParamLayout, Strategy};
+use tessera_dp::{
+    DiscreteGaussian, DpConfig, DpError, DpPlan, Ledger, LedgerEntry, Mechanism, PrivateCodecSpec,
+    RoundShape,
+};
 use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
 use tessera_secagg::{
     Aggregator, FixedPoint, GraphSpec, Modulus, PlainVector, Roster, Round, RoundConfig,
@@ -16,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::FlError;
-use crate::wire::{self, CodecSpec, RoundStart, ToCoordinator, ToSite};
+use crate::wire::{self, Codec, CodecSpec, FixedPointSpec, RoundStart, ToCoordinator, ToSite};
 
 /// Which secure-aggregation protocol a federation uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +58,16 @@ pub struct FederationConfig {
     /// Time for each later phase; a site that misses it is a dropout.
     pub phase_timeout: Duration,
     pub checkpoint: PathBuf,
+    /// Differential privacy; its ledger is written beside the checkpoint.
+    #[serde(default)]
+    pub dp: DpConfig,
+}
+
+impl FederationConfig {
+    /// Where the privacy ledger (JSON) is kept: beside the checkpoint.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.checkpoint.with_extension("ledger.json")
+    }
 }
 
 /// The state that survives a crash.
@@ -60,6 +76,7 @@ struct Checkpoint {
     session: [u8; 16],
     next_round: u64,
     global: Vec<f32>,
+    ledger: Option<Ledger>,
 }
 
 /// What happened in one round.
@@ -73,6 +90,8 @@ pub struct RoundReport {
     pub aborted: Option<String>,
     /// Total weight (samples) of the contributors.
     pub total_weight: u64,
+    /// The round's privacy charge, when the federation applies DP.
+    pub privacy: Option<LedgerEntry>,
 }
 
 /// The coordinator of one federation.
@@ -86,6 +105,9 @@ pub struct Coordinator {
     sites: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
     inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
     joins: Option<mpsc::Receiver<(SiteId, mpsc::Sender<Vec<u8>>)>>,
+    ledger: Option<Ledger>,
+    /// Randomness for the coordinator's own noise (central DP only).
+    rng: ChaCha20Rng,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FlError> {
@@ -114,7 +136,26 @@ impl Coordinator {
         layout
             .check(&initial)
             .map_err(|e| FlError::Model(e.to_string()))?;
-        let (next_round, global) = match std::fs::read(&config.checkpoint) {
+        config.dp.validate()?;
+        if config.protocol == Protocol::Plaintext
+            && matches!(config.dp.mechanism, Mechanism::Ddg | Mechanism::Skellam)
+        {
+            return Err(FlError::Privacy(DpError::Infeasible(format!(
+                "dp.mechanism = \"{}\" needs secure aggregation: with protocol = \"plaintext\" the \
+                 coordinator would see each update with only its site's share of the noise; use \
+                 \"central\" or a secure protocol",
+                config.dp.mechanism.name()
+            ))));
+        }
+        let fresh_ledger = (config.dp.mechanism != Mechanism::None).then(|| {
+            Ledger::new(
+                config.dp.mechanism.name(),
+                config.dp.epsilon,
+                config.dp.delta,
+                config.dp.mechanism != Mechanism::Skellam,
+            )
+        });
+        let (next_round, global, ledger) = match std::fs::read(&config.checkpoint) {
             Ok(bytes) => {
                 let ck: Checkpoint =
                     postcard::from_bytes(&bytes).map_err(|e| FlError::Checkpoint {
@@ -129,9 +170,9 @@ impl Coordinator {
                                 .into(),
                     });
                 }
-                (ck.next_round, ck.global)
+                (ck.next_round, ck.global, ck.ledger.or(fresh_ledger))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (1, initial),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (1, initial, fresh_ledger),
             Err(e) => {
                 return Err(FlError::Checkpoint {
                     path: config.checkpoint.clone(),
@@ -140,7 +181,12 @@ impl Coordinator {
             }
         };
         let server = config.strategy.server();
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .map_err(|_| FlError::Model("the operating system gave no randomness".into()))?;
         Ok(Self {
+            ledger,
+            rng: ChaCha20Rng::from_seed(seed),
             config,
             roster,
             layout,
@@ -166,6 +212,117 @@ impl Coordinator {
 
     pub fn next_round(&self) -> u64 {
         self.next_round
+    }
+
+    /// The privacy ledger so far (None without DP).
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
+    /// Public per-round randomness, distinct per purpose.
+    fn round_seed(&self, round: u64, purpose: &[u8; 8]) -> [u8; 32] {
+        let mut seed = [0u8; 32];
+        seed[..16].copy_from_slice(&self.config.session);
+        seed[16..24].copy_from_slice(&round.to_le_bytes());
+        seed[24..].copy_from_slice(purpose);
+        seed
+    }
+
+    /// The round's codec: fixed point without DP, the private codec with it.
+    fn codec_spec(
+        &self,
+        round: u64,
+        n: usize,
+        threshold: u32,
+        modulus: Modulus,
+    ) -> Result<(CodecSpec, Option<DpPlan>), FlError> {
+        let dim = self.layout.len();
+        if self.config.dp.mechanism == Mechanism::None {
+            let spec = FixedPointSpec {
+                bits: self.config.bits,
+                clip: self.config.clip,
+                scale: FixedPoint::max_scale(modulus, self.config.clip, n),
+                max_sites: n,
+                max_weight: self.config.max_weight,
+                dim,
+            };
+            return Ok((CodecSpec::FixedPoint(spec), None));
+        }
+        // Without secure aggregation nothing guarantees contributors; central noise does
+        // not depend on them.
+        let guaranteed = if self.config.protocol == Protocol::Plaintext {
+            1
+        } else {
+            threshold as usize
+        };
+        let plan = tessera_dp::plan(
+            &self.config.dp,
+            RoundShape {
+                sites: n,
+                guaranteed,
+                bits: self.config.bits,
+                dim,
+            },
+        )?;
+        let spec = PrivateCodecSpec {
+            bits: self.config.bits,
+            l2_clip: self.config.dp.l2_clip,
+            gamma: plan.gamma,
+            dim,
+            max_sites: n,
+            max_weight: self.config.max_weight,
+            rotation_seed: self.round_seed(round, b"rotation"),
+            site_noise: plan.site_noise,
+        };
+        Ok((CodecSpec::Private(spec), Some(plan)))
+    }
+
+    /// Charges the round to the ledger before anything is released, and persists it so
+    /// that a crash cannot forget a charge.
+    fn charge(&mut self, round: u64, plan: &DpPlan) -> Result<LedgerEntry, FlError> {
+        let Some(ledger) = self.ledger.as_mut() else {
+            return Err(FlError::Model("DP round without a ledger".into()));
+        };
+        let entry = ledger
+            .charge(round, plan.guaranteed, plan.noise, plan.rho)?
+            .clone();
+        self.save(self.next_round)?;
+        Ok(entry)
+    }
+
+    /// Writes the checkpoint (and the ledger beside it) atomically.
+    fn save(&self, next_round: u64) -> Result<(), FlError> {
+        let ck = Checkpoint {
+            session: self.config.session,
+            next_round,
+            global: self.global.clone(),
+            ledger: self.ledger.clone(),
+        };
+        write_atomic(
+            &self.config.checkpoint,
+            &postcard::to_allocvec(&ck).unwrap_or_default(),
+        )?;
+        if let Some(ledger) = &self.ledger {
+            let json = serde_json::to_vec_pretty(ledger).unwrap_or_default();
+            write_atomic(&self.config.ledger_path(), &json)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the unmasked sum, adding the coordinator's noise for central DP.
+    fn decode(
+        &mut self,
+        codec: &Codec,
+        plan: Option<&DpPlan>,
+        sum: &PlainVector,
+    ) -> Result<tessera_secagg::WeightedMean, FlError> {
+        Ok(match (codec, plan.and_then(|p| p.central_sigma)) {
+            (Codec::FixedPoint(c), _) => c.decode(sum)?,
+            (Codec::Private(c), Some(sigma)) => {
+                c.decode_with_central_noise(sum, &DiscreteGaussian::new(sigma), &mut self.rng)?
+            }
+            (Codec::Private(c), None) => c.decode(sum)?,
+        })
     }
 
     fn plan(&self, n: usize) -> Result<(u32, GraphSpec), FlError> {
@@ -238,20 +395,17 @@ impl Coordinator {
         let n = participants.len();
         let (threshold, graph) = self.plan(n)?;
         let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Model(e.to_string()))?;
-        let codec = CodecSpec {
-            bits: self.config.bits,
-            clip: self.config.clip,
-            scale: FixedPoint::max_scale(modulus, self.config.clip, n),
-            max_sites: n,
-            max_weight: self.config.max_weight,
-            dim: self.layout.len(),
+        let (spec, dp_plan) = self.codec_spec(round, n, threshold, modulus)?;
+        let codec = spec.codec()?;
+        let privacy = match &dp_plan {
+            Some(plan) => Some(self.charge(round, plan)?),
+            None => None,
         };
-        let fixed_point = codec.codec()?;
         let params = RoundParams {
             session: SessionId(self.config.session),
             round: Round(round),
             participants: participants.clone(),
-            vector_len: fixed_point.encoded_len() as u32,
+            vector_len: codec.encoded_len() as u32,
             modulus,
             threshold,
             graph,
@@ -262,7 +416,7 @@ impl Coordinator {
         training.seed = training.seed.wrapping_add(round);
         let start = ToSite::RoundStart(Box::new(RoundStart {
             params,
-            codec,
+            codec: spec,
             training,
             strategy: self.config.strategy.clone(),
             global: self.global.clone(),
@@ -275,7 +429,7 @@ impl Coordinator {
         }
         if self.config.protocol == Protocol::Plaintext {
             return self
-                .finish_plaintext(round, participants, &fixed_point, modulus)
+                .finish_plaintext(round, participants, &codec, dp_plan.as_ref(), privacy)
                 .await;
         }
         let mut aggregator = Aggregator::new(config, self.roster.clone())?;
@@ -305,7 +459,7 @@ impl Coordinator {
         }
         let report = match (aggregator.status().clone(), aggregator.result()) {
             (Status::Finished, Some(sum)) => {
-                let mean = fixed_point.decode(&sum.sum)?;
+                let mean = self.decode(&codec, dp_plan.as_ref(), &sum.sum)?;
                 self.server
                     .apply(&self.layout, &mut self.global, &mean.mean);
                 RoundReport {
@@ -314,6 +468,7 @@ impl Coordinator {
                     contributors: sum.contributors.clone(),
                     aborted: None,
                     total_weight: mean.total_weight,
+                    privacy,
                 }
             }
             (Status::Aborted(reason), _) => RoundReport {
@@ -322,6 +477,7 @@ impl Coordinator {
                 contributors: vec![],
                 aborted: Some(reason.to_string()),
                 total_weight: 0,
+                privacy,
             },
             (status, _) => {
                 return Err(FlError::Model(format!(
@@ -346,15 +502,7 @@ impl Coordinator {
             .await;
         }
         self.next_round += 1;
-        let ck = Checkpoint {
-            session: self.config.session,
-            next_round: self.next_round,
-            global: self.global.clone(),
-        };
-        write_atomic(
-            &self.config.checkpoint,
-            &postcard::to_allocvec(&ck).unwrap_or_default(),
-        )?;
+        self.save(self.next_round)?;
         Ok(report)
     }
 
@@ -363,11 +511,13 @@ impl Coordinator {
         &mut self,
         round: u64,
         participants: Vec<SiteId>,
-        fixed_point: &FixedPoint,
-        modulus: Modulus,
+        codec: &Codec,
+        dp_plan: Option<&DpPlan>,
+        privacy: Option<LedgerEntry>,
     ) -> Result<RoundReport, FlError> {
         let deadline = Instant::now() + self.config.training_timeout;
-        let mut sum = PlainVector::zeros(modulus, fixed_point.encoded_len());
+        let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Model(e.to_string()))?;
+        let mut sum = PlainVector::zeros(modulus, codec.encoded_len());
         let mut contributors = std::collections::BTreeSet::new();
         while contributors.len() < participants.len() {
             let Ok(Some((from, bytes))) =
@@ -392,9 +542,10 @@ impl Coordinator {
                 contributors: vec![],
                 aborted: Some("no site sent its update".into()),
                 total_weight: 0,
+                privacy,
             }
         } else {
-            let mean = fixed_point.decode(&sum)?;
+            let mean = self.decode(codec, dp_plan, &sum)?;
             self.server
                 .apply(&self.layout, &mut self.global, &mean.mean);
             RoundReport {
@@ -403,6 +554,7 @@ impl Coordinator {
                 contributors: contributors.into_iter().collect(),
                 aborted: None,
                 total_weight: mean.total_weight,
+                privacy,
             }
         };
         self.end_round(report).await

@@ -17,6 +17,8 @@ pub enum FlError {
     Encoding(#[from] tessera_secagg::EncodingError),
     #[error("planning: {0}")]
     Plan(#[from] tessera_secagg::plan::PlanError),
+    #[error("differential privacy: {0}")]
+    Privacy(#[from] tessera_dp::DpError),
     #[error("model: {0}")]
     Model(String),
     #[error("{path}: {message}")]

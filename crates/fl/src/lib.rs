@@ -29,3 +29,4 @@ pub use error::FlError;
 pub use known::KnownUpdateTrainer;
 pub use links::{SiteLinks, Traffic, accept_sites, open_link, reconnecting_link};
 pub use site::{Egress, SiteOptions, SiteSummary, run_site};
+pub use tessera_dp::{DpConfig, Ledger, LedgerEntry, Mechanism};

@@ -3,18 +3,69 @@
 //! Secure-aggregation messages travel as [`Envelope`]s inside [`ToSite::SecAgg`] and
 //! [`ToCoordinator::SecAgg`]; everything else a round needs is in [`RoundStart`].
 
+use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use tessera_core::{LocalTrainingConfig, Strategy};
+use tessera_dp::{PrivateCodec, PrivateCodecSpec};
 use tessera_secagg::{EncodingError, Envelope, FixedPoint, Modulus, PlainVector, RoundParams};
 use thiserror::Error;
+
+use crate::error::FlError;
 
 /// Version of this message format.
 pub const WIRE_VERSION: u8 = 1;
 
 /// How sites encode their update for secure aggregation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CodecSpec {
+    /// Per-coordinate clipping and stochastic rounding, no differential privacy.
+    FixedPoint(FixedPointSpec),
+    /// L2 clipping, rotation, conditional rounding and (optionally) the site's share of
+    /// DP noise: see `tessera_dp::codec`.
+    Private(PrivateCodecSpec),
+}
+
+/// A round's codec, ready to encode or decode.
+pub enum Codec {
+    FixedPoint(FixedPoint),
+    Private(Box<PrivateCodec>),
+}
+
+impl CodecSpec {
+    pub fn codec(&self) -> Result<Codec, FlError> {
+        Ok(match self {
+            CodecSpec::FixedPoint(spec) => Codec::FixedPoint(spec.codec()?),
+            CodecSpec::Private(spec) => Codec::Private(Box::new(PrivateCodec::new(spec.clone())?)),
+        })
+    }
+}
+
+impl Codec {
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Codec::FixedPoint(c) => c.encoded_len(),
+            Codec::Private(c) => c.encoded_len(),
+        }
+    }
+
+    /// Encodes one site's update (its parameter change) and weight.
+    pub fn encode<R: CryptoRng + ?Sized>(
+        &self,
+        update: &[f32],
+        weight: u64,
+        rng: &mut R,
+    ) -> Result<PlainVector, FlError> {
+        Ok(match self {
+            Codec::FixedPoint(c) => c.encode(update, weight, rng)?,
+            Codec::Private(c) => c.encode(update, weight, rng)?,
+        })
+    }
+}
+
+/// The fixed-point codec's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CodecSpec {
+pub struct FixedPointSpec {
     pub bits: u8,
     /// Each coordinate of a site's update (its parameter change) is clipped to ±clip.
     pub clip: f32,
@@ -26,7 +77,7 @@ pub struct CodecSpec {
     pub dim: usize,
 }
 
-impl CodecSpec {
+impl FixedPointSpec {
     pub fn codec(&self) -> Result<FixedPoint, EncodingError> {
         let modulus = Modulus::new(self.bits).map_err(|_| EncodingError::BadParameter {
             name: "bits",
@@ -147,14 +198,14 @@ mod tests {
                         threshold: 2,
                         graph,
                     },
-                    codec: CodecSpec {
+                    codec: CodecSpec::FixedPoint(FixedPointSpec {
                         bits: 16,
                         clip: 1.0,
                         scale: 10.0,
                         max_sites: 3,
                         max_weight: 5,
                         dim: 3,
-                    },
+                    }),
                     training: LocalTrainingConfig {
                         steps: 1,
                         batch_size: 2,

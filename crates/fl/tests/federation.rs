@@ -53,6 +53,7 @@ fn config(dir: &Path) -> FederationConfig {
         training_timeout: Duration::from_secs(1),
         phase_timeout: Duration::from_millis(300),
         checkpoint: dir.join("checkpoint.bin"),
+        dp: tessera_fl::DpConfig::default(),
     }
 }
 

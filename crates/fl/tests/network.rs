@@ -92,6 +92,7 @@ fn config(
         training_timeout,
         phase_timeout,
         checkpoint: dir.join("checkpoint.bin"),
+        dp: tessera_fl::DpConfig::default(),
     }
 }
 

@@ -58,8 +58,61 @@ pub struct FixedPoint {
     max_sites: usize,
     max_weight: u64,
     dim: usize,
+    weights: WeightDigits,
+}
+
+/// A site weight carried exactly through the ring as base-2^ℓ digits, with
+/// ℓ = b − ⌈log2 n⌉ so that the digit-wise sum of n weights never wraps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightDigits {
     limb_bits: u32,
     limbs: usize,
+}
+
+impl WeightDigits {
+    /// Digits for weights up to `max_weight` summed over up to `max_sites` sites.
+    pub fn new(modulus: Modulus, max_sites: usize, max_weight: u64) -> Result<Self, EncodingError> {
+        let limb_bits = u32::from(modulus.bits()).saturating_sub(ceil_log2(max_sites));
+        if limb_bits == 0 {
+            return Err(EncodingError::NoRoomForWeights {
+                bits: modulus.bits(),
+                sites: max_sites,
+            });
+        }
+        let weight_bits = 64 - max_weight.leading_zeros();
+        Ok(Self {
+            limb_bits,
+            limbs: weight_bits.div_ceil(limb_bits) as usize,
+        })
+    }
+
+    /// Number of ring elements the digits occupy.
+    pub fn len(&self) -> usize {
+        self.limbs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limbs == 0
+    }
+
+    /// Appends the digits of `weight`.
+    pub fn push(&self, weight: u64, words: &mut Vec<u32>) {
+        let digit_mask = (1u64 << self.limb_bits) - 1;
+        for j in 0..self.limbs {
+            words.push(((weight >> (j as u32 * self.limb_bits)) & digit_mask) as u32);
+        }
+    }
+
+    /// The total weight from summed digits; an error when it is zero.
+    pub fn total(&self, digits: &[u32]) -> Result<u64, EncodingError> {
+        let total = digits.iter().enumerate().fold(0u128, |acc, (j, &d)| {
+            acc + (u128::from(d) << (j as u32 * self.limb_bits))
+        });
+        if total == 0 {
+            return Err(EncodingError::ZeroTotalWeight);
+        }
+        Ok(u64::try_from(total).unwrap_or(u64::MAX))
+    }
 }
 
 /// The decoded aggregate.
@@ -69,7 +122,7 @@ pub struct WeightedMean {
     pub total_weight: u64,
 }
 
-fn ceil_log2(n: usize) -> u32 {
+pub(crate) fn ceil_log2(n: usize) -> u32 {
     usize::BITS - (n.max(1) - 1).leading_zeros()
 }
 
@@ -128,15 +181,7 @@ impl FixedPoint {
                 max_scale: Self::max_scale(modulus, clip, max_sites),
             });
         }
-        let limb_bits = u32::from(modulus.bits()).saturating_sub(ceil_log2(max_sites));
-        if limb_bits == 0 {
-            return Err(EncodingError::NoRoomForWeights {
-                bits: modulus.bits(),
-                sites: max_sites,
-            });
-        }
-        let weight_bits = 64 - max_weight.leading_zeros();
-        let limbs = weight_bits.div_ceil(limb_bits) as usize;
+        let weights = WeightDigits::new(modulus, max_sites, max_weight)?;
         Ok(Self {
             modulus,
             clip,
@@ -144,14 +189,13 @@ impl FixedPoint {
             max_sites,
             max_weight,
             dim,
-            limb_bits,
-            limbs,
+            weights,
         })
     }
 
     /// Length of an encoded vector: the update's coordinates and the weight limbs.
     pub fn encoded_len(&self) -> usize {
-        self.dim + self.limbs
+        self.dim + self.weights.len()
     }
 
     pub fn modulus(&self) -> Modulus {
@@ -191,10 +235,7 @@ impl FixedPoint {
             let q = floor as i64 + i64::from(u < v - floor);
             words.push(q as u32);
         }
-        let digit_mask = (1u64 << self.limb_bits) - 1;
-        for j in 0..self.limbs {
-            words.push(((weight >> (j as u32 * self.limb_bits)) & digit_mask) as u32);
-        }
+        self.weights.push(weight, &mut words);
         Ok(PlainVector::new(self.modulus, words))
     }
 
@@ -207,13 +248,7 @@ impl FixedPoint {
             });
         }
         let (values, limbs) = sum.as_slice().split_at(self.dim);
-        let total_weight = limbs.iter().enumerate().fold(0u128, |acc, (j, &d)| {
-            acc + (u128::from(d) << (j as u32 * self.limb_bits))
-        });
-        if total_weight == 0 {
-            return Err(EncodingError::ZeroTotalWeight);
-        }
-        let total_weight = u64::try_from(total_weight).unwrap_or(u64::MAX);
+        let total_weight = self.weights.total(limbs)?;
         let bits = u32::from(self.modulus.bits());
         let factor = self.max_weight as f64 / (self.scale * total_weight as f64);
         let mean = values

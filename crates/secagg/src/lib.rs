@@ -58,7 +58,7 @@ mod site;
 
 pub use aggregator::{AggregateSum, Aggregator, Outgoing, Status};
 pub use crypto::{IdentityKeyPair, IdentityPublicKey, Signature};
-pub use encoding::{EncodingError, FixedPoint, WeightedMean};
+pub use encoding::{EncodingError, FixedPoint, WeightDigits, WeightedMean};
 pub use error::{AbortReason, AggregatorError, MessageError, SiteError};
 pub use ids::{Party, Phase, Round, SessionId, SiteId, SiteSet};
 pub use messages::{
