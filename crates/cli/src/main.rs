@@ -4,6 +4,7 @@
 mod data;
 mod federation;
 mod pki;
+mod reproduce;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Reproduce the study (or run another experiment file): train and evaluate every
+    /// arm, then write tables, figures and a write-up.
+    Reproduce(reproduce::ReproduceArgs),
     /// Run secure-aggregation rounds between simulated sites in this process, with
     /// random dropouts, and check the unmasked weighted mean against the plaintext one.
     Simulate(simulate::SimulateArgs),
@@ -46,6 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Reproduce(args) => reproduce::run_command(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Data(cmd) => data::run(&cmd),
         Command::Pki(cmd) => pki::run(&cmd),

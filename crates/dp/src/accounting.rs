@@ -99,8 +99,18 @@ pub fn epsilon(rhos: &[f64], delta: f64) -> Result<f64, DpError> {
 /// The largest total ρ whose (ε, δ) conversion stays within `target` ε.
 pub fn rho_budget(target: f64, delta: f64) -> Result<f64, DpError> {
     let (mut lo, mut hi) = (0.0f64, target.max(1.0));
-    while epsilon(&[hi], delta)? <= target {
-        hi *= 2.0;
+    loop {
+        match epsilon(&[hi], delta) {
+            Ok(e) if e <= target => hi *= 2.0,
+            Ok(_) => break,
+            Err(_) => {
+                return Err(DpError::Infeasible(format!(
+                    "dp.epsilon = {target}: OpenDP's zCDP conversion overflows for budgets this \
+                     large (ρ ≥ {hi:.3e}); such an ε promises no meaningful privacy, so use \
+                     dp.mechanism = \"none\" or a smaller epsilon"
+                )));
+            }
+        }
     }
     for _ in 0..80 {
         let mid = 0.5 * (lo + hi);

@@ -58,3 +58,8 @@ impl Example {
         }
     }
 }
+
+/// Whether libtorch sees a CUDA device.
+pub fn cuda_available() -> bool {
+    tch::Cuda::is_available()
+}

@@ -223,6 +223,12 @@ impl DetectorTrainer {
         self.examples.len()
     }
 
+    /// Replaces the model's parameters (in the layout's order), e.g. with a global model
+    /// to evaluate.
+    pub fn set_parameters(&mut self, parameters: &[f32]) -> Result<(), TrainError> {
+        Ok(unflatten(&mut self.vs, &self.layout, parameters)?)
+    }
+
     /// Saves all variables (`.safetensors` or `.ot`, by extension).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
         Ok(self.vs.save(path)?)

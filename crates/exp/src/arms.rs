@@ -1,0 +1,570 @@
+//! Training and evaluating one arm.
+//!
+//! Single-site and pooled models train centrally for rounds × local steps. Federated
+//! arms run the real coordinator and site loops (`tessera_fl::memory`): secure
+//! aggregation, dropouts, DP noise and the ledger are exactly those of a deployment,
+//! only the transport is in memory. Every model is evaluated with the study's protocol
+//! on each training site's internal test split and on every external cohort.
+
+use chacha20::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_core::{LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
+use tessera_eval::{
+    CohortSummary, DEFAULT_SCORE_THRESHOLD, Detection, FrocPoint, PatientResult, SliceResult, froc,
+    lesion_burden, predicted_burden, summarise,
+};
+use tessera_fl::{FederationConfig, Ledger, memory};
+use tessera_secagg::{Phase, SiteId};
+use tessera_train::{
+    DecodeConfig, DetectorTrainer, Example, Predictions, TrainError, TrainerConfig,
+};
+
+use crate::cohorts::{Cohorts, TestScan};
+use crate::error::ExpError;
+use crate::profile::Profile;
+use crate::spec::{Arm, ArmPlan, FederatedArm};
+
+/// Score threshold of the lesion-burden maps (the study's 0.1).
+const BURDEN_THRESHOLD: f32 = 0.1;
+/// Slices per inference batch.
+const EVAL_BATCH: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CohortEval {
+    pub cohort: String,
+    pub external: bool,
+    pub summary: CohortSummary,
+    pub froc: Vec<FrocPoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BurdenPoint {
+    pub day: u32,
+    pub truth: Option<f64>,
+    pub predicted: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesEval {
+    pub cohort: String,
+    pub patient: String,
+    pub points: Vec<BurdenPoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundLog {
+    pub round: u64,
+    pub participants: usize,
+    pub contributors: usize,
+    pub aborted: Option<String>,
+}
+
+/// Everything an arm produced (what the cache stores).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArmResult {
+    pub arm: Arm,
+    pub evals: Vec<CohortEval>,
+    pub series: Vec<SeriesEval>,
+    pub rounds: Vec<RoundLog>,
+    pub ledger: Option<Ledger>,
+    /// Number of training examples per (federated) site.
+    pub site_examples: Vec<usize>,
+}
+
+fn trainer(
+    profile: &Profile,
+    examples: Vec<Example>,
+    seed: u64,
+    threads: i32,
+) -> Result<DetectorTrainer, ExpError> {
+    Ok(DetectorTrainer::native(
+        &profile.model,
+        examples,
+        TrainerConfig {
+            threads,
+            cuda: profile.cuda,
+            ..TrainerConfig::default()
+        },
+        seed,
+    )?)
+}
+
+fn round_config(profile: &Profile, seed: u64) -> LocalTrainingConfig {
+    LocalTrainingConfig {
+        steps: profile.local_steps,
+        batch_size: profile.batch_size,
+        learning_rate: profile.learning_rate,
+        proximal_mu: 0.0,
+        seed,
+    }
+}
+
+/// Central training: rounds × local steps on `examples`, from the arm's initial model.
+pub fn train_central(
+    profile: &Profile,
+    examples: Vec<Example>,
+    seed: u64,
+) -> Result<Vec<f32>, ExpError> {
+    let mut t = trainer(profile, examples, seed, 2)?;
+    let mut params = t.parameters();
+    for round in 1..=profile.rounds {
+        params = t
+            .train(&params, &round_config(profile, seed + round))?
+            .parameters;
+    }
+    Ok(params)
+}
+
+/// Assigns training patients to `sites` sites: the hospitals themselves when `sites`
+/// equals their number, otherwise equal contiguous chunks in hospital order; then a
+/// share 1 − heterogeneity of the patients swap sites at random (site sizes kept).
+pub fn partition(
+    cohorts: &Cohorts,
+    sites: usize,
+    heterogeneity: f64,
+    seed: u64,
+) -> Result<Vec<Vec<Example>>, ExpError> {
+    let patients: Vec<(usize, &crate::cohorts::TrainingPatient)> = cohorts
+        .hospitals
+        .iter()
+        .enumerate()
+        .flat_map(|(h, hosp)| hosp.patients.iter().map(move |p| (h, p)))
+        .collect();
+    if sites > patients.len() {
+        return Err(ExpError::Invalid(format!(
+            "sites = {sites} but the registry has only {} training patients",
+            patients.len()
+        )));
+    }
+    let total = patients.len();
+    let mut site_of: Vec<usize> = patients
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            if sites == cohorts.hospitals.len() {
+                *h
+            } else {
+                i * sites / total
+            }
+        })
+        .collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let unit = |rng: &mut ChaCha20Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let movers: Vec<usize> = (0..total)
+        .filter(|_| unit(&mut rng) >= heterogeneity)
+        .collect();
+    let mut labels: Vec<usize> = movers.iter().map(|&i| site_of[i]).collect();
+    for i in (1..labels.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        labels.swap(i, j);
+    }
+    for (&i, l) in movers.iter().zip(labels) {
+        site_of[i] = l;
+    }
+    let mut out = vec![Vec::new(); sites];
+    for ((_, p), s) in patients.iter().zip(site_of) {
+        out[s].extend(p.examples.iter().cloned());
+    }
+    if let Some(empty) = out.iter().position(|e| e.is_empty()) {
+        return Err(ExpError::Invalid(format!(
+            "site {empty} of {sites} has no training slices; lower sites"
+        )));
+    }
+    Ok(out)
+}
+
+/// A trainer shared with the runner, which reads its final local model after the
+/// federation ends (FedBN keeps normalisation layers at the sites).
+struct SharedTrainer {
+    inner: Arc<Mutex<DetectorTrainer>>,
+    layout: ParamLayout,
+}
+
+impl LocalTrainer for SharedTrainer {
+    type Error = TrainError;
+
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    fn parameters(&self) -> Vec<f32> {
+        match self.inner.lock() {
+            Ok(t) => t.parameters(),
+            Err(poisoned) => poisoned.into_inner().parameters(),
+        }
+    }
+
+    fn train(
+        &mut self,
+        start: &[f32],
+        config: &LocalTrainingConfig,
+    ) -> Result<LocalUpdate, TrainError> {
+        match self.inner.lock() {
+            Ok(mut t) => t.train(start, config),
+            Err(poisoned) => poisoned.into_inner().train(start, config),
+        }
+    }
+}
+
+/// What a federated arm returns: the model to evaluate, round logs and the ledger.
+pub struct FederatedOutcome {
+    pub model: Vec<f32>,
+    pub rounds: Vec<RoundLog>,
+    pub ledger: Option<Ledger>,
+    pub site_examples: Vec<usize>,
+}
+
+/// Runs a federated arm through the coordinator and site loops.
+pub fn train_federated(
+    profile: &Profile,
+    cohorts: &Cohorts,
+    arm: &FederatedArm,
+    seed: u64,
+    session: [u8; 16],
+    dir: &Path,
+) -> Result<FederatedOutcome, ExpError> {
+    let parts = partition(cohorts, arm.sites, arm.heterogeneity, seed)?;
+    let site_examples: Vec<usize> = parts.iter().map(Vec::len).collect();
+    let shared: Vec<Arc<Mutex<DetectorTrainer>>> = parts
+        .into_iter()
+        .map(|examples| Ok(Arc::new(Mutex::new(trainer(profile, examples, seed, 1)?))))
+        .collect::<Result<_, ExpError>>()?;
+    let (layout, initial) = {
+        let first = shared[0]
+            .lock()
+            .map_err(|_| ExpError::Data("trainer lock poisoned".into()))?;
+        (first.layout().clone(), first.parameters())
+    };
+    let trainers: Vec<SharedTrainer> = shared
+        .iter()
+        .map(|t| SharedTrainer {
+            inner: t.clone(),
+            layout: layout.clone(),
+        })
+        .collect();
+    // Dropouts after local training, at a random protocol phase (deterministic).
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0xd20f);
+    let phases = [
+        Phase::ShareKeys,
+        Phase::MaskedInput,
+        Phase::ConsistencyCheck,
+        Phase::Unmasking,
+    ];
+    let mut silent: BTreeMap<SiteId, BTreeMap<u64, Phase>> = BTreeMap::new();
+    for round in 1..=profile.rounds {
+        for site in 0..arm.sites as u32 {
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let phase = phases[(rng.next_u64() % phases.len() as u64) as usize];
+            if u < arm.dropout {
+                silent.entry(SiteId(site)).or_default().insert(round, phase);
+            }
+        }
+    }
+    let mut dp = arm.dp.clone();
+    dp.rounds = profile.rounds;
+    let config = FederationConfig {
+        session,
+        strategy: arm.strategy.clone(),
+        training: round_config(profile, seed),
+        protocol: arm.protocol,
+        // The threshold is planned for at least 5% dropouts.
+        dropout_rate: arm.dropout.max(0.05),
+        corruption_rate: 0.0,
+        bits: arm.bits,
+        clip: arm.clip,
+        max_weight: site_examples.iter().copied().max().unwrap_or(1) as u64,
+        sample_fraction: 1.0,
+        training_timeout: Duration::from_secs(3600),
+        phase_timeout: Duration::from_secs(2),
+        checkpoint: dir.join("checkpoint.bin"),
+        dp,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ExpError::io(dir, e))?;
+    let mut seed32 = [0u8; 32];
+    seed32[..8].copy_from_slice(&seed.to_le_bytes());
+    seed32[8..24].copy_from_slice(&session);
+    let (global, rounds, ledger) = runtime.block_on(async {
+        let mut fed = memory::start(
+            config,
+            layout.clone(),
+            initial,
+            trainers,
+            &silent,
+            &dir.join("transcripts"),
+            seed32,
+        )?;
+        let mut rounds = Vec::new();
+        while fed.coordinator.next_round() <= profile.rounds {
+            let report = fed.coordinator.run_round().await?;
+            rounds.push(RoundLog {
+                round: report.round,
+                participants: report.participants.len(),
+                contributors: report.contributors.len(),
+                aborted: report.aborted,
+            });
+        }
+        let global = fed.coordinator.global().to_vec();
+        let ledger = fed.coordinator.ledger().cloned();
+        fed.coordinator.shutdown().await;
+        for site in fed.sites {
+            let _ = site.await;
+        }
+        Ok::<_, ExpError>((global, rounds, ledger))
+    })?;
+    // FedBN's global model has no normalisation layers of its own: evaluate the largest
+    // site's model (its normalisation, the federated rest).
+    let model = if arm.strategy == tessera_core::Strategy::FedBn {
+        let largest = site_examples
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, n)| **n)
+            .map_or(0, |(i, _)| i);
+        let local = shared[largest]
+            .lock()
+            .map_err(|_| ExpError::Data("trainer lock poisoned".into()))?
+            .parameters();
+        arm.strategy.merge_into_local(&layout, &local, &global)
+    } else {
+        global
+    };
+    Ok(FederatedOutcome {
+        model,
+        rounds,
+        ledger,
+        site_examples,
+    })
+}
+
+/// Detections and score maps for a batch of slices.
+pub trait Predictor {
+    fn predict(&mut self, images: &[&[f32]]) -> Result<Predictions, ExpError>;
+}
+
+/// One model.
+pub struct ModelPredictor(pub DetectorTrainer);
+
+impl ModelPredictor {
+    pub fn new(profile: &Profile, parameters: &[f32]) -> Result<Self, ExpError> {
+        let mut t = trainer(profile, Vec::new(), 0, 2)?;
+        t.set_parameters(parameters)?;
+        Ok(Self(t))
+    }
+}
+
+impl Predictor for ModelPredictor {
+    fn predict(&mut self, images: &[&[f32]]) -> Result<Predictions, ExpError> {
+        Ok(self.0.predict(images, &DecodeConfig::default())?)
+    }
+}
+
+/// Soft-voting ensemble: detections of the members that overlap (IoU ≥ 0.5) form one
+/// detection at the highest-scoring box with the members' mean score (a member that
+/// does not detect it counts 0); score maps are averaged.
+pub struct EnsemblePredictor(pub Vec<ModelPredictor>);
+
+impl Predictor for EnsemblePredictor {
+    fn predict(&mut self, images: &[&[f32]]) -> Result<Predictions, ExpError> {
+        let outputs: Vec<Predictions> = self
+            .0
+            .iter_mut()
+            .map(|m| m.predict(images))
+            .collect::<Result<_, _>>()?;
+        let m = outputs.len() as f32;
+        let mut detections = Vec::with_capacity(images.len());
+        let mut scores = Vec::with_capacity(images.len());
+        for i in 0..images.len() {
+            let mut all: Vec<(usize, Detection)> = outputs
+                .iter()
+                .enumerate()
+                .flat_map(|(k, o)| o.detections[i].iter().map(move |d| (k, *d)))
+                .collect();
+            all.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
+            let mut used = vec![false; all.len()];
+            let mut fused = Vec::new();
+            for a in 0..all.len() {
+                if used[a] {
+                    continue;
+                }
+                used[a] = true;
+                let (lead_member, lead) = all[a];
+                let mut members = vec![lead_member];
+                let mut total = lead.score;
+                for b in a + 1..all.len() {
+                    let (k, d) = all[b];
+                    if !used[b] && !members.contains(&k) && lead.bbox.iou(&d.bbox) >= 0.5 {
+                        used[b] = true;
+                        members.push(k);
+                        total += d.score;
+                    }
+                }
+                fused.push(Detection {
+                    bbox: lead.bbox,
+                    score: total / m,
+                });
+            }
+            detections.push(fused);
+            let len = outputs[0].scores[i].len();
+            scores.push(
+                (0..len)
+                    .map(|p| outputs.iter().map(|o| o.scores[i][p]).sum::<f32>() / m)
+                    .collect(),
+            );
+        }
+        Ok(Predictions { detections, scores })
+    }
+}
+
+/// Detections (inside the lung, as in the study) and the scan's lesion burden.
+fn scan_results(
+    predictor: &mut dyn Predictor,
+    scan: &TestScan,
+) -> Result<(PatientResult, Option<f64>, Option<f64>), ExpError> {
+    let mut results = Vec::with_capacity(scan.slices.len());
+    let (mut scores, mut lungs, mut lesions) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in scan.slices.chunks(EVAL_BATCH) {
+        let images: Vec<&[f32]> = chunk.iter().map(|s| s.image.as_slice()).collect();
+        let out = predictor.predict(&images)?;
+        for ((s, dets), map) in chunk.iter().zip(out.detections).zip(out.scores) {
+            let n = s.size;
+            let inside = |d: &Detection| {
+                let (cx, cy) = (
+                    ((d.bbox.x0 + d.bbox.x1) / 2.0) as usize,
+                    ((d.bbox.y0 + d.bbox.y1) / 2.0) as usize,
+                );
+                cx < n && cy < n && s.lung[cy * n + cx]
+            };
+            results.push(SliceResult {
+                truth: s.boxes.clone(),
+                detections: dets.into_iter().filter(inside).collect(),
+            });
+            scores.extend(map);
+            lungs.extend_from_slice(&s.lung);
+            lesions.extend_from_slice(&s.lesion);
+        }
+    }
+    Ok((
+        PatientResult {
+            patient: scan.patient.clone(),
+            slices: results,
+        },
+        lesion_burden(&lesions, &lungs),
+        predicted_burden(&scores, &lungs, BURDEN_THRESHOLD),
+    ))
+}
+
+/// The study's evaluation on every test cohort, and the longitudinal burden series.
+pub fn evaluate(
+    predictor: &mut dyn Predictor,
+    cohorts: &Cohorts,
+) -> Result<(Vec<CohortEval>, Vec<SeriesEval>), ExpError> {
+    let mut evals = Vec::new();
+    for cohort in &cohorts.tests {
+        let patients = cohort
+            .scans
+            .iter()
+            .map(|s| scan_results(predictor, s).map(|r| r.0))
+            .collect::<Result<Vec<_>, _>>()?;
+        evals.push(CohortEval {
+            cohort: cohort.id.clone(),
+            external: cohort.external,
+            summary: summarise(&patients, DEFAULT_SCORE_THRESHOLD),
+            froc: froc(&patients),
+        });
+    }
+    let mut series = Vec::new();
+    for s in &cohorts.series {
+        let mut points = Vec::new();
+        for (day, scan) in &s.scans {
+            let (_, truth, predicted) = scan_results(predictor, scan)?;
+            points.push(BurdenPoint {
+                day: *day,
+                truth,
+                predicted,
+            });
+        }
+        series.push(SeriesEval {
+            cohort: s.cohort.clone(),
+            patient: s.patient.clone(),
+            points,
+        });
+    }
+    Ok((evals, series))
+}
+
+/// Trains (or, for an ensemble, assembles) and evaluates one arm. `models` holds the
+/// parameters of earlier arms by name (ensemble members); the arm's own model is
+/// returned for the same purpose.
+pub fn run_arm(
+    arm: &Arm,
+    profile: &Profile,
+    cohorts: &Cohorts,
+    seed: u64,
+    session: [u8; 16],
+    dir: &Path,
+    models: &BTreeMap<String, Vec<f32>>,
+) -> Result<(ArmResult, Option<Vec<f32>>), ExpError> {
+    let mut rounds = Vec::new();
+    let mut ledger = None;
+    let mut site_examples = Vec::new();
+    let (model, mut predictor): (Option<Vec<f32>>, Box<dyn Predictor>) = match &arm.plan {
+        ArmPlan::SingleSite { site } => {
+            let examples = cohorts.hospital_examples(site);
+            site_examples.push(examples.len());
+            let params = train_central(profile, examples, seed)?;
+            (
+                Some(params.clone()),
+                Box::new(ModelPredictor::new(profile, &params)?),
+            )
+        }
+        ArmPlan::Pooled => {
+            let examples = cohorts.all_examples();
+            site_examples.push(examples.len());
+            let params = train_central(profile, examples, seed)?;
+            (
+                Some(params.clone()),
+                Box::new(ModelPredictor::new(profile, &params)?),
+            )
+        }
+        ArmPlan::Federated(fed) => {
+            let outcome = train_federated(profile, cohorts, fed, seed, session, dir)?;
+            rounds = outcome.rounds;
+            ledger = outcome.ledger;
+            site_examples = outcome.site_examples;
+            let predictor = ModelPredictor::new(profile, &outcome.model)?;
+            (Some(outcome.model), Box::new(predictor))
+        }
+        ArmPlan::Ensemble { members } => {
+            let predictors = members
+                .iter()
+                .map(|m| {
+                    let params = models.get(m).ok_or_else(|| {
+                        ExpError::Invalid(format!("ensemble member {m} has no model"))
+                    })?;
+                    ModelPredictor::new(profile, params)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (None, Box::new(EnsemblePredictor(predictors)))
+        }
+    };
+    let (evals, series) = evaluate(predictor.as_mut(), cohorts)?;
+    Ok((
+        ArmResult {
+            arm: arm.clone(),
+            evals,
+            series,
+            rounds,
+            ledger,
+            site_examples,
+        },
+        model,
+    ))
+}

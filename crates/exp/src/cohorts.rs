@@ -1,0 +1,180 @@
+//! The run's data: training slices per site and patient, test slices per cohort, and
+//! the longitudinal series, prepared once per run from the registry.
+
+use rayon::prelude::*;
+use std::path::Path;
+use tessera_data::{
+    CohortManifest, PatientFiles, Registry, Role, SliceSample, cohort_dir, load_scan, locate,
+    slices, synthesize,
+};
+use tessera_train::Example;
+
+use crate::error::ExpError;
+use crate::profile::Profile;
+
+/// One training patient's examples.
+pub struct TrainingPatient {
+    pub examples: Vec<Example>,
+}
+
+/// A training site (hospital) of the registry.
+pub struct Hospital {
+    pub id: String,
+    pub patients: Vec<TrainingPatient>,
+}
+
+/// One test scan's prepared slices.
+pub struct TestScan {
+    pub patient: String,
+    pub slices: Vec<SliceSample>,
+}
+
+/// A cohort evaluated by every arm: a training site's internal test split or an
+/// external cohort.
+pub struct TestCohort {
+    pub id: String,
+    pub external: bool,
+    pub scans: Vec<TestScan>,
+}
+
+/// A patient scanned repeatedly, in scan-date order.
+pub struct Series {
+    pub cohort: String,
+    pub patient: String,
+    pub scans: Vec<(u32, TestScan)>,
+}
+
+pub struct Cohorts {
+    pub hospitals: Vec<Hospital>,
+    pub tests: Vec<TestCohort>,
+    pub series: Vec<Series>,
+}
+
+fn data_error(e: tessera_data::DataError) -> ExpError {
+    ExpError::Data(e.to_string())
+}
+
+fn prepare_scan(
+    files: &PatientFiles,
+    profile: &Profile,
+    stride: usize,
+) -> Result<Vec<SliceSample>, ExpError> {
+    let scan = load_scan(files).map_err(data_error)?;
+    Ok(slices(&scan, &profile.slices)
+        .into_iter()
+        .step_by(stride.max(1))
+        .collect())
+}
+
+impl Cohorts {
+    /// Writes the registry's synthetic cohorts under `data_root` if they are not there
+    /// yet (resumable), then prepares every slice the run needs.
+    pub fn prepare(
+        registry: &Registry,
+        data_root: &Path,
+        profile: &Profile,
+    ) -> Result<Self, ExpError> {
+        let root = data_root.join(match profile.resolution {
+            tessera_data::Resolution::Small => "synthetic-small",
+            tessera_data::Resolution::Full => "synthetic-full",
+        });
+        synthesize(registry, &root, profile.resolution).map_err(data_error)?;
+        let mut hospitals = Vec::new();
+        let mut tests = Vec::new();
+        let mut series = Vec::new();
+        for spec in &registry.cohorts {
+            let files = locate(spec, &root).map_err(data_error)?;
+            if spec.role == Role::TrainingSite {
+                let patients = files
+                    .train
+                    .par_iter()
+                    .map(|p| {
+                        let stride = profile.train_negative_stride.max(1);
+                        let examples = prepare_scan(p, profile, 1)?
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, s)| !s.boxes.is_empty() || i % stride == 0)
+                            .map(|(_, s)| Example::from_slice(s))
+                            .collect();
+                        Ok(TrainingPatient { examples })
+                    })
+                    .collect::<Result<Vec<_>, ExpError>>()?;
+                hospitals.push(Hospital {
+                    id: spec.id.clone(),
+                    patients,
+                });
+            }
+            let limit = profile.eval_patients.unwrap_or(usize::MAX);
+            let scans = files
+                .test
+                .par_iter()
+                .take(limit)
+                .map(|p| {
+                    Ok(TestScan {
+                        patient: p.id.clone(),
+                        slices: prepare_scan(p, profile, profile.eval_slice_stride)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ExpError>>()?;
+            tests.push(TestCohort {
+                id: spec.id.clone(),
+                external: spec.role == Role::External,
+                scans,
+            });
+            if spec.is_synthetic() {
+                let path = cohort_dir(spec, &root).join("manifest.json");
+                let manifest: CohortManifest = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .ok_or_else(|| {
+                        ExpError::Data(format!("{}: unreadable manifest", path.display()))
+                    })?;
+                for (patient, scans) in manifest.longitudinal {
+                    let scans = scans
+                        .par_iter()
+                        .map(|s| {
+                            Ok((
+                                s.day,
+                                TestScan {
+                                    patient: s.files.id.clone(),
+                                    slices: prepare_scan(
+                                        &s.files,
+                                        profile,
+                                        profile.eval_slice_stride,
+                                    )?,
+                                },
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, ExpError>>()?;
+                    series.push(Series {
+                        cohort: spec.id.clone(),
+                        patient,
+                        scans,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            hospitals,
+            tests,
+            series,
+        })
+    }
+
+    /// Training examples of one hospital.
+    pub fn hospital_examples(&self, id: &str) -> Vec<Example> {
+        self.hospitals
+            .iter()
+            .filter(|h| h.id == id)
+            .flat_map(|h| h.patients.iter().flat_map(|p| p.examples.iter().cloned()))
+            .collect()
+    }
+
+    /// Every training example.
+    pub fn all_examples(&self) -> Vec<Example> {
+        self.hospitals
+            .iter()
+            .flat_map(|h| h.patients.iter().flat_map(|p| p.examples.iter().cloned()))
+            .collect()
+    }
+}

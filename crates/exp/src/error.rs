@@ -1,0 +1,43 @@
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ExpError {
+    #[error("invalid experiment: {0}")]
+    Invalid(String),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("data: {0}")]
+    Data(String),
+    #[error("training: {0}")]
+    Train(#[from] tessera_train::TrainError),
+    #[error("federation: {0}")]
+    Federation(#[from] tessera_fl::FlError),
+    #[error("figure {path}: {message}")]
+    Figure { path: PathBuf, message: String },
+}
+
+impl ExpError {
+    pub(crate) fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        ExpError::Io {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Writes a file atomically: a sibling temporary file, synced, then renamed over.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), ExpError> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ExpError::io(dir, e))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ExpError::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ExpError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ExpError::io(path, e))
+}

@@ -1,0 +1,88 @@
+//! How big a run is: `quick` for two CPU cores, `full` for the study's scale.
+
+use serde::{Deserialize, Serialize};
+use tessera_data::{Resolution, SliceSpec, Window};
+use tessera_train::DetectorConfig;
+
+use crate::spec::Settings;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProfileName {
+    Quick,
+    Full,
+}
+
+/// Model, data and schedule of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub name: ProfileName,
+    pub resolution: Resolution,
+    pub slices: SliceSpec,
+    pub model: DetectorConfig,
+    /// Federated rounds; single-site and pooled models train rounds × local_steps steps.
+    pub rounds: u64,
+    pub local_steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub train_negative_stride: usize,
+    pub eval_slice_stride: usize,
+    pub eval_patients: Option<usize>,
+    /// Use a CUDA device when libtorch has one.
+    pub cuda: bool,
+}
+
+impl Profile {
+    pub fn new(name: ProfileName, settings: &Settings) -> Self {
+        let base = match name {
+            // Tiny detector at 128² and 2.8 mm: minutes on 2 CPU cores.
+            ProfileName::Quick => Profile {
+                name,
+                resolution: Resolution::Small,
+                slices: SliceSpec::SMALL,
+                model: DetectorConfig::tiny(),
+                rounds: 20,
+                local_steps: 50,
+                batch_size: 6,
+                learning_rate: 1e-3,
+                train_negative_stride: 4,
+                eval_slice_stride: 2,
+                eval_patients: None,
+                cuda: false,
+            },
+            // The study's scale: 512² at 0.7 mm, VGG19-like backbone, 30 rounds of 100
+            // steps (batch 6, Adam 1e-4). A GPU is recommended.
+            ProfileName::Full => Profile {
+                name,
+                resolution: Resolution::Full,
+                slices: SliceSpec {
+                    size: 512,
+                    spacing_mm: 0.7,
+                    window: Window::LUNG,
+                    min_box_pixels: 16,
+                },
+                model: DetectorConfig::paper(),
+                rounds: 30,
+                local_steps: 100,
+                batch_size: 6,
+                learning_rate: 1e-4,
+                train_negative_stride: 1,
+                eval_slice_stride: 1,
+                eval_patients: None,
+                cuda: true,
+            },
+        };
+        Profile {
+            rounds: settings.rounds.unwrap_or(base.rounds),
+            local_steps: settings.local_steps.unwrap_or(base.local_steps),
+            batch_size: settings.batch_size.unwrap_or(base.batch_size),
+            learning_rate: settings.learning_rate.unwrap_or(base.learning_rate),
+            train_negative_stride: settings
+                .train_negative_stride
+                .unwrap_or(base.train_negative_stride),
+            eval_slice_stride: settings.eval_slice_stride.unwrap_or(base.eval_slice_stride),
+            eval_patients: settings.eval_patients.or(base.eval_patients),
+            ..base
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Experiment files: arms, grids expanded to a product, and validation that names the
+//! offending key.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tessera_core::Strategy;
+use tessera_data::{Registry, Role};
+use tessera_dp::{DpConfig, Mechanism};
+use tessera_fl::Protocol;
+
+use crate::error::ExpError;
+
+/// One value or a list of values to sweep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Grid<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> Grid<T> {
+    fn values(&self) -> Vec<T> {
+        match self {
+            Grid::One(v) => vec![v.clone()],
+            Grid::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArmKind {
+    /// Trained on one training site's data only.
+    SingleSite,
+    /// Soft-voting ensemble of earlier single-site arms.
+    Ensemble,
+    /// Centralised training on every training site's data (no privacy).
+    Pooled,
+    /// Federated training through the coordinator and site loops.
+    Federated,
+}
+
+/// Overrides of the profile's training and evaluation sizes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub rounds: Option<u64>,
+    pub local_steps: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub learning_rate: Option<f64>,
+    /// Keep every k-th lung slice without lesion for training (lesion slices are kept).
+    pub train_negative_stride: Option<usize>,
+    /// Evaluate every k-th lung slice.
+    pub eval_slice_stride: Option<usize>,
+    /// At most this many test patients per cohort.
+    pub eval_patients: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpGrid {
+    pub mechanism: Grid<Mechanism>,
+    pub epsilon: Grid<f64>,
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    pub l2_clip: Grid<f64>,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmFile {
+    pub name: String,
+    pub kind: ArmKind,
+    /// single-site: the training site.
+    pub site: Option<String>,
+    /// ensemble: names of earlier single-site arms.
+    pub members: Option<Vec<String>>,
+    // Federated settings (grids):
+    pub protocol: Option<Grid<Protocol>>,
+    pub strategy: Option<Grid<Strategy>>,
+    /// Number of federated sites; 3 is the study's split by hospital, other values
+    /// re-partition the training patients (hospital order kept).
+    pub sites: Option<Grid<usize>>,
+    /// Probability that a site drops out of a round after training.
+    pub dropout: Option<Grid<f64>>,
+    /// 1 keeps each site's own patients (the study); 0 deals patients to sites at random.
+    pub heterogeneity: Option<Grid<f64>>,
+    pub bits: Option<Grid<u8>>,
+    /// Per-coordinate clip of the fixed-point codec (without DP).
+    pub clip: Option<Grid<f32>>,
+    pub dp: Option<DpGrid>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentFile {
+    pub name: String,
+    pub description: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(rename = "arm")]
+    pub arms: Vec<ArmFile>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// A federated arm with every grid resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FederatedArm {
+    pub protocol: Protocol,
+    pub strategy: Strategy,
+    pub sites: usize,
+    pub dropout: f64,
+    pub heterogeneity: f64,
+    pub bits: u8,
+    pub clip: f32,
+    pub dp: DpConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ArmPlan {
+    SingleSite { site: String },
+    Ensemble { members: Vec<String> },
+    Pooled,
+    Federated(FederatedArm),
+}
+
+/// One arm to run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub name: String,
+    pub plan: ArmPlan,
+    /// The swept values that distinguish this arm within its grid (key → value).
+    pub grid: BTreeMap<String, String>,
+}
+
+/// A validated experiment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Experiment {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub settings: Settings,
+    pub arms: Vec<Arm>,
+}
+
+impl Experiment {
+    /// Reads and validates an experiment file against the registry.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Self, ExpError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ExpError::Io {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, registry).map_err(|e| match e {
+            ExpError::Invalid(m) => ExpError::Invalid(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str, registry: &Registry) -> Result<Self, ExpError> {
+        let file: ExperimentFile =
+            toml::from_str(text).map_err(|e| ExpError::Invalid(e.to_string()))?;
+        file.resolve(registry)
+    }
+}
+
+fn invalid<T>(message: String) -> Result<T, ExpError> {
+    Err(ExpError::Invalid(message))
+}
+
+impl ExperimentFile {
+    fn resolve(self, registry: &Registry) -> Result<Experiment, ExpError> {
+        if self.arms.is_empty() {
+            return invalid("no [[arm]] tables: an experiment needs at least one arm".into());
+        }
+        check_settings(&self.settings)?;
+        let training: Vec<&str> = registry
+            .cohorts
+            .iter()
+            .filter(|c| c.role == Role::TrainingSite)
+            .map(|c| c.id.as_str())
+            .collect();
+        let mut arms: Vec<Arm> = Vec::new();
+        for (i, arm) in self.arms.iter().enumerate() {
+            let at = format!("arm[{i}] ({})", arm.name);
+            if arm.name.is_empty()
+                || !arm
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return invalid(format!(
+                    "{at}.name: use letters, digits, '-', '_' or '.' only"
+                ));
+            }
+            let federated_keys = [
+                ("protocol", arm.protocol.is_some()),
+                ("strategy", arm.strategy.is_some()),
+                ("sites", arm.sites.is_some()),
+                ("dropout", arm.dropout.is_some()),
+                ("heterogeneity", arm.heterogeneity.is_some()),
+                ("bits", arm.bits.is_some()),
+                ("clip", arm.clip.is_some()),
+                ("dp", arm.dp.is_some()),
+            ];
+            if arm.kind != ArmKind::Federated
+                && let Some((key, _)) = federated_keys.iter().find(|(_, set)| *set)
+            {
+                return invalid(format!("{at}.{key}: only federated arms take this key"));
+            }
+            if arm.kind != ArmKind::SingleSite && arm.site.is_some() {
+                return invalid(format!("{at}.site: only single-site arms take this key"));
+            }
+            if arm.kind != ArmKind::Ensemble && arm.members.is_some() {
+                return invalid(format!("{at}.members: only ensemble arms take this key"));
+            }
+            let resolved = match arm.kind {
+                ArmKind::SingleSite => {
+                    let Some(site) = &arm.site else {
+                        return invalid(format!("{at}.site: missing (the training site)"));
+                    };
+                    if !training.contains(&site.as_str()) {
+                        return invalid(format!(
+                            "{at}.site = \"{site}\" is not a training site of the registry ({})",
+                            training.join(", ")
+                        ));
+                    }
+                    vec![(
+                        arm.name.clone(),
+                        ArmPlan::SingleSite { site: site.clone() },
+                        BTreeMap::new(),
+                    )]
+                }
+                ArmKind::Ensemble => {
+                    let Some(members) = &arm.members else {
+                        return invalid(format!("{at}.members: missing"));
+                    };
+                    if members.len() < 2 {
+                        return invalid(format!("{at}.members: name at least two arms"));
+                    }
+                    for m in members {
+                        let ok = arms
+                            .iter()
+                            .any(|a| &a.name == m && matches!(a.plan, ArmPlan::SingleSite { .. }));
+                        if !ok {
+                            return invalid(format!(
+                                "{at}.members: \"{m}\" is not an earlier single-site arm"
+                            ));
+                        }
+                    }
+                    vec![(
+                        arm.name.clone(),
+                        ArmPlan::Ensemble {
+                            members: members.clone(),
+                        },
+                        BTreeMap::new(),
+                    )]
+                }
+                ArmKind::Pooled => vec![(arm.name.clone(), ArmPlan::Pooled, BTreeMap::new())],
+                ArmKind::Federated => expand(arm, &at, training.len())?,
+            };
+            for (name, plan, grid) in resolved {
+                if arms.iter().any(|a| a.name == name) {
+                    return invalid(format!("{at}.name: \"{name}\" is used twice"));
+                }
+                arms.push(Arm { name, plan, grid });
+            }
+        }
+        Ok(Experiment {
+            name: self.name,
+            description: self.description,
+            seed: self.seed,
+            settings: self.settings,
+            arms,
+        })
+    }
+}
+
+fn check_settings(s: &Settings) -> Result<(), ExpError> {
+    let positive = [
+        ("settings.rounds", s.rounds.map(|v| v as f64)),
+        ("settings.local_steps", s.local_steps.map(|v| v as f64)),
+        ("settings.batch_size", s.batch_size.map(|v| v as f64)),
+        ("settings.learning_rate", s.learning_rate),
+        (
+            "settings.train_negative_stride",
+            s.train_negative_stride.map(|v| v as f64),
+        ),
+        (
+            "settings.eval_slice_stride",
+            s.eval_slice_stride.map(|v| v as f64),
+        ),
+        ("settings.eval_patients", s.eval_patients.map(|v| v as f64)),
+    ];
+    for (key, value) in positive {
+        if let Some(v) = value
+            && !(v.is_finite() && v > 0.0)
+        {
+            return invalid(format!("{key} = {v}: must be positive"));
+        }
+    }
+    Ok(())
+}
+
+/// The product of a federated arm's grids.
+fn expand(
+    arm: &ArmFile,
+    at: &str,
+    hospitals: usize,
+) -> Result<Vec<(String, ArmPlan, BTreeMap<String, String>)>, ExpError> {
+    let protocols = arm
+        .protocol
+        .clone()
+        .unwrap_or(Grid::One(Protocol::Secagg))
+        .values();
+    let strategies = arm
+        .strategy
+        .clone()
+        .unwrap_or(Grid::One(Strategy::FedAvg))
+        .values();
+    let sites = arm.sites.clone().unwrap_or(Grid::One(hospitals)).values();
+    let dropouts = arm.dropout.clone().unwrap_or(Grid::One(0.0)).values();
+    let hets = arm.heterogeneity.clone().unwrap_or(Grid::One(1.0)).values();
+    let default_bits = if arm.dp.is_some() { 20 } else { 32 };
+    let bits = arm.bits.clone().unwrap_or(Grid::One(default_bits)).values();
+    let clips = arm.clip.clone().unwrap_or(Grid::One(1.0)).values();
+    let (mechanisms, epsilons, l2_clips, delta) = match &arm.dp {
+        Some(dp) => (
+            dp.mechanism.values(),
+            dp.epsilon.values(),
+            dp.l2_clip.values(),
+            dp.delta,
+        ),
+        None => (vec![Mechanism::None], vec![f64::NAN], vec![f64::NAN], 1e-5),
+    };
+    let lists: [(&str, usize); 10] = [
+        ("protocol", protocols.len()),
+        ("strategy", strategies.len()),
+        ("sites", sites.len()),
+        ("dropout", dropouts.len()),
+        ("heterogeneity", hets.len()),
+        ("bits", bits.len()),
+        ("clip", clips.len()),
+        ("dp.mechanism", mechanisms.len()),
+        ("dp.epsilon", epsilons.len()),
+        ("dp.l2_clip", l2_clips.len()),
+    ];
+    if let Some((key, _)) = lists.iter().find(|(_, n)| *n == 0) {
+        return invalid(format!("{at}.{key}: an empty list sweeps nothing"));
+    }
+    for &s in &sites {
+        if s < 2 {
+            return invalid(format!(
+                "{at}.sites = {s}: a federation needs at least 2 sites"
+            ));
+        }
+    }
+    for &d in &dropouts {
+        if !(0.0..0.9).contains(&d) {
+            return invalid(format!("{at}.dropout = {d}: must be in [0, 0.9)"));
+        }
+    }
+    for &h in &hets {
+        if !(0.0..=1.0).contains(&h) {
+            return invalid(format!("{at}.heterogeneity = {h}: must be in [0, 1]"));
+        }
+    }
+    for &b in &bits {
+        if !(8..=32).contains(&b) {
+            return invalid(format!("{at}.bits = {b}: must be between 8 and 32"));
+        }
+    }
+    for &c in &clips {
+        if !(c.is_finite() && c > 0.0) {
+            return invalid(format!("{at}.clip = {c}: must be positive"));
+        }
+    }
+    // Every combination of indices into the ten lists, first list slowest.
+    let mut combos: Vec<Vec<usize>> = vec![vec![]];
+    for (_, len) in lists {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                (0..len).map(move |i| {
+                    let mut c = c.clone();
+                    c.push(i);
+                    c
+                })
+            })
+            .collect();
+    }
+    let mut out = Vec::new();
+    for idx in combos {
+        let (protocol, strategy, n) = (protocols[idx[0]], &strategies[idx[1]], sites[idx[2]]);
+        let (dropout, heterogeneity, b, clip) =
+            (dropouts[idx[3]], hets[idx[4]], bits[idx[5]], clips[idx[6]]);
+        let (mechanism, epsilon, l2_clip) =
+            (mechanisms[idx[7]], epsilons[idx[8]], l2_clips[idx[9]]);
+        let dp = if mechanism == Mechanism::None {
+            DpConfig::default()
+        } else {
+            DpConfig {
+                mechanism,
+                epsilon,
+                delta,
+                // Set to the profile's rounds when the arm runs.
+                rounds: 1,
+                l2_clip,
+            }
+        };
+        dp.validate()
+            .map_err(|e| ExpError::Invalid(format!("{at}: {e}")))?;
+        if protocol == Protocol::Plaintext
+            && matches!(mechanism, Mechanism::Ddg | Mechanism::Skellam)
+        {
+            return invalid(format!(
+                "{at}.dp.mechanism = \"{}\" needs protocol = \"secagg\" or \"secagg-plus\"",
+                mechanism.name()
+            ));
+        }
+        if protocol == Protocol::Plaintext && dropout > 0.0 {
+            return invalid(format!(
+                "{at}.dropout = {dropout} with protocol = \"plaintext\": dropout sweeps need \
+                 \"secagg\" or \"secagg-plus\" (the plaintext baseline would wait out its training \
+                 deadline for every dropped site)"
+            ));
+        }
+        let values = [
+            format!("{protocol:?}").to_lowercase(),
+            strategy_name(strategy).to_string(),
+            n.to_string(),
+            dropout.to_string(),
+            heterogeneity.to_string(),
+            b.to_string(),
+            clip.to_string(),
+            mechanism.name().to_string(),
+            epsilon.to_string(),
+            l2_clip.to_string(),
+        ];
+        let mut grid = BTreeMap::new();
+        for ((key, len), value) in lists.iter().zip(values) {
+            if *len > 1 {
+                grid.insert(key.to_string(), value);
+            }
+        }
+        let name = if grid.is_empty() {
+            arm.name.clone()
+        } else {
+            let label: Vec<String> = grid.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{}[{}]", arm.name, label.join(","))
+        };
+        out.push((
+            name,
+            ArmPlan::Federated(FederatedArm {
+                protocol,
+                strategy: strategy.clone(),
+                sites: n,
+                dropout,
+                heterogeneity,
+                bits: b,
+                clip,
+                dp,
+            }),
+            grid,
+        ));
+    }
+    Ok(out)
+}
+
+pub fn strategy_name(s: &Strategy) -> &'static str {
+    match s {
+        Strategy::FedAvg => "fedavg",
+        Strategy::FedProx { .. } => "fedprox",
+        Strategy::FedBn => "fedbn",
+        Strategy::FedAvgM { .. } => "fedavgm",
+    }
+}

@@ -1,0 +1,251 @@
+//! The runner end to end on a small registry: the smoke experiment, resume after an
+//! interruption, and invalid experiment files.
+
+use std::path::{Path, PathBuf};
+use tessera_data::Registry;
+use tessera_exp::{Experiment, ProfileName, RunOptions, run};
+
+/// Two training sites (3 + 1 patients) and one external cohort (1 patient), with the
+/// default registry's acquisition and disease settings.
+const REGISTRY: &str = r#"
+seed = 5
+
+[[cohort]]
+id = "hk-a"
+name = "site A (synthetic)"
+country = "test"
+role = "training-site"
+train_patients = 2
+test_patients = 1
+source = { kind = "synthetic", volumes = "volumes/{id}.nii.gz", lesion_masks = "lesion_masks/{id}.nii.gz", lung_masks = "lung_masks/{id}.nii.gz" }
+acquisition = { in_plane_spacing_mm = 0.70, slice_thickness_mm = 5.0, field_of_view_mm = 360, noise_hu = 20, kernel_blur_mm = 0.6, hu_scale = 1.0, hu_offset = 0 }
+population = { lesion_free_share = 0.0, lesions_mean = 3.0, lesion_diameter_mm = [10, 45], consolidation_share = 0.25 }
+longitudinal = { patients = 1, scans = 2, interval_days = 5 }
+
+[[cohort]]
+id = "hk-b"
+name = "site B (synthetic)"
+country = "test"
+role = "training-site"
+train_patients = 2
+test_patients = 1
+source = { kind = "synthetic", volumes = "volumes/{id}.nii.gz", lesion_masks = "lesion_masks/{id}.nii.gz", lung_masks = "lung_masks/{id}.nii.gz" }
+acquisition = { in_plane_spacing_mm = 0.74, slice_thickness_mm = 5.0, field_of_view_mm = 380, noise_hu = 25, kernel_blur_mm = 0.8, hu_scale = 1.0, hu_offset = 5 }
+population = { lesion_free_share = 0.0, lesions_mean = 3.0, lesion_diameter_mm = [10, 45], consolidation_share = 0.25 }
+
+[[cohort]]
+id = "cn-sz"
+name = "external (synthetic)"
+country = "test"
+role = "external"
+patients = 1
+source = { kind = "synthetic", volumes = "volumes/{id}.nii.gz", lesion_masks = "lesion_masks/{id}.nii.gz", lung_masks = "lung_masks/{id}.nii.gz" }
+acquisition = { in_plane_spacing_mm = 0.78, slice_thickness_mm = 5.0, field_of_view_mm = 400, noise_hu = 35, kernel_blur_mm = 1.2, hu_scale = 1.0, hu_offset = -40 }
+population = { lesion_free_share = 0.0, lesions_mean = 4.0, lesion_diameter_mm = [10, 60], consolidation_share = 0.4 }
+"#;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tessera-exp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn registry(dir: &Path) -> Registry {
+    let path = dir.join("datasets.toml");
+    std::fs::write(&path, REGISTRY).unwrap();
+    Registry::load(&path).unwrap()
+}
+
+fn smoke(registry: &Registry) -> Experiment {
+    Experiment::load(&workspace().join("experiments/smoke.toml"), registry).unwrap()
+}
+
+fn options(dir: &Path, runs: &str, stop_after: Option<usize>) -> RunOptions {
+    RunOptions {
+        profile: ProfileName::Quick,
+        data_root: dir.join("data"),
+        runs_root: dir.join(runs),
+        report_dir: Some(dir.join(format!("{runs}-report"))),
+        stop_after,
+        progress: false,
+    }
+}
+
+#[test]
+fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
+    let dir = tmp("smoke");
+    let reg = registry(&dir);
+    let exp = smoke(&reg);
+    let names: Vec<&str> = exp.arms.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "single-hk-a",
+            "single-hk-b",
+            "ensemble",
+            "pooled",
+            "fedavg[protocol=plaintext]",
+            "fedavg[protocol=secagg]",
+            "ddg"
+        ]
+    );
+
+    // Uninterrupted run.
+    let full = run(&exp, &reg, REGISTRY, &options(&dir, "full", None)).unwrap();
+    assert!(full.complete);
+    assert_eq!((full.computed, full.reused), (7, 0));
+    for r in &full.results {
+        assert_eq!(r.evals.len(), 3, "{}", r.arm.name);
+        for e in &r.evals {
+            let s = &e.summary;
+            assert_eq!(s.patients, 1);
+            assert!(
+                s.false_positives_per_slice
+                    .is_some_and(|f| f.mean.is_finite())
+            );
+            assert_eq!(e.froc.len(), 50);
+        }
+    }
+    // Lesions are found in the evaluated slices, so sensitivity and mAP are defined.
+    assert!(full.results.iter().all(|r| {
+        r.evals
+            .iter()
+            .all(|e| e.summary.sensitivity.is_some() && e.summary.mean_average_precision.is_some())
+    }));
+    let ddg = full.results.iter().find(|r| r.arm.name == "ddg").unwrap();
+    let ledger = ddg.ledger.as_ref().expect("DP arm has a ledger");
+    assert_eq!(ledger.entries.len(), 2);
+    assert!(ledger.spent() <= 1000.0 && ledger.spent() > 900.0);
+    let secagg = full
+        .results
+        .iter()
+        .find(|r| r.arm.name == "fedavg[protocol=secagg]")
+        .unwrap();
+    assert_eq!(secagg.rounds.len(), 2);
+    assert!(
+        secagg
+            .rounds
+            .iter()
+            .all(|r| r.aborted.is_none() && r.contributors == 2)
+    );
+    // The longitudinal series (one patient, two scans) is evaluated.
+    assert_eq!(full.results[0].series.len(), 1);
+    assert_eq!(full.results[0].series[0].points.len(), 2);
+    let report = dir.join("full-report");
+    for file in [
+        "README.md",
+        "tables/summary.md",
+        "tables/cn-sz.md",
+        "tables/cn-sz.tex",
+        "tables/hk-a.md",
+        "figures/froc-cn-sz.png",
+        "figures/froc-cn-sz.svg",
+        "figures/epsilon-utility.png",
+        "figures/lesion-burden.svg",
+        "ledgers/ddg.json",
+    ] {
+        let path = report.join(file);
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 100),
+            "{}",
+            path.display()
+        );
+    }
+    let readme = std::fs::read_to_string(report.join("README.md")).unwrap();
+    assert!(
+        readme.contains("synthetic cohorts") && readme.contains("claims"),
+        "{readme}"
+    );
+    for file in ["manifest.json", "results.json", "results.csv"] {
+        assert!(full.dir.join(file).exists(), "{file}");
+    }
+
+    // Interrupted after one arm, then resumed: nothing finished is recomputed and the
+    // results equal the uninterrupted run's.
+    let first = run(&exp, &reg, REGISTRY, &options(&dir, "resumed", Some(1))).unwrap();
+    assert!(!first.complete);
+    assert_eq!((first.computed, first.reused), (1, 0));
+    let second = run(&exp, &reg, REGISTRY, &options(&dir, "resumed", None)).unwrap();
+    assert!(second.complete);
+    assert_eq!((second.computed, second.reused), (6, 1));
+    // The distributed noise and every model are seeded, so the runs agree exactly.
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(
+        read(&full.dir.join("results.json")),
+        read(&second.dir.join("results.json"))
+    );
+    assert_eq!(
+        read(&full.dir.join("results.csv")),
+        read(&second.dir.join("results.csv"))
+    );
+    // A third run reuses everything.
+    let third = run(&exp, &reg, REGISTRY, &options(&dir, "resumed", None)).unwrap();
+    assert_eq!((third.computed, third.reused), (0, 7));
+}
+
+#[test]
+fn invalid_experiment_files_name_the_key() {
+    let dir = tmp("invalid");
+    let reg = registry(&dir);
+    let cases = [
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"a\"\nkind = \"pooled\"\nround = 3\n",
+            "unknown field `round`",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"a\"\nkind = \"single-site\"\nsite = \"hk-z\"\n",
+            "arm[0] (a).site = \"hk-z\" is not a training site",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"a\"\nkind = \"single-site\"\n",
+            "arm[0] (a).site: missing",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"e\"\nkind = \"ensemble\"\nmembers = [\"p\", \"q\"]\n",
+            "\"p\" is not an earlier single-site arm",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\ndp = { mechanism = \"ddg\", epsilon = -1.0, l2_clip = 1.0 }\n",
+            "dp.epsilon = -1",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\nprotocol = \"plaintext\"\ndp = { mechanism = \"ddg\", epsilon = 1.0, l2_clip = 1.0 }\n",
+            "arm[0] (f).dp.mechanism = \"ddg\" needs protocol",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\ndropout = [0.1, 1.5]\n",
+            "arm[0] (f).dropout = 1.5",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"p\"\nkind = \"pooled\"\nsites = 4\n",
+            "arm[0] (p).sites: only federated arms",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[settings]\nrounds = 0\n[[arm]]\nname = \"p\"\nkind = \"pooled\"\n",
+            "settings.rounds = 0",
+        ),
+        ("name = \"x\"\ndescription = \"d\"\n", "missing field `arm`"),
+    ];
+    for (text, needle) in cases {
+        let err = Experiment::parse(text, &reg).unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+    // The path is named too.
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, cases[1].0).unwrap();
+    let err = Experiment::load(&path, &reg).unwrap_err().to_string();
+    assert!(err.contains("bad.toml"), "{err}");
+    // Every shipped experiment file is valid against the shipped registry.
+    let shipped = Registry::load(&workspace().join("datasets.toml")).unwrap();
+    for entry in std::fs::read_dir(workspace().join("experiments")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Experiment::load(&path, &shipped).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
