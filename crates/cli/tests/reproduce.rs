@@ -79,9 +79,19 @@ fn reproduce_runs_caches_and_rejects_bad_files() {
     let (ok, out) = tessera(&dir, &["reproduce", "tiny.toml"]);
     assert!(ok && out.contains("0 arms computed, 2 reused"), "{out}");
 
-    std::fs::write(dir.join("bad.toml"), EXPERIMENT.replace("protocol = \"secagg-plus\"", "protocol = \"secagg-minus\"")).unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        EXPERIMENT.replace("protocol = \"secagg-plus\"", "protocol = \"secagg-minus\""),
+    )
+    .unwrap();
     let (ok, out) = tessera(&dir, &["reproduce", "bad.toml"]);
-    assert!(!ok && out.contains("bad.toml") && out.contains("protocol"), "{out}");
+    assert!(
+        !ok && out.contains("bad.toml") && out.contains("protocol"),
+        "{out}"
+    );
     let (ok, out) = tessera(&dir, &["reproduce", "no-such-experiment"]);
-    assert!(!ok && out.contains("experiments/no-such-experiment.toml"), "{out}");
+    assert!(
+        !ok && out.contains("experiments/no-such-experiment.toml"),
+        "{out}"
+    );
 }

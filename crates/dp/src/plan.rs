@@ -401,10 +401,19 @@ mod tests {
 
     #[test]
     fn budgets_beyond_the_conversion_are_refused_plainly() {
-        let err = plan(&DpConfig { epsilon: 1e6, ..config(Mechanism::Ddg) }, SHAPE)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("dp.epsilon = 1000000") && err.contains("no meaningful privacy"), "{err}");
+        let err = plan(
+            &DpConfig {
+                epsilon: 1e6,
+                ..config(Mechanism::Ddg)
+            },
+            SHAPE,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("dp.epsilon = 1000000") && err.contains("no meaningful privacy"),
+            "{err}"
+        );
     }
 
     #[test]

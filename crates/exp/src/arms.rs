@@ -74,6 +74,8 @@ pub struct ArmResult {
     pub ledger: Option<Ledger>,
     /// Number of training examples per (federated) site.
     pub site_examples: Vec<usize>,
+    /// SHA-256 of the trained model's parameters (little-endian f32), if it has one.
+    pub model_sha256: Option<String>,
 }
 
 fn trainer(
@@ -564,6 +566,7 @@ pub fn run_arm(
             rounds,
             ledger,
             site_examples,
+            model_sha256: None,
         },
         model,
     ))

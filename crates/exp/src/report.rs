@@ -405,12 +405,18 @@ fn claims(results: &[ArmResult]) -> String {
             })
             .collect();
         let worst = gaps.iter().copied().fold(0.0, f64::max);
+        let identical = secure.model_sha256.is_some() && secure.model_sha256 == plain.model_sha256;
         let _ = writeln!(
             out,
-            "3. *Secure aggregation matches plain FedAvg up to quantisation* — {}: the largest per-cohort |ΔmAP| between `{}` and `{}` is {worst:.4} (criterion: ≤ 0.02). Both quantise updates with the same fixed-point codec; they differ in the stochastic rounding draws, which training then amplifies.",
+            "3. *Secure aggregation matches plain FedAvg up to quantisation* — {}: the largest per-cohort |ΔmAP| between `{}` and `{}` is {worst:.4} (criterion: ≤ 0.02); the two global models are {}. Both encode updates with the same fixed-point codec and the same rounding draws, and secure aggregation's unmasked sum is exact in the ring, so any difference would be a defect.",
             verdict(worst <= 0.02),
             secure.arm.name,
-            plain.arm.name
+            plain.arm.name,
+            if identical {
+                "bitwise identical (same SHA-256)"
+            } else {
+                "not bitwise identical"
+            }
         );
     }
     let dp = dp_arms(results);
@@ -432,7 +438,7 @@ fn claims(results: &[ArmResult]) -> String {
         }
         let _ = writeln!(
             out,
-            "4. *The utility cost of DP* (external mean mAP): {}. See `figures/epsilon-utility.png`.",
+            "4. *The utility cost of DP* (external mean mAP): {}. See `figures/epsilon-utility.png`. Site-level DP over few sites is expensive: the noise on each coordinate of the sum has standard deviation about c/√(2ρ) per round (clip c, per-round zCDP ρ), while a clipped update carries about c/√d per coordinate over d parameters, so the noise stays below the signal only when ρ is of order d/2 per round.",
             rows.join("; ")
         );
     }

@@ -4,7 +4,8 @@
 //! versions, machine), `arms/<key>/` per arm (`result.json`, `model.bin`, and for
 //! federated arms the checkpoint, ledger and site transcripts), `results.json`,
 //! `results.csv` and the report. An arm's key hashes everything that determines it
-//! (arm, profile, seed, registry, Tessera's version); an arm whose `result.json` exists
+//! (arm, profile, seed, registry, Tessera's version and git commit, so results always
+//! come from the code they name); an arm whose `result.json` exists
 //! is reused, so an interrupted run resumes without recomputing finished arms. Every
 //! file is written atomically.
 
@@ -118,13 +119,20 @@ fn dependencies() -> BTreeMap<String, String> {
 }
 
 /// The cache key of an arm.
-fn arm_key(arm: &Arm, profile: &Profile, seed: u64, registry_hash: &str) -> String {
+fn arm_key(
+    arm: &Arm,
+    profile: &Profile,
+    seed: u64,
+    registry_hash: &str,
+    commit: &Option<String>,
+) -> String {
     let text = serde_json::json!({
         "arm": arm,
         "profile": profile,
         "seed": seed,
         "registry": registry_hash,
         "tessera": env!("CARGO_PKG_VERSION"),
+        "commit": commit,
     })
     .to_string();
     sha256_hex(text.as_bytes())[..20].to_string()
@@ -135,9 +143,12 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ExpError> {
     write_atomic(path, &text)
 }
 
+fn model_bytes(params: &[f32]) -> Vec<u8> {
+    params.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 fn save_model(path: &Path, params: &[f32]) -> Result<(), ExpError> {
-    let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
-    write_atomic(path, &bytes)
+    write_atomic(path, &model_bytes(params))
 }
 
 fn load_model(path: &Path) -> Result<Vec<f32>, ExpError> {
@@ -164,10 +175,11 @@ pub fn run(
         .runs_root
         .join(format!("{}-{profile_name}", experiment.name));
     let registry_hash = sha256_hex(registry_text.as_bytes());
+    let commit = git_commit();
     let keys: Vec<String> = experiment
         .arms
         .iter()
-        .map(|a| arm_key(a, &profile, experiment.seed, &registry_hash))
+        .map(|a| arm_key(a, &profile, experiment.seed, &registry_hash, &commit))
         .collect();
     let config_hash = sha256_hex(keys.join(",").as_bytes())[..20].to_string();
     write_json(
@@ -178,7 +190,7 @@ pub fn run(
             profile: &profile,
             config_hash,
             seed: experiment.seed,
-            git_commit: git_commit(),
+            git_commit: commit.clone(),
             tessera_version: env!("CARGO_PKG_VERSION"),
             dependencies: dependencies(),
             machine: Machine {
@@ -247,7 +259,7 @@ pub fn run(
         for (i, b) in key.bytes().take(16).enumerate() {
             session[i] = b;
         }
-        let (result, model) = run_arm(
+        let (mut result, model) = run_arm(
             arm,
             &profile,
             data,
@@ -257,6 +269,7 @@ pub fn run(
             &models,
         )?;
         if let Some(model) = model {
+            result.model_sha256 = Some(sha256_hex(&model_bytes(&model)));
             save_model(&model_path, &model)?;
             models.insert(arm.name.clone(), model);
         }

@@ -166,7 +166,12 @@ fn begin_round<T: LocalTrainer>(
         }
     }
     let codec = start.codec.codec()?;
-    let input = codec.encode(&delta, update.samples, rng)?;
+    // Rounding and DP noise draw from their own stream per round (stream 0 is the
+    // protocol's), so the encoded update does not depend on how much randomness earlier
+    // rounds' key generation consumed: plain and secure runs encode identically.
+    let mut encoding = ChaCha20Rng::from_seed(opts.seed);
+    encoding.set_stream(start.params.round.0.wrapping_add(1));
+    let input = codec.encode(&delta, update.samples, &mut encoding)?;
     if !start.secure {
         return Ok(Begun::Plain(input));
     }
