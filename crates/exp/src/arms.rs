@@ -291,9 +291,10 @@ pub fn train_federated(
         .enable_all()
         .build()
         .map_err(|e| ExpError::io(dir, e))?;
+    // Site identities and randomness depend on the experiment's seed only, not on the
+    // arm: arms that differ only in protocol then draw the same rounding.
     let mut seed32 = [0u8; 32];
     seed32[..8].copy_from_slice(&seed.to_le_bytes());
-    seed32[8..24].copy_from_slice(&session);
     let (global, rounds, ledger) = runtime.block_on(async {
         let mut fed = memory::start(
             config,
