@@ -203,13 +203,18 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Resu
         .x_label_area_size(40)
         .y_label_area_size(55);
     let palette = [
-        &BLUE,
-        &RED,
-        &GREEN,
-        &MAGENTA,
-        &CYAN,
-        &BLACK,
-        &RGBColor(230, 140, 0),
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(23, 190, 207),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(0, 0, 0),
+        RGBColor(188, 189, 34),
+        RGBColor(127, 127, 127),
+        RGBColor(0, 0, 128),
     ];
     macro_rules! plot {
         ($ctx:expr) => {{
@@ -221,7 +226,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Resu
                 .draw()
                 .map_err(|e| e.to_string())?;
             for (i, (name, pts)) in chart.series.iter().enumerate() {
-                let color = palette[i % palette.len()];
+                let color = &palette[i % palette.len()];
                 ctx.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
                     .map_err(|e| e.to_string())?
                     .label(name.as_str())
@@ -635,6 +640,12 @@ fn write_up(
         profile.batch_size,
         profile.learning_rate,
         profile.eval_slice_stride
+    );
+    out.push_str(
+        "Each arm is one training run with one seed. The 95% intervals cover variation between \
+         patients, not between training runs; a small perturbation of training (other \
+         stochastic-rounding draws, for instance) can move a model's mAP by several points, so \
+         differences of that size between arms are within run-to-run variation.\n\n",
     );
     out.push_str("## mAP per cohort\n\n");
     out.push_str(summary);
