@@ -143,6 +143,16 @@ pub struct Arm {
     pub grid: BTreeMap<String, String>,
 }
 
+impl Arm {
+    fn simple(name: &str, plan: ArmPlan) -> Self {
+        Self {
+            name: name.to_string(),
+            plan,
+            grid: BTreeMap::new(),
+        }
+    }
+}
+
 /// A validated experiment.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Experiment {
@@ -234,10 +244,9 @@ impl ExperimentFile {
                             training.join(", ")
                         ));
                     }
-                    vec![(
-                        arm.name.clone(),
+                    vec![Arm::simple(
+                        &arm.name,
                         ArmPlan::SingleSite { site: site.clone() },
-                        BTreeMap::new(),
                     )]
                 }
                 ArmKind::Ensemble => {
@@ -257,22 +266,21 @@ impl ExperimentFile {
                             ));
                         }
                     }
-                    vec![(
-                        arm.name.clone(),
+                    vec![Arm::simple(
+                        &arm.name,
                         ArmPlan::Ensemble {
                             members: members.clone(),
                         },
-                        BTreeMap::new(),
                     )]
                 }
-                ArmKind::Pooled => vec![(arm.name.clone(), ArmPlan::Pooled, BTreeMap::new())],
+                ArmKind::Pooled => vec![Arm::simple(&arm.name, ArmPlan::Pooled)],
                 ArmKind::Federated => expand(arm, &at, training.len())?,
             };
-            for (name, plan, grid) in resolved {
-                if arms.iter().any(|a| a.name == name) {
-                    return invalid(format!("{at}.name: \"{name}\" is used twice"));
+            for resolved in resolved {
+                if arms.iter().any(|a| a.name == resolved.name) {
+                    return invalid(format!("{at}.name: \"{}\" is used twice", resolved.name));
                 }
-                arms.push(Arm { name, plan, grid });
+                arms.push(resolved);
             }
         }
         Ok(Experiment {
@@ -312,11 +320,7 @@ fn check_settings(s: &Settings) -> Result<(), ExpError> {
 }
 
 /// The product of a federated arm's grids.
-fn expand(
-    arm: &ArmFile,
-    at: &str,
-    hospitals: usize,
-) -> Result<Vec<(String, ArmPlan, BTreeMap<String, String>)>, ExpError> {
+fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpError> {
     let protocols = arm
         .protocol
         .clone()
@@ -458,9 +462,9 @@ fn expand(
             let label: Vec<String> = grid.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!("{}[{}]", arm.name, label.join(","))
         };
-        out.push((
+        out.push(Arm {
             name,
-            ArmPlan::Federated(FederatedArm {
+            plan: ArmPlan::Federated(FederatedArm {
                 protocol,
                 strategy: strategy.clone(),
                 sites: n,
@@ -471,7 +475,7 @@ fn expand(
                 dp,
             }),
             grid,
-        ));
+        });
     }
     Ok(out)
 }
