@@ -439,7 +439,7 @@ fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpErro
             ));
         }
         let values = [
-            format!("{protocol:?}").to_lowercase(),
+            protocol_name(protocol).to_string(),
             strategy_name(strategy).to_string(),
             n.to_string(),
             dropout.to_string(),
@@ -478,6 +478,15 @@ fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpErro
         });
     }
     Ok(out)
+}
+
+/// The protocol as experiment files spell it.
+pub fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Plaintext => "plaintext",
+        Protocol::Secagg => "secagg",
+        Protocol::SecaggPlus => "secagg-plus",
+    }
 }
 
 pub fn strategy_name(s: &Strategy) -> &'static str {
