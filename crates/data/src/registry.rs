@@ -349,8 +349,10 @@ mod tests {
     use super::*;
 
     fn load_str(text: &str) -> Result<Registry, DataError> {
-        let dir =
-            std::env::temp_dir().join(format!("tessera-reg-{}-{}", std::process::id(), text.len()));
+        // One folder per call: tests run in parallel and may load texts of equal length.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tessera-reg-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("datasets.toml");
         std::fs::write(&path, text).unwrap();
