@@ -35,12 +35,16 @@ enum Command {
     /// The federation's CA, certificates and signed roster.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
-    /// Run a federation's coordinator over QUIC with mutual TLS.
+    /// Run a federation's coordinator over QUIC with mutual TLS. Every key of the
+    /// config file is explained in examples/coordinator.toml. Exit 0: every round
+    /// completed; 2: some rounds aborted; 1: error.
     Coordinator {
         #[arg(long)]
         config: std::path::PathBuf,
     },
-    /// Run one site of a federation.
+    /// Run one site of a federation. Every key of the config file is explained in
+    /// examples/site.toml. Exit 0: contributed and shut down by the coordinator; 3: could
+    /// not do its part (unreachable or refused, coordinator lost, never contributed).
     Site {
         #[arg(long)]
         config: std::path::PathBuf,
@@ -49,16 +53,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let ok = |r: Result<(), String>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Reproduce(args) => reproduce::run_command(&args),
-        Command::Simulate(args) => simulate::run(&args),
-        Command::Data(cmd) => data::run(&cmd),
-        Command::Pki(cmd) => pki::run(&cmd),
+        Command::Reproduce(args) => ok(reproduce::run_command(&args)),
+        Command::Simulate(args) => simulate::run_command(&args),
+        Command::Data(cmd) => ok(data::run(&cmd)),
+        Command::Pki(cmd) => ok(pki::run(&cmd)),
         Command::Coordinator { config } => federation::coordinator(&config),
         Command::Site { config } => federation::site(&config),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -227,7 +227,8 @@ fn write_atomic<T: nifti::DataElement + bytemuck::Pod + Default>(
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+    tessera_core::atomic::sync_dir(path).map_err(|e| DataError::io(path, e))
 }
 
 /// Writes a CT volume as 16-bit Hounsfield units.

@@ -13,6 +13,8 @@
 //! - [`plan`]: from (ε, δ), rounds, sites, the guaranteed contributors, clip and bit
 //!   width to the noise, grid step and wrap-around probability, or a refusal that says
 //!   which setting to change.
+//! - [`update`]: the one home of "f32 update ↔ ring vector": the fixed-point codec
+//!   without DP or the private codec with it, chosen per round by a [`CodecSpec`].
 //! - [`accounting`]: per-round zCDP from OpenDP's privacy maps (plus the correction for
 //!   sums of discrete Gaussians), composition and (ε, δ) conversion with OpenDP, and the
 //!   [`Ledger`] that halts training before the budget is exceeded.
@@ -26,9 +28,11 @@ mod error;
 pub mod plan;
 pub mod rotation;
 pub mod sampler;
+pub mod update;
 
 pub use accounting::{Ledger, LedgerEntry};
 pub use codec::{PrivateCodec, PrivateCodecSpec, Sensitivity, SiteNoise};
 pub use error::DpError;
 pub use plan::{DpConfig, DpPlan, Mechanism, RoundShape, plan, wrap_bound};
 pub use sampler::{DiscreteGaussian, Ratio, Skellam};
+pub use update::{Codec, CodecSpec, FixedPointSpec};

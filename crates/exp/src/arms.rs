@@ -13,13 +13,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tessera_core::seed::RootSeed;
 use tessera_core::{LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
+use tessera_dp::Ledger;
 use tessera_eval::{
     CohortSummary, DEFAULT_SCORE_THRESHOLD, Detection, FrocPoint, PatientResult, SliceResult, froc,
     lesion_burden, predicted_burden, summarise,
 };
-use tessera_fl::{FederationConfig, Ledger, memory};
-use tessera_secagg::{Phase, SiteId};
+use tessera_fl::{FederationConfig, memory, sim};
 use tessera_train::{
     DecodeConfig, DetectorTrainer, Example, Predictions, TrainError, TrainerConfig,
 };
@@ -249,62 +250,48 @@ pub fn train_federated(
             layout: layout.clone(),
         })
         .collect();
+    // Site identities and randomness depend on the experiment's seed and session
+    // only, not on the arm: arms that differ only in protocol draw the same rounding.
+    let root = RootSeed::from_experiment(seed);
     // Dropouts after local training, at a random protocol phase (deterministic).
-    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0xd20f);
-    let phases = [
-        Phase::ShareKeys,
-        Phase::MaskedInput,
-        Phase::ConsistencyCheck,
-        Phase::Unmasking,
-    ];
-    let mut silent: BTreeMap<SiteId, BTreeMap<u64, Phase>> = BTreeMap::new();
-    for round in 1..=profile.rounds {
-        for site in 0..arm.sites as u32 {
-            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            let phase = phases[(rng.next_u64() % phases.len() as u64) as usize];
-            if u < arm.dropout {
-                silent.entry(SiteId(site)).or_default().insert(round, phase);
-            }
-        }
-    }
+    let dropouts = sim::dropout_schedule(
+        &root,
+        session,
+        arm.sites,
+        profile.rounds,
+        arm.dropout,
+        &sim::AFTER_TRAINING,
+    );
     let mut dp = arm.dp.clone();
     dp.rounds = profile.rounds;
-    let config = FederationConfig {
-        session,
-        strategy: arm.strategy.clone(),
-        training: round_config(profile, seed),
-        protocol: arm.protocol,
+    let max_weight = site_examples.iter().copied().max().unwrap_or(1) as u64;
+    let config = FederationConfig::builder(session, dir.join("checkpoint.bin"))
+        .strategy(arm.strategy.clone())
+        .training(round_config(profile, seed))
+        .protocol(arm.protocol)
         // The threshold is planned for at least 5% dropouts.
-        dropout_rate: arm.dropout.max(0.05),
-        corruption_rate: 0.0,
-        bits: arm.bits,
-        clip: arm.clip,
-        max_weight: site_examples.iter().copied().max().unwrap_or(1) as u64,
-        sample_fraction: 1.0,
-        training_timeout: Duration::from_secs(3600),
-        phase_timeout: Duration::from_secs(2),
-        checkpoint: dir.join("checkpoint.bin"),
-        dp,
-    };
+        .rates(arm.dropout.max(0.05), 0.0)
+        .codec(arm.bits, arm.clip, max_weight)
+        // Dropouts are explicit withdrawals: the deadlines are only a backstop.
+        .timeouts(Duration::from_secs(3600), Duration::from_secs(600))
+        .dp(dp)
+        .build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| ExpError::io(dir, e))?;
-    // Site identities and randomness depend on the experiment's seed only, not on the
-    // arm: arms that differ only in protocol then draw the same rounding.
-    let mut seed32 = [0u8; 32];
-    seed32[..8].copy_from_slice(&seed.to_le_bytes());
     let (global, rounds, ledger) = runtime.block_on(async {
         let mut fed = memory::start(
             config,
             layout.clone(),
             initial,
             trainers,
-            &silent,
+            &dropouts,
             &dir.join("transcripts"),
-            seed32,
-        )?;
+            root,
+        )
+        .await?;
         let mut rounds = Vec::new();
         while fed.coordinator.next_round() <= profile.rounds {
             let report = fed.coordinator.run_round().await?;
@@ -312,12 +299,12 @@ pub fn train_federated(
                 round: report.round,
                 participants: report.participants.len(),
                 contributors: report.contributors.len(),
-                aborted: report.aborted,
+                aborted: report.aborted.map(|c| c.to_string()),
             });
         }
         let global = fed.coordinator.global().to_vec();
         let ledger = fed.coordinator.ledger().cloned();
-        fed.coordinator.shutdown().await;
+        fed.coordinator.shutdown().await?;
         for site in fed.sites {
             let _ = site.await;
         }

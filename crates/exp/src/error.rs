@@ -28,16 +28,8 @@ impl ExpError {
 
 /// Writes a file atomically: a sibling temporary file, synced, then renamed over.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), ExpError> {
-    use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| ExpError::io(dir, e))?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| ExpError::io(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| ExpError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ExpError::io(path, e))
+    tessera_core::atomic::write_atomic(path, bytes).map_err(|e| ExpError::io(path, e))
 }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tessera_core::{LocalTrainingConfig, Strategy};
+use tessera_core::seed::RootSeed;
 use tessera_fl::{FederationConfig, KnownUpdateTrainer, Protocol, loopback};
 use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
 use tessera_net::pki::{Role, init, issue};
@@ -29,28 +29,12 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
     for i in 0..n {
         let _ = std::fs::remove_file(dir.join(format!("site-{i}.transcript")));
     }
-    let config = FederationConfig {
-        session: [1; 16],
-        strategy: Strategy::FedAvg,
-        training: LocalTrainingConfig {
-            steps: 1,
-            batch_size: 1,
-            learning_rate: 0.0,
-            proximal_mu: 0.0,
-            seed: 0,
-        },
-        protocol,
-        dropout_rate: 0.0,
-        corruption_rate: 0.05,
-        bits: 24,
-        clip: 1.0,
-        max_weight: 1000,
-        sample_fraction: 1.0,
-        training_timeout: Duration::from_secs(120),
-        phase_timeout: Duration::from_secs(120),
-        checkpoint: dir.join("checkpoint.bin"),
-        dp: tessera_fl::DpConfig::default(),
-    };
+    let config = FederationConfig::builder([1; 16], dir.join("checkpoint.bin"))
+        .protocol(protocol)
+        .rates(0.0, 0.05)
+        .timeouts(Duration::from_secs(120), Duration::from_secs(120))
+        .build()
+        .unwrap();
     let trainers = (0..n)
         .map(|i| KnownUpdateTrainer::new(m, 0.001 * (i as f32 + 1.0), 100).unwrap())
         .collect();
@@ -62,12 +46,13 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
         trainers,
         &BTreeMap::new(),
         &dir,
-        [3; 32],
+        RootSeed::from_experiment(3),
     )
     .await
     .unwrap();
     fed.coordinator.run_round().await.unwrap(); // warm-up
-    let (up0, down0) = fed.traffic.snapshot();
+    let traffic = fed.coordinator.traffic().clone();
+    let (up0, down0) = traffic.snapshot();
     let mut times = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let start = Instant::now();
@@ -78,8 +63,8 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
             "{report:?}"
         );
     }
-    let (up1, down1) = fed.traffic.snapshot();
-    fed.shutdown().await;
+    let (up1, down1) = traffic.snapshot();
+    fed.shutdown().await.unwrap();
     times.sort_by(f64::total_cmp);
     (
         times[ROUNDS / 2],

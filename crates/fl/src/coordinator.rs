@@ -1,209 +1,156 @@
-//! The coordinator: runs rounds, drives the secure-aggregation phases with deadlines,
-//! updates the global model through the strategy, and checkpoints after every round.
+//! The coordinator as a sans-IO state machine, in the style of `quinn-proto`.
+//!
+//! [`CoordinatorMachine`] takes [`Event`]s (a message from a site, a link opened or
+//! closed, a deadline passed) and queues [`Action`]s (bytes to send, a timer to arm, a
+//! file to write, a round report), drained with [`CoordinatorMachine::poll_action`]. It
+//! owns the federation's policy: site selection, threshold planning, the codec, DP
+//! charging, the strategy and what a checkpoint holds. It owns no clock, socket, file
+//! or runtime: the driver in [`crate::driver`] does, and tests drive it by hand, with
+//! no timers at all.
 
 use chacha20::ChaCha20Rng;
-use rand_core::SeedableRng;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use rand_core::{Rng, SeedableRng};
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_core::{AggregationStrategy, LocalTrainingConfig, ParamLayout, Strategy};
-use tessera_dp::{
-    DiscreteGaussian, DpConfig, DpError, DpPlan, Ledger, LedgerEntry, Mechanism, PrivateCodecSpec,
-    RoundShape,
-};
+use tessera_core::seed::{Purpose, RootSeed, SeedContext};
+use tessera_core::{AggregationStrategy, ParamLayout};
+use tessera_dp::{Codec, CodecSpec, DpPlan, FixedPointSpec, Ledger, LedgerEntry, Mechanism};
+use tessera_dp::{PrivateCodecSpec, RoundShape};
 use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
 use tessera_secagg::{
-    Aggregator, FixedPoint, GraphSpec, Modulus, PlainVector, Roster, Round, RoundConfig,
+    Aggregator, FixedPoint, GraphSpec, Modulus, Phase, PlainVector, Roster, Round, RoundConfig,
     RoundParams, SessionId, SiteId, Status,
 };
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 
+use crate::checkpoint::{Checkpoint, ResumeSettings};
+use crate::config::{FederationConfig, Protocol};
 use crate::error::FlError;
-use crate::wire::{self, Codec, CodecSpec, FixedPointSpec, RoundStart, ToCoordinator, ToSite};
+use crate::report::{AbortCause, RejectReason, Rejection, RoundReport};
+use crate::wire::{self, RoundStart, ToCoordinator, ToSite};
 
-/// Which secure-aggregation protocol a federation uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Protocol {
-    Secagg,
-    SecaggPlus,
-    /// The baseline without secure aggregation: the coordinator sees every update.
-    Plaintext,
+/// Identifies an armed deadline; a stale one is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerId(u64);
+
+/// Something that happened, told to the machine by its driver.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A roster site's authenticated link opened (it may take part from the next round).
+    LinkOpened(SiteId),
+    /// A site's link closed: it is dropped from the running round at once.
+    LinkClosed(SiteId),
+    /// Bytes that arrived on `from`'s authenticated link.
+    Message { from: SiteId, bytes: Vec<u8> },
+    /// The deadline armed with this id has passed.
+    Timeout(TimerId),
 }
 
-/// How the coordinator runs rounds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FederationConfig {
-    pub session: [u8; 16],
-    pub strategy: Strategy,
-    pub training: LocalTrainingConfig,
-    pub protocol: Protocol,
-    /// Expected dropout and corruption rates, for choosing the threshold (and degree).
-    pub dropout_rate: f64,
-    pub corruption_rate: f64,
-    pub bits: u8,
-    /// Clipping range of each coordinate of a site's parameter change.
-    pub clip: f32,
-    /// Largest site weight (sample count).
-    pub max_weight: u64,
-    /// Fraction of the connected sites selected for each round (1 = all), drawn
-    /// afresh every round from the session and round number.
-    pub sample_fraction: f64,
-    /// Time for local training and the first phase.
-    pub training_timeout: Duration,
-    /// Time for each later phase; a site that misses it is a dropout.
-    pub phase_timeout: Duration,
-    pub checkpoint: PathBuf,
-    /// Differential privacy; its ledger is written beside the checkpoint.
-    #[serde(default)]
-    pub dp: DpConfig,
+/// Something the driver must do, in order.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Send these bytes to a site (shared: a model goes to every site unchanged).
+    Send { to: SiteId, bytes: Arc<[u8]> },
+    /// Arm a deadline `after` from now, replacing any earlier one.
+    SetTimer { timer: TimerId, after: Duration },
+    /// Write these bytes atomically before carrying out any later action.
+    Write { path: PathBuf, bytes: Vec<u8> },
+    /// A round has ended (after its messages and checkpoint above).
+    Report(RoundReport),
 }
 
-impl FederationConfig {
-    /// Where the privacy ledger (JSON) is kept: beside the checkpoint.
-    pub fn ledger_path(&self) -> PathBuf {
-        self.checkpoint.with_extension("ledger.json")
-    }
+enum Collect {
+    Secure(Box<Aggregator>),
+    Plain {
+        sum: PlainVector,
+        received: BTreeSet<SiteId>,
+    },
 }
 
-/// The state that survives a crash.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Checkpoint {
-    session: [u8; 16],
-    next_round: u64,
-    global: Vec<f32>,
-    ledger: Option<Ledger>,
+struct Running {
+    round: u64,
+    participants: Vec<SiteId>,
+    codec: Codec,
+    plan: Option<DpPlan>,
+    privacy: Option<LedgerEntry>,
+    timer: TimerId,
+    phase: Option<Phase>,
+    left: BTreeSet<SiteId>,
+    rejected: Vec<Rejection>,
+    collect: Collect,
 }
 
-/// What happened in one round.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RoundReport {
-    pub round: u64,
-    pub participants: Vec<SiteId>,
-    /// Sites whose update is in the new model; empty when the round aborted.
-    pub contributors: Vec<SiteId>,
-    /// Why the round aborted, if it did (the global model is then unchanged).
-    pub aborted: Option<String>,
-    /// Total weight (samples) of the contributors.
-    pub total_weight: u64,
-    /// The round's privacy charge, when the federation applies DP.
-    pub privacy: Option<LedgerEntry>,
-}
-
-/// The coordinator of one federation.
-pub struct Coordinator {
+/// The coordinator of one federation, without I/O.
+pub struct CoordinatorMachine {
     config: FederationConfig,
     roster: Arc<Roster>,
     layout: ParamLayout,
     global: Vec<f32>,
-    server: Box<dyn AggregationStrategy>,
+    strategy: Box<dyn AggregationStrategy>,
     next_round: u64,
-    sites: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
-    inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
-    joins: Option<mpsc::Receiver<(SiteId, mpsc::Sender<Vec<u8>>)>>,
+    connected: BTreeSet<SiteId>,
     ledger: Option<Ledger>,
-    /// Randomness for the coordinator's own noise (central DP only).
+    /// The coordinator's own noise (central DP only).
     rng: ChaCha20Rng,
+    running: Option<Running>,
+    timers: u64,
+    between_rounds: Vec<Rejection>,
+    actions: VecDeque<Action>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FlError> {
-    use std::io::Write;
-    let err = |e: std::io::Error| FlError::Checkpoint {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
-    let tmp = path.with_extension("partial");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}
-
-impl Coordinator {
-    /// A coordinator for connected `sites`; resumes from the checkpoint if one exists,
-    /// otherwise starts from `initial`.
+impl CoordinatorMachine {
+    /// A coordinator that resumes from `checkpoint` (its bytes, when the file exists) or
+    /// starts from `initial`. `noise_seed` seeds the coordinator's own noise.
     pub fn new(
         config: FederationConfig,
         roster: Arc<Roster>,
         layout: ParamLayout,
         initial: Vec<f32>,
-        sites: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
-        inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
+        checkpoint: Option<&[u8]>,
+        noise_seed: [u8; 32],
     ) -> Result<Self, FlError> {
-        layout
-            .check(&initial)
-            .map_err(|e| FlError::Model(e.to_string()))?;
-        config.dp.validate()?;
-        if config.protocol == Protocol::Plaintext
-            && matches!(config.dp.mechanism, Mechanism::Ddg | Mechanism::Skellam)
-        {
-            return Err(FlError::Privacy(DpError::Infeasible(format!(
-                "dp.mechanism = \"{}\" needs secure aggregation: with protocol = \"plaintext\" the \
-                 coordinator would see each update with only its site's share of the noise; use \
-                 \"central\" or a secure protocol",
-                config.dp.mechanism.name()
-            ))));
-        }
-        let fresh_ledger = (config.dp.mechanism != Mechanism::None).then(|| {
-            Ledger::new(
-                config.dp.mechanism.name(),
-                config.dp.epsilon,
-                config.dp.delta,
-                config.dp.mechanism != Mechanism::Skellam,
-            )
-        });
-        let (next_round, global, ledger) = match std::fs::read(&config.checkpoint) {
-            Ok(bytes) => {
-                let ck: Checkpoint =
-                    postcard::from_bytes(&bytes).map_err(|e| FlError::Checkpoint {
-                        path: config.checkpoint.clone(),
-                        message: format!("unreadable checkpoint: {e}"),
-                    })?;
-                if ck.session != config.session || ck.global.len() != layout.len() {
-                    return Err(FlError::Checkpoint {
-                        path: config.checkpoint.clone(),
-                        message:
-                            "belongs to another session or model; move it away to start afresh"
-                                .into(),
-                    });
-                }
-                (ck.next_round, ck.global, ck.ledger.or(fresh_ledger))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (1, initial, fresh_ledger),
-            Err(e) => {
-                return Err(FlError::Checkpoint {
-                    path: config.checkpoint.clone(),
-                    message: e.to_string(),
-                });
-            }
+        config.validate()?;
+        layout.check(&initial)?;
+        let settings = ResumeSettings::of(&config, layout.len());
+        let mut strategy = config.strategy.server();
+        let problem = |problem| FlError::Checkpoint {
+            path: config.checkpoint.clone(),
+            problem,
         };
-        let server = config.strategy.server();
-        let mut seed = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-            .map_err(|_| FlError::Model("the operating system gave no randomness".into()))?;
+        let (next_round, global, ledger) = match checkpoint {
+            Some(bytes) => {
+                let ck = Checkpoint::decode(bytes).map_err(problem)?;
+                ck.check_resume(&settings).map_err(problem)?;
+                strategy.restore(ck.strategy_state);
+                (ck.next_round, ck.global, ck.ledger)
+            }
+            None => (1, initial, None),
+        };
+        let ledger = ledger.or_else(|| fresh_ledger(&config));
         Ok(Self {
-            ledger,
-            rng: ChaCha20Rng::from_seed(seed),
             config,
             roster,
             layout,
             global,
-            server,
+            strategy,
             next_round,
-            sites,
-            inbox,
-            joins: None,
+            connected: BTreeSet::new(),
+            ledger,
+            rng: ChaCha20Rng::from_seed(noise_seed),
+            running: None,
+            timers: 0,
+            between_rounds: Vec::new(),
+            actions: VecDeque::new(),
         })
     }
 
-    /// Sites that connect (again) while the federation runs: each is swapped in, with
-    /// its new link, at the start of the next round.
-    pub fn with_joins(mut self, joins: mpsc::Receiver<(SiteId, mpsc::Sender<Vec<u8>>)>) -> Self {
-        self.joins = Some(joins);
-        self
+    pub fn config(&self) -> &FederationConfig {
+        &self.config
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
     }
 
     pub fn global(&self) -> &[f32] {
@@ -219,185 +166,41 @@ impl Coordinator {
         self.ledger.as_ref()
     }
 
-    /// Public per-round randomness, distinct per purpose.
-    fn round_seed(&self, round: u64, purpose: &[u8; 8]) -> [u8; 32] {
-        let mut seed = [0u8; 32];
-        seed[..16].copy_from_slice(&self.config.session);
-        seed[16..24].copy_from_slice(&round.to_le_bytes());
-        seed[24..].copy_from_slice(purpose);
-        seed
+    /// Sites whose links are open.
+    pub fn connected(&self) -> &BTreeSet<SiteId> {
+        &self.connected
     }
 
-    /// The round's codec: fixed point without DP, the private codec with it.
-    fn codec_spec(
-        &self,
-        round: u64,
-        n: usize,
-        threshold: u32,
-        modulus: Modulus,
-    ) -> Result<(CodecSpec, Option<DpPlan>), FlError> {
-        let dim = self.layout.len();
-        if self.config.dp.mechanism == Mechanism::None {
-            let spec = FixedPointSpec {
-                bits: self.config.bits,
-                clip: self.config.clip,
-                scale: FixedPoint::max_scale(modulus, self.config.clip, n),
-                max_sites: n,
-                max_weight: self.config.max_weight,
-                dim,
-            };
-            return Ok((CodecSpec::FixedPoint(spec), None));
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Starts the next round with a selection of the connected sites.
+    pub fn start_round(&mut self) -> Result<(), FlError> {
+        if self.running.is_some() {
+            return Err(FlError::RoundInProgress);
         }
-        // Without secure aggregation nothing guarantees contributors; central noise does
-        // not depend on them.
-        let guaranteed = if self.config.protocol == Protocol::Plaintext {
-            1
-        } else {
-            threshold as usize
-        };
-        let plan = tessera_dp::plan(
-            &self.config.dp,
-            RoundShape {
-                sites: n,
-                guaranteed,
-                bits: self.config.bits,
-                dim,
-            },
-        )?;
-        let spec = PrivateCodecSpec {
-            bits: self.config.bits,
-            l2_clip: self.config.dp.l2_clip,
-            gamma: plan.gamma,
-            dim,
-            max_sites: n,
-            max_weight: self.config.max_weight,
-            rotation_seed: self.round_seed(round, b"rotation"),
-            site_noise: plan.site_noise,
-        };
-        Ok((CodecSpec::Private(spec), Some(plan)))
-    }
-
-    /// Charges the round to the ledger before anything is released, and persists it so
-    /// that a crash cannot forget a charge.
-    fn charge(&mut self, round: u64, plan: &DpPlan) -> Result<LedgerEntry, FlError> {
-        let Some(ledger) = self.ledger.as_mut() else {
-            return Err(FlError::Model("DP round without a ledger".into()));
-        };
-        let entry = ledger
-            .charge(round, plan.guaranteed, plan.noise, plan.rho)?
-            .clone();
-        self.save(self.next_round)?;
-        Ok(entry)
-    }
-
-    /// Writes the checkpoint (and the ledger beside it) atomically.
-    fn save(&self, next_round: u64) -> Result<(), FlError> {
-        let ck = Checkpoint {
-            session: self.config.session,
-            next_round,
-            global: self.global.clone(),
-            ledger: self.ledger.clone(),
-        };
-        write_atomic(
-            &self.config.checkpoint,
-            &postcard::to_allocvec(&ck).unwrap_or_default(),
-        )?;
-        if let Some(ledger) = &self.ledger {
-            let json = serde_json::to_vec_pretty(ledger).unwrap_or_default();
-            write_atomic(&self.config.ledger_path(), &json)?;
+        if self.connected.len() < 2 {
+            return Err(FlError::TooFewSites {
+                connected: self.connected.len(),
+                needed: 2,
+            });
         }
-        Ok(())
-    }
-
-    /// Decodes the unmasked sum, adding the coordinator's noise for central DP.
-    fn decode(
-        &mut self,
-        codec: &Codec,
-        plan: Option<&DpPlan>,
-        sum: &PlainVector,
-    ) -> Result<tessera_secagg::WeightedMean, FlError> {
-        Ok(match (codec, plan.and_then(|p| p.central_sigma)) {
-            (Codec::FixedPoint(c), _) => c.decode(sum)?,
-            (Codec::Private(c), Some(sigma)) => {
-                c.decode_with_central_noise(sum, &DiscreteGaussian::new(sigma), &mut self.rng)?
-            }
-            (Codec::Private(c), None) => c.decode(sum)?,
-        })
-    }
-
-    fn plan(&self, n: usize) -> Result<(u32, GraphSpec), FlError> {
-        let request = PlanRequest::new(n, self.config.dropout_rate, self.config.corruption_rate);
-        let plan = match self.config.protocol {
-            Protocol::Secagg | Protocol::Plaintext => plan_secagg(&request)?,
-            Protocol::SecaggPlus => plan_secagg_plus(&request)?,
-        };
-        let graph = match plan.degree {
-            // The graph seed is public round randomness derived from the session and
-            // round (see the secagg crate's notes on who may choose it).
-            Some(k) => {
-                let mut seed = [0u8; 32];
-                seed[..16].copy_from_slice(&self.config.session);
-                seed[16..24].copy_from_slice(&self.next_round.to_le_bytes());
-                GraphSpec::RandomRegular {
-                    degree: k as u32,
-                    seed,
-                }
-            }
-            None => GraphSpec::Complete,
-        };
-        Ok((plan.threshold as u32, graph))
-    }
-
-    /// The round's participants: ⌈fraction · connected⌉ sites (at least 2), chosen by a
-    /// shuffle seeded with the session and round, so a restart picks the same ones.
-    fn select(&self, round: u64) -> Vec<SiteId> {
-        use chacha20::ChaCha20Rng;
-        use rand_core::{Rng, SeedableRng};
-        let mut all: Vec<SiteId> = self.sites.keys().copied().collect();
-        let fraction = self.config.sample_fraction.clamp(0.0, 1.0);
-        let k = ((fraction * all.len() as f64).ceil() as usize).clamp(all.len().min(2), all.len());
-        if k == all.len() {
-            return all;
-        }
-        let mut seed = [0u8; 32];
-        seed[..16].copy_from_slice(&self.config.session);
-        seed[16..24].copy_from_slice(&round.to_le_bytes());
-        let mut rng = ChaCha20Rng::from_seed(seed);
-        for i in (1..all.len()).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            all.swap(i, j);
-        }
-        let mut chosen = all[..k].to_vec();
-        chosen.sort_unstable();
-        chosen
-    }
-
-    async fn send(&self, to: SiteId, msg: &ToSite) {
-        self.send_encoded(to, wire::encode(msg)).await;
-    }
-
-    async fn send_encoded(&self, to: SiteId, bytes: Vec<u8>) {
-        if let Some(tx) = self.sites.get(&to) {
-            // A closed link is a dropout; the phase deadline handles it.
-            let _ = tx.send(bytes).await;
-        }
-    }
-
-    /// Runs the next round with every connected site.
-    pub async fn run_round(&mut self) -> Result<RoundReport, FlError> {
         let round = self.next_round;
-        if let Some(joins) = self.joins.as_mut() {
-            while let Ok((site, link)) = joins.try_recv() {
-                self.sites.insert(site, link);
-            }
-        }
         let participants = self.select(round);
-        let n = participants.len();
-        let (threshold, graph) = self.plan(n)?;
-        let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Model(e.to_string()))?;
-        let (spec, dp_plan) = self.codec_spec(round, n, threshold, modulus)?;
+        let (threshold, graph) = self.plan(round, participants.len())?;
+        let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Config {
+            key: "bits",
+            message: e.to_string(),
+        })?;
+        let (spec, plan) = self.codec_spec(round, participants.len(), threshold, modulus)?;
         let codec = spec.codec()?;
-        let privacy = match &dp_plan {
+        let privacy = match &plan {
             Some(plan) => Some(self.charge(round, plan)?),
             None => None,
         };
@@ -410,7 +213,7 @@ impl Coordinator {
             threshold,
             graph,
         };
-        let config = RoundConfig::new(params.clone())?;
+        let round_config = RoundConfig::new(params.clone())?;
         let mut training = self.config.training.clone();
         training.proximal_mu = self.config.strategy.proximal_mu();
         training.seed = training.seed.wrapping_add(round);
@@ -420,150 +223,454 @@ impl Coordinator {
             training,
             strategy: self.config.strategy.clone(),
             global: self.global.clone(),
-            secure: self.config.protocol != Protocol::Plaintext,
+            secure: self.config.protocol.is_secure(),
         }));
-        // The model is encoded once, not once per site.
-        let start = wire::encode(&start);
-        for &site in &participants {
-            self.send_encoded(site, start.clone()).await;
+        // The model is encoded once and shared by every site's send.
+        let start: Arc<[u8]> = wire::encode(&start)?.into();
+        for &to in &participants {
+            self.actions.push_back(Action::Send {
+                to,
+                bytes: start.clone(),
+            });
         }
-        if self.config.protocol == Protocol::Plaintext {
-            return self
-                .finish_plaintext(round, participants, &codec, dp_plan.as_ref(), privacy)
-                .await;
-        }
-        let mut aggregator = Aggregator::new(config, self.roster.clone())?;
-        let mut timeout = self.config.training_timeout;
-        while let Status::Collecting(phase) = aggregator.status().clone() {
-            let deadline = Instant::now() + timeout;
-            timeout = self.config.phase_timeout;
-            while aggregator.status() == &Status::Collecting(phase) {
-                let Ok(Some((from, bytes))) =
-                    tokio::time::timeout_at(deadline, self.inbox.recv()).await
-                else {
-                    break;
-                };
-                // Anything undecodable, stale or out of place is dropped; the sender's
-                // silence is then handled like any dropout.
-                if let Ok(ToCoordinator::SecAgg(env)) = wire::decode(&bytes) {
-                    let _ = aggregator.handle(from, env);
-                }
-            }
-            if aggregator.status() == &Status::Collecting(phase) {
-                aggregator.close_phase()?;
-            }
-            for out in aggregator.take_outgoing() {
-                self.send(out.to, &ToSite::SecAgg(Box::new(out.envelope)))
-                    .await;
-            }
-        }
-        let report = match (aggregator.status().clone(), aggregator.result()) {
-            (Status::Finished, Some(sum)) => {
-                let mean = self.decode(&codec, dp_plan.as_ref(), &sum.sum)?;
-                self.server
-                    .apply(&self.layout, &mut self.global, &mean.mean);
-                RoundReport {
-                    round,
-                    participants: participants.clone(),
-                    contributors: sum.contributors.clone(),
-                    aborted: None,
-                    total_weight: mean.total_weight,
-                    privacy,
-                }
-            }
-            (Status::Aborted(reason), _) => RoundReport {
-                round,
-                participants: participants.clone(),
-                contributors: vec![],
-                aborted: Some(reason.to_string()),
-                total_weight: 0,
-                privacy,
-            },
-            (status, _) => {
-                return Err(FlError::Model(format!(
-                    "round {round} ended in state {status:?}"
-                )));
-            }
-        };
-        self.end_round(report).await
-    }
-
-    /// Tells the participants the round is over and checkpoints.
-    async fn end_round(&mut self, report: RoundReport) -> Result<RoundReport, FlError> {
-        let completed = report.aborted.is_none();
-        for &site in &report.participants {
-            self.send(
-                site,
-                &ToSite::RoundEnd {
-                    round: report.round,
-                    completed,
-                },
-            )
-            .await;
-        }
-        self.next_round += 1;
-        self.save(self.next_round)?;
-        Ok(report)
-    }
-
-    /// The plaintext baseline: sum the updates that arrive before the deadline.
-    async fn finish_plaintext(
-        &mut self,
-        round: u64,
-        participants: Vec<SiteId>,
-        codec: &Codec,
-        dp_plan: Option<&DpPlan>,
-        privacy: Option<LedgerEntry>,
-    ) -> Result<RoundReport, FlError> {
-        let deadline = Instant::now() + self.config.training_timeout;
-        let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Model(e.to_string()))?;
-        let mut sum = PlainVector::zeros(modulus, codec.encoded_len());
-        let mut contributors = std::collections::BTreeSet::new();
-        while contributors.len() < participants.len() {
-            let Ok(Some((from, bytes))) =
-                tokio::time::timeout_at(deadline, self.inbox.recv()).await
-            else {
-                break;
-            };
-            if let Ok(ToCoordinator::Plain { round: r, update }) = wire::decode(&bytes)
-                && r == round
-                && participants.contains(&from)
-                && update.len() == sum.len()
-                && update.modulus() == modulus
-                && contributors.insert(from)
-            {
-                sum.add_assign(&update);
-            }
-        }
-        let report = if contributors.is_empty() {
-            RoundReport {
-                round,
-                participants,
-                contributors: vec![],
-                aborted: Some("no site sent its update".into()),
-                total_weight: 0,
-                privacy,
-            }
+        let collect = if self.config.protocol.is_secure() {
+            Collect::Secure(Box::new(Aggregator::new(
+                round_config,
+                self.roster.clone(),
+            )?))
         } else {
-            let mean = self.decode(codec, dp_plan, &sum)?;
-            self.server
-                .apply(&self.layout, &mut self.global, &mean.mean);
-            RoundReport {
-                round,
-                participants,
-                contributors: contributors.into_iter().collect(),
-                aborted: None,
-                total_weight: mean.total_weight,
-                privacy,
+            Collect::Plain {
+                sum: PlainVector::zeros(modulus, codec.encoded_len()),
+                received: BTreeSet::new(),
             }
         };
-        self.end_round(report).await
+        let timer = self.arm(self.config.training_timeout);
+        self.running = Some(Running {
+            round,
+            participants,
+            codec,
+            plan,
+            privacy,
+            timer,
+            phase: None,
+            left: BTreeSet::new(),
+            rejected: std::mem::take(&mut self.between_rounds),
+            collect,
+        });
+        self.progress()
     }
 
-    /// Tells every site to stop.
-    pub async fn shutdown(&self) {
-        for &site in self.sites.keys() {
-            self.send(site, &ToSite::Shutdown).await;
+    /// Tells every connected site to stop.
+    pub fn shutdown(&mut self) -> Result<(), FlError> {
+        let bytes: Arc<[u8]> = wire::encode(&ToSite::Shutdown)?.into();
+        for &to in &self.connected {
+            self.actions.push_back(Action::Send {
+                to,
+                bytes: bytes.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes in one event.
+    pub fn handle(&mut self, event: Event) -> Result<(), FlError> {
+        match event {
+            Event::LinkOpened(site) => {
+                if self.roster.get(site).is_some() {
+                    self.connected.insert(site);
+                }
+                Ok(())
+            }
+            Event::LinkClosed(site) => {
+                self.connected.remove(&site);
+                self.leave(site)
+            }
+            Event::Message { from, bytes } => self.message(from, &bytes),
+            Event::Timeout(timer) => match &mut self.running {
+                Some(run) if run.timer == timer => {
+                    if let Collect::Secure(agg) = &mut run.collect {
+                        agg.close_phase()?;
+                        self.progress()
+                    } else {
+                        self.finish()
+                    }
+                }
+                _ => Ok(()),
+            },
         }
     }
+
+    fn reject(&mut self, from: SiteId, reason: RejectReason) {
+        let rejection = Rejection { from, reason };
+        match &mut self.running {
+            Some(run) => run.rejected.push(rejection),
+            None => self.between_rounds.push(rejection),
+        }
+    }
+
+    fn message(&mut self, from: SiteId, bytes: &[u8]) -> Result<(), FlError> {
+        let msg = match wire::decode::<ToCoordinator>(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.reject(from, RejectReason::Wire(e));
+                return Ok(());
+            }
+        };
+        let Some(run) = self.running.as_mut() else {
+            self.reject(from, RejectReason::NoRound);
+            return Ok(());
+        };
+        if !run.participants.contains(&from) {
+            self.reject(from, RejectReason::NotParticipant);
+            return Ok(());
+        }
+        let current = run.round;
+        match (msg, &mut run.collect) {
+            (ToCoordinator::Withdraw { round }, _) if round == current => self.leave(from),
+            (ToCoordinator::Withdraw { round }, _) => {
+                self.reject(
+                    from,
+                    RejectReason::WrongRound {
+                        got: round,
+                        expected: current,
+                    },
+                );
+                Ok(())
+            }
+            (ToCoordinator::SecAgg(env), Collect::Secure(agg)) => {
+                if let Err(e) = agg.handle(from, env) {
+                    self.reject(from, RejectReason::Aggregator(e));
+                }
+                self.progress()
+            }
+            (ToCoordinator::Plain { round, update }, Collect::Plain { sum, received }) => {
+                let reason = if round != current {
+                    Some(RejectReason::WrongRound {
+                        got: round,
+                        expected: current,
+                    })
+                } else if update.len() != sum.len() || update.modulus() != sum.modulus() {
+                    Some(RejectReason::BadShape)
+                } else if !received.insert(from) {
+                    Some(RejectReason::Duplicate)
+                } else {
+                    sum.add_assign(&update);
+                    None
+                };
+                if let Some(reason) = reason {
+                    self.reject(from, reason);
+                }
+                self.progress()
+            }
+            (msg, _) => {
+                self.reject(from, RejectReason::WrongKind(msg.kind()));
+                Ok(())
+            }
+        }
+    }
+
+    /// A participant is gone (link closed or withdrew): drop it from the round now.
+    fn leave(&mut self, site: SiteId) -> Result<(), FlError> {
+        let Some(run) = self.running.as_mut() else {
+            return Ok(());
+        };
+        if !run.participants.contains(&site) || !run.left.insert(site) {
+            return Ok(());
+        }
+        if let Collect::Secure(agg) = &mut run.collect
+            && matches!(agg.status(), Status::Collecting(_))
+        {
+            agg.mark_dropped(site)?;
+        }
+        self.progress()
+    }
+
+    /// Acts on where the round stands: sends the next phase's messages and arms its
+    /// deadline, or finishes the round.
+    fn progress(&mut self) -> Result<(), FlError> {
+        loop {
+            let Some(run) = self.running.as_mut() else {
+                return Ok(());
+            };
+            let status = match &mut run.collect {
+                Collect::Plain { received, .. } => {
+                    let waiting = run
+                        .participants
+                        .iter()
+                        .any(|s| !received.contains(s) && !run.left.contains(s));
+                    if waiting {
+                        return Ok(());
+                    }
+                    return self.finish();
+                }
+                Collect::Secure(agg) => agg.status().clone(),
+            };
+            let Status::Collecting(phase) = status else {
+                return self.finish();
+            };
+            if run.phase == Some(phase) {
+                return Ok(());
+            }
+            let first = run.phase.is_none();
+            run.phase = Some(phase);
+            let Collect::Secure(agg) = &mut run.collect else {
+                return Ok(());
+            };
+            let mut sends = Vec::new();
+            for out in agg.take_outgoing() {
+                if !run.left.contains(&out.to) {
+                    sends.push((out.to, ToSite::SecAgg(Box::new(out.envelope))));
+                }
+            }
+            // Sites that left stay out of every later phase.
+            for &site in &run.left {
+                if !matches!(agg.status(), Status::Collecting(_)) {
+                    break;
+                }
+                agg.mark_dropped(site)?;
+            }
+            if !first {
+                let after = self.config.phase_timeout;
+                let timer = self.arm(after);
+                if let Some(run) = self.running.as_mut() {
+                    run.timer = timer;
+                }
+            }
+            for (to, msg) in sends {
+                let bytes: Arc<[u8]> = wire::encode(&msg)?.into();
+                self.actions.push_back(Action::Send { to, bytes });
+            }
+        }
+    }
+
+    /// Ends the running round: decode, apply the strategy, tell the participants,
+    /// checkpoint, report.
+    fn finish(&mut self) -> Result<(), FlError> {
+        let Some(run) = self.running.take() else {
+            return Ok(());
+        };
+        let (sum, contributors) = match run.collect {
+            Collect::Secure(agg) => match (agg.status(), agg.result()) {
+                (Status::Aborted(reason), _) => {
+                    (Err(AbortCause::SecAgg(reason.clone())), Vec::new())
+                }
+                (_, Some(result)) => (Ok(result.sum.clone()), result.contributors.clone()),
+                (status, None) => {
+                    return Err(FlError::Config {
+                        key: "protocol",
+                        message: format!("round {} ended in state {status:?}", run.round),
+                    });
+                }
+            },
+            Collect::Plain { sum, received } if !received.is_empty() => {
+                (Ok(sum), received.into_iter().collect())
+            }
+            Collect::Plain { .. } => (Err(AbortCause::NoUpdates), Vec::new()),
+        };
+        let applied = sum.and_then(|sum| self.apply(&run.codec, run.plan.as_ref(), &sum));
+        let (aborted, total_weight, contributors) = match applied {
+            Ok(weight) => (None, weight, contributors),
+            Err(cause) => (Some(cause), 0, Vec::new()),
+        };
+        for &site in &run.participants {
+            let end = ToSite::RoundEnd {
+                round: run.round,
+                completed: aborted.is_none(),
+                included: contributors.contains(&site),
+            };
+            let bytes: Arc<[u8]> = wire::encode(&end)?.into();
+            self.actions.push_back(Action::Send { to: site, bytes });
+        }
+        self.next_round = run.round + 1;
+        self.persist()?;
+        self.actions.push_back(Action::Report(RoundReport {
+            round: run.round,
+            participants: run.participants,
+            contributors,
+            aborted,
+            total_weight,
+            privacy: run.privacy,
+            left: run.left.into_iter().collect(),
+            rejected: run.rejected,
+        }));
+        Ok(())
+    }
+
+    /// Decodes the sum (adding central noise when planned) and applies the strategy;
+    /// returns the contributors' total weight.
+    fn apply(
+        &mut self,
+        codec: &Codec,
+        plan: Option<&DpPlan>,
+        sum: &PlainVector,
+    ) -> Result<u64, AbortCause> {
+        let central = plan.and_then(|p| p.central_sigma);
+        let mean = codec
+            .decode(sum, central.map(|sigma| (sigma, &mut self.rng)))
+            .map_err(AbortCause::Decode)?;
+        let mut next = self.global.clone();
+        self.strategy.apply(&self.layout, &mut next, &mean.mean);
+        if next.iter().any(|v| !v.is_finite()) {
+            return Err(AbortCause::NonFinite);
+        }
+        self.global = next;
+        Ok(mean.total_weight)
+    }
+
+    fn arm(&mut self, after: Duration) -> TimerId {
+        self.timers += 1;
+        let timer = TimerId(self.timers);
+        self.actions.push_back(Action::SetTimer { timer, after });
+        timer
+    }
+
+    /// Queues the checkpoint (and the ledger beside it) for writing.
+    fn persist(&mut self) -> Result<(), FlError> {
+        let ck = Checkpoint {
+            settings: ResumeSettings::of(&self.config, self.layout.len()),
+            next_round: self.next_round,
+            global: self.global.clone(),
+            strategy_state: self.strategy.state(),
+            ledger: self.ledger.clone(),
+        };
+        let bytes = ck.encode().map_err(|problem| FlError::Checkpoint {
+            path: self.config.checkpoint.clone(),
+            problem,
+        })?;
+        self.actions.push_back(Action::Write {
+            path: self.config.checkpoint.clone(),
+            bytes,
+        });
+        if let Some(ledger) = &self.ledger {
+            let json = serde_json::to_vec_pretty(ledger).map_err(|e| FlError::Config {
+                key: "dp",
+                message: format!("the ledger does not serialise: {e}"),
+            })?;
+            self.actions.push_back(Action::Write {
+                path: self.config.ledger_path(),
+                bytes: json,
+            });
+        }
+        Ok(())
+    }
+
+    /// Charges the round before anything is released; the write is queued ahead of the
+    /// round's first message, so a crash cannot forget a charge.
+    fn charge(&mut self, round: u64, plan: &DpPlan) -> Result<LedgerEntry, FlError> {
+        let Some(ledger) = self.ledger.as_mut() else {
+            return Err(FlError::Config {
+                key: "dp",
+                message: "a DP round without a ledger".into(),
+            });
+        };
+        let entry = ledger
+            .charge(round, plan.guaranteed, plan.noise, plan.rho)?
+            .clone();
+        self.persist()?;
+        Ok(entry)
+    }
+
+    /// Public per-round randomness for `purpose`.
+    fn public_seed(&self, purpose: Purpose, round: u64) -> [u8; 32] {
+        RootSeed::PUBLIC.derive(
+            purpose,
+            SeedContext::session(self.config.session).round(round),
+        )
+    }
+
+    /// The round's participants: ⌈fraction · connected⌉ sites (at least 2), chosen by a
+    /// shuffle seeded with the session and round, so a restart picks the same ones.
+    fn select(&self, round: u64) -> Vec<SiteId> {
+        let mut all: Vec<SiteId> = self.connected.iter().copied().collect();
+        let fraction = self.config.sample_fraction;
+        let k = ((fraction * all.len() as f64).ceil() as usize).clamp(all.len().min(2), all.len());
+        if k == all.len() {
+            return all;
+        }
+        let mut rng = ChaCha20Rng::from_seed(self.public_seed(Purpose::Selection, round));
+        for i in (1..all.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            all.swap(i, j);
+        }
+        let mut chosen = all[..k].to_vec();
+        chosen.sort_unstable();
+        chosen
+    }
+
+    fn plan(&self, round: u64, n: usize) -> Result<(u32, GraphSpec), FlError> {
+        let request = PlanRequest::new(n, self.config.dropout_rate, self.config.corruption_rate);
+        let plan = match self.config.protocol {
+            Protocol::Secagg | Protocol::Plaintext => plan_secagg(&request)?,
+            Protocol::SecaggPlus => plan_secagg_plus(&request)?,
+        };
+        let graph = match plan.degree {
+            // Public round randomness (see the secagg crate's notes on who may choose it).
+            Some(k) => GraphSpec::RandomRegular {
+                degree: k as u32,
+                seed: self.public_seed(Purpose::Graph, round),
+            },
+            None => GraphSpec::Complete,
+        };
+        Ok((plan.threshold as u32, graph))
+    }
+
+    /// The round's codec: fixed point without DP, the private codec with it.
+    fn codec_spec(
+        &self,
+        round: u64,
+        n: usize,
+        threshold: u32,
+        modulus: Modulus,
+    ) -> Result<(CodecSpec, Option<DpPlan>), FlError> {
+        let dim = self.layout.len();
+        let c = &self.config;
+        if c.dp.mechanism == Mechanism::None {
+            let spec = FixedPointSpec {
+                bits: c.bits,
+                clip: c.clip,
+                scale: FixedPoint::max_scale(modulus, c.clip, n),
+                max_sites: n,
+                max_weight: c.max_weight,
+                dim,
+            };
+            return Ok((CodecSpec::FixedPoint(spec), None));
+        }
+        // Without secure aggregation nothing guarantees contributors; central noise does
+        // not depend on them.
+        let guaranteed = if c.protocol.is_secure() {
+            threshold as usize
+        } else {
+            1
+        };
+        let shape = RoundShape {
+            sites: n,
+            guaranteed,
+            bits: c.bits,
+            dim,
+        };
+        let plan = tessera_dp::plan(&c.dp, shape)?;
+        let spec = PrivateCodecSpec {
+            bits: c.bits,
+            l2_clip: c.dp.l2_clip,
+            gamma: plan.gamma,
+            dim,
+            max_sites: n,
+            max_weight: c.max_weight,
+            rotation_seed: self.public_seed(Purpose::Rotation, round),
+            site_noise: plan.site_noise.clone(),
+        };
+        Ok((CodecSpec::Private(spec), Some(plan)))
+    }
+}
+
+fn fresh_ledger(config: &FederationConfig) -> Option<Ledger> {
+    let m = config.dp.mechanism;
+    (m != Mechanism::None).then(|| {
+        Ledger::new(
+            m.name(),
+            config.dp.epsilon,
+            config.dp.delta,
+            m != Mechanism::Skellam,
+        )
+    })
 }

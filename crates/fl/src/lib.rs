@@ -1,32 +1,47 @@
 //! # tessera-fl: federated rounds
 //!
-//! The coordinator and the site loops that turn the secure-aggregation state machines
-//! into federated training: the coordinator sends each round's parameters, codec,
-//! training settings, strategy and global model; each site trains through its
-//! [`tessera_core::LocalTrainer`], encodes its parameter change with its sample count,
-//! and runs the secure-aggregation phases; the coordinator closes each phase at its
-//! deadline (a silent site is a dropout), decodes the weighted mean change, applies the
-//! strategy, and checkpoints the global model atomically, so a restarted coordinator
-//! resumes after the last completed round. Every message a site sends goes through one
-//! [`Egress`], which first appends it to the site's signed transcript.
+//! The federation's logic is two sans-IO state machines, in the style of
+//! `quinn-proto`: [`CoordinatorMachine`] (selection, planning, the codec, DP charging,
+//! the secure-aggregation phases, the strategy, checkpoints) and [`SiteMachine`]
+//! (training requests, encoding, the site's protocol side). Events go in, actions come
+//! out; neither owns a clock, socket, file or runtime, so their logic is unit-tested
+//! with no timers at all.
 //!
-//! Sites and coordinator exchange byte messages over channels: in one process they are
-//! connected directly (simulation); over the network [`accept_sites`] and [`open_link`]
-//! carry the same messages in frames on one QUIC stream per site, the coordinator naming
-//! each site by its CA-verified certificate and the CA-signed roster.
+//! Thin drivers ([`driver`]) run them: the coordinator's over a stream of
+//! [`LinkEvent`]s, the site's over a [`SiteLink`]. Links are channels in one process
+//! ([`memory`]) or QUIC streams between processes ([`links`], [`loopback`]); nothing
+//! else differs between simulation and deployment. A site's only way out is its
+//! [`Egress`], which records every message in the signed transcript first; a
+//! [`SiteLink`]'s sending half cannot be reached any other way.
+//!
+//! The coordinator closes each phase when every remaining participant has answered,
+//! when a site's link closes or it withdraws (at once), or at the phase's deadline; it
+//! decodes the weighted mean change, applies the strategy, and checkpoints the global
+//! model and the strategy's state with an integrity digest, so a restarted coordinator
+//! resumes exactly after the last completed round.
 
-mod coordinator;
+pub mod checkpoint;
+mod config;
+pub mod coordinator;
+pub mod deploy;
+pub mod driver;
+mod egress;
 mod error;
 mod known;
-mod links;
+pub mod links;
 pub mod loopback;
 pub mod memory;
-mod site;
+mod report;
+pub mod sim;
+pub mod site;
 pub mod wire;
 
-pub use coordinator::{Coordinator, FederationConfig, Protocol, RoundReport};
+pub use config::{FederationBuilder, FederationConfig, Protocol, ledger_path};
+pub use coordinator::{Action, CoordinatorMachine, Event, TimerId};
+pub use driver::{Coordinator, run_site};
+pub use egress::{Egress, SiteInbox, SiteLink};
 pub use error::FlError;
 pub use known::KnownUpdateTrainer;
-pub use links::{SiteLinks, Traffic, accept_sites, open_link, reconnecting_link};
-pub use site::{Egress, SiteOptions, SiteSummary, run_site};
-pub use tessera_dp::{DpConfig, Ledger, LedgerEntry, Mechanism};
+pub use links::{LinkEvent, Traffic, accept_sites, open_link, reconnecting_link};
+pub use report::{AbortCause, RejectReason, Rejection, RoundReport};
+pub use site::{SiteFailure, SiteIdentity, SiteMachine, SiteProblem, SiteSummary, TrainRequest};

@@ -1,9 +1,10 @@
-//! Carrying the federation's byte messages over QUIC: one bidirectional stream per
-//! site, opened by the site, with length-delimited frames. The coordinator names each
-//! connection by its CA-verified certificate and the CA-signed roster, never by
-//! anything the peer says.
+//! Links between the coordinator and its sites, as the coordinator's driver sees them:
+//! one stream of [`LinkEvent`]s (a link opened, a message, a link closed) whatever the
+//! transport. In one process the links are channels ([`crate::memory`]); over the
+//! network each site opens one bidirectional QUIC stream carrying length-delimited
+//! frames, and the coordinator names each connection by its CA-verified certificate and
+//! the CA-signed roster, never by anything the peer says.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,20 +14,38 @@ use tessera_net::quic::peer_name;
 use tessera_secagg::SiteId;
 use tokio::sync::mpsc;
 
+use crate::egress::SiteLink;
 use crate::error::FlError;
 
-/// The coordinator's ends of its sites' links.
-pub struct SiteLinks {
-    pub senders: BTreeMap<SiteId, mpsc::Sender<Vec<u8>>>,
-    pub inbox: mpsc::Receiver<(SiteId, Vec<u8>)>,
-    /// Frame payload bytes carried so far (QUIC and TLS overhead not included).
-    pub traffic: Arc<Traffic>,
-    /// Roster sites that connect later (or reconnect), with their new link; the
-    /// coordinator swaps them in at the start of the next round.
-    pub joins: mpsc::Receiver<(SiteId, mpsc::Sender<Vec<u8>>)>,
+/// Messages a link can queue towards a site before the site counts as stalled.
+pub const SITE_QUEUE: usize = 64;
+
+/// What the coordinator's driver hears from its links.
+pub enum LinkEvent {
+    /// A roster site connected (again): `to_site` replaces any earlier link of it.
+    Opened {
+        site: SiteId,
+        link: u64,
+        to_site: mpsc::Sender<Arc<[u8]>>,
+    },
+    Message {
+        site: SiteId,
+        bytes: Vec<u8>,
+    },
+    /// The link `link` of `site` ended.
+    Closed {
+        site: SiteId,
+        link: u64,
+    },
+    /// A connection was refused, with the reason (logged by the coordinator).
+    Refused {
+        peer: String,
+        reason: String,
+    },
 }
 
-/// Bytes that crossed a federation's links, both ways.
+/// Bytes that crossed a federation's links, both ways (frame payloads; QUIC and TLS
+/// overhead not included).
 #[derive(Debug, Default)]
 pub struct Traffic {
     pub to_coordinator: AtomicU64,
@@ -43,30 +62,112 @@ impl Traffic {
     }
 }
 
-/// Writes `outgoing` as frames and forwards non-empty incoming frames, wrapped by
-/// `wrap`, into `incoming` (waiting for room: back-pressure, not loss).
-fn pump<M: Send + 'static>(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    mut outgoing: mpsc::Receiver<Vec<u8>>,
-    incoming: mpsc::Sender<M>,
-    wrap: impl Fn(Vec<u8>) -> M + Send + 'static,
-    counters: Option<(Arc<Traffic>, bool)>,
-) {
-    let count = move |n: usize, inbound: bool| {
-        if let Some((t, coordinator_side)) = &counters {
-            let c = if inbound == *coordinator_side {
-                &t.to_coordinator
-            } else {
-                &t.to_sites
-            };
-            c.fetch_add(n as u64, Ordering::Relaxed);
+/// Accepts roster sites in the background, each connection handshaking on its own
+/// task (a slow peer does not hold up the others), and reports them as [`LinkEvent`]s.
+pub fn accept_sites(
+    endpoint: &quinn::Endpoint,
+    roster: &SignedRoster,
+) -> mpsc::Receiver<LinkEvent> {
+    let (events, rx) = mpsc::channel(1024);
+    let (endpoint, roster) = (endpoint.clone(), roster.clone());
+    tokio::spawn(async move {
+        let ids = Arc::new(AtomicU64::new(0));
+        while let Some(incoming) = endpoint.accept().await {
+            let (events, roster, ids) = (events.clone(), roster.clone(), ids.clone());
+            tokio::spawn(async move {
+                let remote = incoming.remote_address().to_string();
+                match accept_one(incoming, &roster).await {
+                    Ok((site, conn)) => {
+                        let link = ids.fetch_add(1, Ordering::Relaxed);
+                        serve(conn, site, link, events).await;
+                    }
+                    Err(reason) => {
+                        let _ = events
+                            .send(LinkEvent::Refused {
+                                peer: remote,
+                                reason,
+                            })
+                            .await;
+                    }
+                }
+            });
         }
+    });
+    rx
+}
+
+/// Completes the handshake (bounded in time) and names the peer through the roster.
+async fn accept_one(
+    incoming: quinn::Incoming,
+    roster: &SignedRoster,
+) -> Result<(SiteId, quinn::Connection), String> {
+    let conn = tokio::time::timeout(Duration::from_secs(10), incoming)
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let name = peer_name(&conn).ok_or("certificate without a name")?;
+    match roster.site_of(&name) {
+        Some(site) => Ok((site, conn)),
+        None => {
+            conn.close(1u32.into(), b"not a site of this federation");
+            Err(format!("{name} is not a site of this federation's roster"))
+        }
+    }
+}
+
+/// Runs one site's link: waits for its stream, reports it, then carries frames.
+async fn serve(conn: quinn::Connection, site: SiteId, link: u64, events: mpsc::Sender<LinkEvent>) {
+    let Ok(Ok((mut send, mut recv))) =
+        tokio::time::timeout(Duration::from_secs(30), conn.accept_bi()).await
+    else {
+        return;
     };
-    let count_out = count.clone();
+    let (to_site, mut outgoing) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
+    if events
+        .send(LinkEvent::Opened {
+            site,
+            link,
+            to_site,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
-            count_out(bytes.len(), false);
+            if write_frame(&mut send, &bytes, MAX_FRAME).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    });
+    // A corrupt, oversized or truncated frame ends this link; the site is then a
+    // dropout, and nothing else is affected. Empty frames only open the stream.
+    while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
+        if !bytes.is_empty()
+            && events
+                .send(LinkEvent::Message { site, bytes })
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+    let _ = events.send(LinkEvent::Closed { site, link }).await;
+}
+
+/// A site's link over an established connection.
+pub async fn open_link(conn: &quinn::Connection) -> Result<SiteLink, FlError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| FlError::Disconnected)?;
+    // QUIC streams appear to the peer only once written to: announce this one.
+    write_frame(&mut send, &[], MAX_FRAME)
+        .await
+        .map_err(|_| FlError::Disconnected)?;
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(SITE_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
+    tokio::spawn(async move {
+        while let Some(bytes) = out_rx.recv().await {
             if write_frame(&mut send, &bytes, MAX_FRAME).await.is_err() {
                 break;
             }
@@ -74,139 +175,36 @@ fn pump<M: Send + 'static>(
         let _ = send.finish();
     });
     tokio::spawn(async move {
-        // A corrupt, oversized or truncated frame ends this link; the site is then a
-        // dropout, and nothing else is affected. Empty frames only open the stream.
         while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
-            count(bytes.len(), true);
-            if !bytes.is_empty() && incoming.send(wrap(bytes)).await.is_err() {
+            if !bytes.is_empty() && in_tx.send(bytes.into()).await.is_err() {
                 break;
             }
         }
     });
-}
-
-/// Accepts a connection and names it through the roster; `None` for strangers.
-async fn accept_one(
-    incoming: quinn::Incoming,
-    roster: &SignedRoster,
-) -> Option<(SiteId, quinn::Connection)> {
-    let conn = incoming.await.ok()?;
-    match peer_name(&conn).and_then(|name| roster.site_of(&name)) {
-        Some(site) => Some((site, conn)),
-        None => {
-            conn.close(1u32.into(), b"not a site of this federation");
-            None
-        }
-    }
-}
-
-/// Accepts connections until `expected` distinct roster sites have joined or `wait`
-/// has passed; strangers are refused. Afterwards it keeps accepting in the background:
-/// a roster site that connects again (after a network failure) or late is reported on
-/// [`SiteLinks::joins`].
-pub async fn accept_sites(
-    endpoint: &quinn::Endpoint,
-    roster: &SignedRoster,
-    expected: usize,
-    wait: Duration,
-) -> Result<SiteLinks, FlError> {
-    let (inbox_tx, inbox) = mpsc::channel(1024);
-    let traffic = Arc::new(Traffic::default());
-    let mut senders = BTreeMap::new();
-    let link = |conn: quinn::Connection,
-                site: SiteId,
-                inbox_tx: mpsc::Sender<(SiteId, Vec<u8>)>,
-                traffic: Arc<Traffic>| async move {
-        let (send, recv) = tokio::time::timeout(Duration::from_secs(30), conn.accept_bi())
-            .await
-            .ok()?
-            .ok()?;
-        let (tx, rx) = mpsc::channel(64);
-        pump(
-            send,
-            recv,
-            rx,
-            inbox_tx,
-            move |bytes| (site, bytes),
-            Some((traffic, true)),
-        );
-        Some(tx)
-    };
-    let deadline = tokio::time::Instant::now() + wait;
-    while senders.len() < expected {
-        let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, endpoint.accept()).await else {
-            break;
-        };
-        let Some((site, conn)) = accept_one(incoming, roster).await else {
-            continue;
-        };
-        if let Some(tx) = link(conn, site, inbox_tx.clone(), traffic.clone()).await {
-            senders.insert(site, tx);
-        }
-    }
-    let (joins_tx, joins) = mpsc::channel(64);
-    let (endpoint, roster, bg_traffic) = (endpoint.clone(), roster.clone(), traffic.clone());
-    tokio::spawn(async move {
-        while let Some(incoming) = endpoint.accept().await {
-            let Some((site, conn)) = accept_one(incoming, &roster).await else {
-                continue;
-            };
-            if let Some(tx) = link(conn, site, inbox_tx.clone(), bg_traffic.clone()).await
-                && joins_tx.send((site, tx)).await.is_err()
-            {
-                break;
-            }
-        }
-    });
-    Ok(SiteLinks {
-        senders,
-        inbox,
-        traffic,
-        joins,
-    })
-}
-
-/// A site's ends of its link to the coordinator: (to the coordinator, from it).
-pub async fn open_link(
-    conn: &quinn::Connection,
-) -> Result<(mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>), FlError> {
-    let (mut send, recv) = conn.open_bi().await.map_err(|_| FlError::Disconnected)?;
-    // QUIC streams appear to the peer only once written to: announce this one.
-    write_frame(&mut send, &[], MAX_FRAME)
-        .await
-        .map_err(|_| FlError::Disconnected)?;
-    let (out_tx, out_rx) = mpsc::channel(64);
-    let (in_tx, in_rx) = mpsc::channel(64);
-    pump(send, recv, out_rx, in_tx, |bytes| bytes, None);
-    Ok((out_tx, in_rx))
+    Ok(SiteLink::new(out_tx, in_rx))
 }
 
 /// A site's link that survives losing its connection: it dials the coordinator
 /// (`server_name` in its certificate) and, whenever the connection fails, dials again
 /// every 250 ms for up to `retry_for`, carrying on with the same channels. A message that
-/// was being written when the connection failed is lost; the coordinator's deadlines
-/// treat the gap like any dropout. Returns the site's ends: (to the coordinator, from it);
-/// the second closes when the coordinator cannot be reached again.
+/// was being written when the connection failed is lost; the coordinator treats the gap
+/// like any dropout. The inbox closes when the coordinator cannot be reached again;
+/// `failure` then holds the last reason.
 pub fn reconnecting_link(
     endpoint: quinn::Endpoint,
     addr: std::net::SocketAddr,
     server_name: String,
     retry_for: Duration,
-) -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
-    let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
+) -> (SiteLink, Arc<std::sync::Mutex<Option<String>>>) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(SITE_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let last = failure.clone();
     tokio::spawn(async move {
         loop {
-            let deadline = tokio::time::Instant::now() + retry_for;
-            let conn = loop {
-                match tessera_net::quic::connect(&endpoint, addr, &server_name).await {
-                    Ok(c) => break Some(c),
-                    Err(_) if tokio::time::Instant::now() >= deadline => break None,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
+            let Some(conn) = dial(&endpoint, addr, &server_name, retry_for, &last).await else {
+                return; // unreachable for too long: dropping `in_tx` tells the site
             };
-            // Unreachable for too long: dropping `in_tx` tells the site.
-            let Some(conn) = conn else { return };
             let Ok((mut send, mut recv)) = conn.open_bi().await else {
                 continue;
             };
@@ -216,7 +214,7 @@ pub fn reconnecting_link(
             }
             let reader = async {
                 while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
-                    if !bytes.is_empty() && in_tx.send(bytes).await.is_err() {
+                    if !bytes.is_empty() && in_tx.send(bytes.into()).await.is_err() {
                         break;
                     }
                 }
@@ -230,7 +228,16 @@ pub fn reconnecting_link(
                 true // the site has finished
             };
             tokio::select! {
-                _ = reader => {}
+                _ = reader => {
+                    if let Some(reason) = conn.close_reason() {
+                        let text = format!("the coordinator closed the connection: {reason}");
+                        let refused = is_refusal(&text);
+                        record(&last, text);
+                        if refused {
+                            return; // re-dialling cannot fix a refusal
+                        }
+                    }
+                }
                 finished = writer => if finished {
                     let _ = send.finish();
                     let _ = send.stopped().await;
@@ -239,5 +246,55 @@ pub fn reconnecting_link(
             }
         }
     });
-    (out_tx, in_rx)
+    (SiteLink::new(out_tx, in_rx), failure)
+}
+
+/// Whether a connection failure is the coordinator refusing this site (its
+/// certificate, or its place on the roster) rather than the network failing.
+fn is_refusal(text: &str) -> bool {
+    ["not a site", "handshake", "certificate", "alert"]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
+fn record(slot: &std::sync::Mutex<Option<String>>, reason: String) {
+    if let Ok(mut s) = slot.lock() {
+        *s = Some(reason);
+    }
+}
+
+/// Dials until connected or `retry_for` has passed. A refusal by the coordinator (a
+/// TLS alert, or closing the connection because the site is not on its roster) is
+/// final: re-dialling cannot fix it, so the site learns it at once.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    retry_for: Duration,
+    last: &std::sync::Mutex<Option<String>>,
+) -> Option<quinn::Connection> {
+    let deadline = tokio::time::Instant::now() + retry_for;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(5),
+            tessera_net::quic::connect(endpoint, addr, server_name),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(conn)) => return Some(conn),
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                let refused = is_refusal(&text);
+                record(last, text);
+                if refused {
+                    return None;
+                }
+            }
+            Err(_) => record(last, format!("no answer from {addr} within 5 s")),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

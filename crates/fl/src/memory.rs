@@ -1,100 +1,128 @@
-//! A whole federation in one process: the real coordinator and site loops connected
-//! by in-memory links, with per-site transcripts and byte counts. Used by
-//! `tessera simulate` and the tests; deployment differs only in the links.
+//! A whole federation in one process: the coordinator and site machines, driven by the
+//! same drivers as deployment, connected by channels, with per-site transcripts.
+//! Simulated dropouts are explicit withdrawals, so which sites contribute to a round
+//! depends only on the schedule, never on timing or load.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use tessera_core::seed::{Purpose, RootSeed, SeedContext};
 use tessera_core::{LocalTrainer, ParamLayout};
 use tessera_net::transcript::TranscriptWriter;
-use tessera_secagg::simulation::test_identities;
-use tessera_secagg::{Phase, SiteId};
+use tessera_secagg::{IdentityKeyPair, Phase, Roster, SiteId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::coordinator::{Coordinator, FederationConfig};
+use crate::config::FederationConfig;
+use crate::driver::{Coordinator, run_site};
+use crate::egress::{Egress, SiteLink};
 use crate::error::FlError;
-use crate::links::Traffic;
-use crate::site::{Egress, SiteOptions, SiteSummary, run_site};
+use crate::links::{LinkEvent, SITE_QUEUE};
+use crate::site::{SiteIdentity, SiteMachine, SiteSummary};
 
 /// A running in-process federation.
 pub struct MemoryFederation {
     pub coordinator: Coordinator,
     pub sites: Vec<JoinHandle<Result<SiteSummary, FlError>>>,
-    pub traffic: Arc<Traffic>,
+}
+
+/// Per site, the rounds in which it drops out and from which phase.
+pub type Dropouts = BTreeMap<SiteId, BTreeMap<u64, Phase>>;
+
+/// Deterministic identities and their roster, from the experiment's root.
+pub fn identities(
+    root: &RootSeed,
+    session: [u8; 16],
+    ids: &[SiteId],
+) -> Result<(Vec<Arc<IdentityKeyPair>>, Arc<Roster>), FlError> {
+    let keys = ids
+        .iter()
+        .map(|id| {
+            let ctx = SeedContext::session(session).site(id.0);
+            IdentityKeyPair::from_seed(root.derive(Purpose::Identity, ctx))
+                .map(Arc::new)
+                .map_err(|e| FlError::Config {
+                    key: "seed",
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let roster = ids
+        .iter()
+        .zip(&keys)
+        .map(|(id, k)| (*id, k.public()))
+        .collect();
+    Ok((keys, Arc::new(roster)))
 }
 
 /// Starts `trainers.len()` sites (ids 0, 1, …) and a coordinator. Transcripts go to
-/// `transcripts/site-<id>.transcript`; `silent` injects dropouts: per site, the
-/// rounds in which it falls silent and from which phase.
-pub fn start<T: LocalTrainer + Send + 'static>(
+/// `transcripts/site-<id>.transcript`. Every site's keys and randomness derive from
+/// `root` and the session; the coordinator's noise from `root` as well.
+pub async fn start<T: LocalTrainer + Send + 'static>(
     config: FederationConfig,
     layout: ParamLayout,
     initial: Vec<f32>,
     trainers: Vec<T>,
-    silent: &BTreeMap<SiteId, BTreeMap<u64, Phase>>,
+    dropouts: &Dropouts,
     transcripts: &Path,
-    seed: [u8; 32],
+    root: RootSeed,
 ) -> Result<MemoryFederation, FlError> {
     let ids: Vec<SiteId> = (0..trainers.len() as u32).map(SiteId).collect();
-    let (identities, roster) = test_identities(&ids, seed);
-    let traffic = Arc::new(Traffic::default());
-    let (inbox_tx, inbox_rx) = mpsc::channel(4 * ids.len().max(16));
-    let mut links = BTreeMap::new();
+    let session = config.session;
+    let (keys, roster) = identities(&root, session, &ids)?;
+    let (events, inbox) = mpsc::channel(4 * ids.len() + 64);
+    std::fs::create_dir_all(transcripts).map_err(FlError::io(transcripts))?;
     let mut sites = Vec::with_capacity(ids.len());
-    std::fs::create_dir_all(transcripts).map_err(|e| FlError::Checkpoint {
-        path: transcripts.to_owned(),
-        message: e.to_string(),
-    })?;
-    for ((id, identity), mut trainer) in ids.iter().copied().zip(identities).zip(trainers) {
-        // coordinator → site, counting bytes
-        let (to_site, mut counted_rx) = mpsc::channel::<Vec<u8>>(64);
-        let (site_tx, site_rx) = mpsc::channel::<Vec<u8>>(64);
-        let t = traffic.clone();
-        tokio::spawn(async move {
-            while let Some(bytes) = counted_rx.recv().await {
-                t.to_sites.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if site_tx.send(bytes).await.is_err() {
-                    break;
-                }
-            }
-        });
-        links.insert(id, to_site);
-        // site → coordinator, tagged with the sender as an authenticated link would be
-        let (egress_tx, mut egress_rx) = mpsc::channel::<Vec<u8>>(64);
-        let (inbox, t) = (inbox_tx.clone(), traffic.clone());
-        tokio::spawn(async move {
-            while let Some(bytes) = egress_rx.recv().await {
-                t.to_coordinator
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if inbox.send((id, bytes)).await.is_err() {
-                    break;
-                }
-            }
-        });
+    for ((id, identity), mut trainer) in ids.iter().copied().zip(keys).zip(trainers) {
+        let link = connect(id, &events).await?;
         let transcript = TranscriptWriter::open(
             &transcripts.join(format!("site-{}.transcript", id.0)),
             identity.clone(),
         )?;
-        let mut site_seed = seed;
-        site_seed[..4].copy_from_slice(&id.0.to_le_bytes());
-        let opts = SiteOptions {
+        let who = SiteIdentity {
             id,
             identity,
             roster: roster.clone(),
-            seed: site_seed,
-            silent: silent.get(&id).cloned().unwrap_or_default(),
         };
-        let egress = Egress::new(egress_tx, transcript);
+        let machine = SiteMachine::new(who, layout.clone(), root.site_root(session, id.0))
+            .with_dropouts(dropouts.get(&id).cloned().unwrap_or_default());
+        let (egress, inbox) = Egress::open(link, transcript);
         sites.push(tokio::spawn(async move {
-            run_site(opts, &mut trainer, site_rx, egress).await
+            run_site(machine, &mut trainer, egress, inbox).await
         }));
     }
-    let coordinator = Coordinator::new(config, roster, layout, initial, links, inbox_rx)?;
-    Ok(MemoryFederation {
-        coordinator,
-        sites,
-        traffic,
-    })
+    let noise = root.derive(Purpose::CentralNoise, SeedContext::session(session));
+    let mut coordinator = Coordinator::new(config, roster, layout, initial, inbox, noise)?;
+    coordinator
+        .wait_for_sites(ids.len(), std::time::Duration::from_secs(60))
+        .await;
+    Ok(MemoryFederation { coordinator, sites })
+}
+
+/// One site's channels: its messages become the coordinator's events.
+async fn connect(id: SiteId, events: &mpsc::Sender<LinkEvent>) -> Result<SiteLink, FlError> {
+    let (to_site, site_inbox) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
+    let (out, mut from_site) = mpsc::channel::<Vec<u8>>(SITE_QUEUE);
+    events
+        .send(LinkEvent::Opened {
+            site: id,
+            link: 0,
+            to_site,
+        })
+        .await
+        .map_err(|_| FlError::Disconnected)?;
+    let events = events.clone();
+    tokio::spawn(async move {
+        while let Some(bytes) = from_site.recv().await {
+            if events
+                .send(LinkEvent::Message { site: id, bytes })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = events.send(LinkEvent::Closed { site: id, link: 0 }).await;
+    });
+    Ok(SiteLink::new(out, site_inbox))
 }

@@ -1,188 +1,323 @@
-//! A site's side of the federation: train locally, encode and mask the update, answer
-//! the secure-aggregation phases. Every outbound message passes through [`Egress`].
+//! A site as a sans-IO state machine: messages from the coordinator and finished
+//! training go in ([`SiteEvent`]); messages to send, training to run and the order to
+//! stop come out ([`SiteAction`]). The driver ([`crate::driver::run_site`]) runs the
+//! trainer and hands every outgoing message to the site's [`crate::Egress`].
+//!
+//! Randomness is derived per round and purpose from the site's root seed (one stream
+//! for secure aggregation, one for rounding and noise), so the encoded update does not
+//! depend on what earlier rounds consumed: plain and secure runs encode identically.
 
 use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use tessera_core::LocalTrainer;
-use tessera_net::transcript::TranscriptWriter;
+use tessera_core::Strategy;
+use tessera_core::seed::{Purpose, RootSeed, SeedContext};
+use tessera_core::{LayoutError, LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
+use tessera_dp::DpError;
 use tessera_secagg::{
-    Envelope, IdentityKeyPair, Phase, PlainVector, Roster, RoundConfig, Site, SiteId,
+    ConfigError, IdentityKeyPair, MessageError, Phase, Roster, RoundConfig, Site, SiteError, SiteId,
 };
-use tokio::sync::mpsc;
+use thiserror::Error;
 
-use crate::error::FlError;
-use crate::wire::{self, RoundStart, ToCoordinator, ToSite};
+use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WireError};
 
-/// The one way out of a site: each message is recorded in the signed transcript,
-/// durably, before it is handed to the transport.
-pub struct Egress {
-    out: mpsc::Sender<Vec<u8>>,
-    transcript: TranscriptWriter,
-}
-
-impl Egress {
-    pub fn new(out: mpsc::Sender<Vec<u8>>, transcript: TranscriptWriter) -> Self {
-        Self { out, transcript }
-    }
-
-    async fn send(&mut self, msg: ToCoordinator) -> Result<(), FlError> {
-        let (kind, round, phase) = match &msg {
-            ToCoordinator::SecAgg(env) => {
-                (env.body.kind(), env.header.round.0, env.phase().to_string())
-            }
-            ToCoordinator::Plain { round, .. } => ("plain-update", *round, "plaintext".to_string()),
-        };
-        let bytes = wire::encode(&msg);
-        self.transcript.append(kind, round, &phase, &bytes)?;
-        self.out
-            .send(bytes)
-            .await
-            .map_err(|_| FlError::Disconnected)
-    }
-}
-
-/// Who the site is.
-pub struct SiteOptions {
+/// Who a site is: its id, identity key and the roster it checks peers against.
+#[derive(Clone)]
+pub struct SiteIdentity {
     pub id: SiteId,
     pub identity: Arc<IdentityKeyPair>,
     pub roster: Arc<Roster>,
-    /// Randomness for stochastic rounding and secure aggregation.
-    pub seed: [u8; 32],
-    /// Fault injection for tests and simulations: in each listed round, the site stays
-    /// silent from the given phase on, as if its connection had dropped.
-    pub silent: BTreeMap<u64, Phase>,
+}
+
+/// Local training the driver must run: start from the global model merged into the
+/// site's own (the strategy decides which entries stay local), then train.
+#[derive(Clone, Debug)]
+pub struct TrainRequest {
+    pub round: u64,
+    pub global: Vec<f32>,
+    pub strategy: Strategy,
+    pub config: LocalTrainingConfig,
+}
+
+impl TrainRequest {
+    pub fn run<T: LocalTrainer>(&self, trainer: &mut T) -> Result<LocalUpdate, T::Error> {
+        let local = trainer.parameters();
+        let from = self
+            .strategy
+            .merge_into_local(trainer.layout(), &local, &self.global);
+        trainer.train(&from, &self.config)
+    }
+}
+
+/// What the site has to tell the machine.
+pub enum SiteEvent<'a> {
+    Message(&'a [u8]),
+    /// Training for the round of the last [`TrainRequest`] ended.
+    Trained(Result<LocalUpdate, String>),
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum SiteAction {
+    Train(TrainRequest),
+    /// Send through the egress (which records it in the transcript first).
+    Send(ToCoordinator),
+    /// The coordinator said the federation is over.
+    Stop,
+}
+
+/// Why a site could not do what a round asked.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SiteFailure {
+    #[error("{0}")]
+    Wire(WireError),
+    #[error("the global model does not fit this site's model: {0}")]
+    Model(LayoutError),
+    #[error("local training failed: {0}")]
+    Training(String),
+    #[error("encoding the update: {0}")]
+    Encoding(DpError),
+    #[error("round parameters: {0}")]
+    Params(ConfigError),
+    #[error("secure aggregation: {0}")]
+    Protocol(SiteError),
+}
+
+/// A failure, with the round it happened in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteProblem {
+    pub round: Option<u64>,
+    pub failure: SiteFailure,
 }
 
 /// What a site did over its lifetime.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SiteSummary {
+    /// Rounds the coordinator started with this site.
     pub rounds_started: u64,
+    /// Rounds whose new model includes this site's update.
+    pub rounds_contributed: u64,
+    /// Rounds that completed (with or without this site).
     pub rounds_completed: u64,
-    pub errors: Vec<String>,
+    pub problems: Vec<SiteProblem>,
+    /// Whether the coordinator ended the federation (rather than going away).
+    pub shut_down: bool,
 }
 
-/// Runs a site until the coordinator says `Shutdown` or goes away.
-pub async fn run_site<T: LocalTrainer>(
-    opts: SiteOptions,
-    trainer: &mut T,
-    mut inbox: mpsc::Receiver<Vec<u8>>,
-    mut egress: Egress,
-) -> Result<SiteSummary, FlError> {
-    let mut rng = ChaCha20Rng::from_seed(opts.seed);
-    let mut summary = SiteSummary::default();
-    let mut current: Option<(u64, Site)> = None;
-    while let Some(bytes) = inbox.recv().await {
-        let msg: ToSite = match wire::decode(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                summary.errors.push(e.to_string());
-                continue;
-            }
-        };
-        let silent =
-            |round: u64, phase: Phase| opts.silent.get(&round).is_some_and(|p| phase >= *p);
+enum State {
+    Idle,
+    Training(Box<RoundStart>),
+    Secure {
+        round: u64,
+        site: Box<Site>,
+        rng: ChaCha20Rng,
+    },
+    /// Sent its plaintext update, withdrew or failed: waits for the round's end.
+    Waiting,
+    Stopped,
+}
+
+/// One site, without I/O.
+pub struct SiteMachine {
+    who: SiteIdentity,
+    layout: ParamLayout,
+    root: RootSeed,
+    /// Fault injection for tests and simulations: in each listed round, the site
+    /// withdraws from the given phase on, as if its connection had dropped.
+    silent: BTreeMap<u64, Phase>,
+    state: State,
+    summary: SiteSummary,
+    actions: VecDeque<SiteAction>,
+}
+
+impl SiteMachine {
+    pub fn new(who: SiteIdentity, layout: ParamLayout, root: RootSeed) -> Self {
+        Self {
+            who,
+            layout,
+            root,
+            silent: BTreeMap::new(),
+            state: State::Idle,
+            summary: SiteSummary::default(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Simulated dropouts: per round, the phase from which the site withdraws.
+    pub fn with_dropouts(mut self, silent: BTreeMap<u64, Phase>) -> Self {
+        self.silent = silent;
+        self
+    }
+
+    pub fn id(&self) -> SiteId {
+        self.who.id
+    }
+
+    pub fn summary(&self) -> &SiteSummary {
+        &self.summary
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, State::Stopped)
+    }
+
+    pub fn poll_action(&mut self) -> Option<SiteAction> {
+        self.actions.pop_front()
+    }
+
+    pub fn handle(&mut self, event: SiteEvent<'_>) {
+        match event {
+            SiteEvent::Message(bytes) => match wire::decode::<ToSite>(bytes) {
+                Ok(msg) => self.message(msg),
+                Err(e) => self.problem(None, SiteFailure::Wire(e)),
+            },
+            SiteEvent::Trained(result) => self.trained(result),
+        }
+    }
+
+    fn problem(&mut self, round: Option<u64>, failure: SiteFailure) {
+        self.summary.problems.push(SiteProblem { round, failure });
+    }
+
+    /// Leaves `round` after a failure: recorded, and the coordinator is told at once.
+    fn abandon(&mut self, round: u64, failure: SiteFailure) {
+        self.problem(Some(round), failure);
+        self.state = State::Waiting;
+        self.actions
+            .push_back(SiteAction::Send(ToCoordinator::Withdraw { round }));
+    }
+
+    /// Sends `msg` unless a simulated dropout starts at `phase`.
+    fn send(&mut self, round: u64, phase: Phase, msg: ToCoordinator) -> bool {
+        if self.silent.get(&round).is_some_and(|p| phase >= *p) {
+            self.state = State::Waiting;
+            self.actions
+                .push_back(SiteAction::Send(ToCoordinator::Withdraw { round }));
+            return false;
+        }
+        self.actions.push_back(SiteAction::Send(msg));
+        true
+    }
+
+    fn message(&mut self, msg: ToSite) {
         match msg {
             ToSite::RoundStart(start) => {
-                summary.rounds_started += 1;
+                self.summary.rounds_started += 1;
                 let round = start.params.round.0;
-                match begin_round(&opts, trainer, &start, &mut rng) {
-                    Ok(Begun::Secure(site, advert)) => {
-                        current = Some((round, *site));
-                        if !silent(round, Phase::AdvertiseKeys) {
-                            egress.send(ToCoordinator::SecAgg(advert)).await?;
-                        }
-                    }
-                    Ok(Begun::Plain(update)) => {
-                        if !silent(round, Phase::AdvertiseKeys) {
-                            egress.send(ToCoordinator::Plain { round, update }).await?;
-                        }
-                    }
-                    Err(e) => summary.errors.push(e.to_string()),
+                if let Err(e) = self.layout.check(&start.global) {
+                    return self.abandon(round, SiteFailure::Model(e));
                 }
+                self.actions.push_back(SiteAction::Train(TrainRequest {
+                    round,
+                    global: start.global.clone(),
+                    strategy: start.strategy.clone(),
+                    config: start.training.clone(),
+                }));
+                self.state = State::Training(start);
             }
             ToSite::SecAgg(env) => {
-                let Some((round, site)) = current.as_mut() else {
-                    continue;
+                let State::Secure { round, site, rng } = &mut self.state else {
+                    return;
                 };
-                match site.handle(*env, &mut rng) {
+                let round = *round;
+                match site.handle(*env, rng) {
                     Ok(reply) => {
-                        if !silent(*round, reply.phase()) {
-                            egress.send(ToCoordinator::SecAgg(reply)).await?;
-                        }
+                        let phase = reply.phase();
+                        self.send(round, phase, ToCoordinator::SecAgg(reply));
                     }
-                    Err(e) => summary.errors.push(e.to_string()),
+                    // A dropped message leaves the site's state unchanged.
+                    Err(SiteError::Message(e)) => self.message_refused(round, e),
+                    Err(e) => self.abandon(round, SiteFailure::Protocol(e)),
                 }
             }
-            ToSite::RoundEnd { completed, .. } => {
-                summary.rounds_completed += u64::from(completed);
-                current = None;
+            ToSite::RoundEnd {
+                completed,
+                included,
+                ..
+            } => {
+                self.summary.rounds_completed += u64::from(completed);
+                self.summary.rounds_contributed += u64::from(included && completed);
+                self.state = State::Idle;
             }
-            ToSite::Shutdown => break,
-        }
-    }
-    Ok(summary)
-}
-
-/// How a site enters a round.
-enum Begun {
-    /// Secure aggregation started; the advertisement is the first message.
-    Secure(Box<Site>, Envelope),
-    /// The plaintext baseline: the encoded update itself.
-    Plain(PlainVector),
-}
-
-/// Trains from the global model, encodes the parameter change and starts the
-/// secure-aggregation round (or, in the plaintext baseline, returns the update).
-fn begin_round<T: LocalTrainer>(
-    opts: &SiteOptions,
-    trainer: &mut T,
-    start: &RoundStart,
-    rng: &mut ChaCha20Rng,
-) -> Result<Begun, FlError> {
-    let layout = trainer.layout().clone();
-    layout
-        .check(&start.global)
-        .map_err(|e| FlError::Model(e.to_string()))?;
-    let local = trainer.parameters();
-    let from = start
-        .strategy
-        .merge_into_local(&layout, &local, &start.global);
-    // Training is CPU-bound and synchronous: let the runtime move other tasks away.
-    let update = tokio::task::block_in_place(|| trainer.train(&from, &start.training))
-        .map_err(|e| FlError::Model(e.to_string()))?;
-    let mut delta = vec![0f32; layout.len()];
-    for e in layout.entries() {
-        if start.strategy.is_federated(e.kind) {
-            let r = e.offset..e.offset + e.len;
-            for ((d, u), g) in delta[r.clone()]
-                .iter_mut()
-                .zip(&update.parameters[r.clone()])
-                .zip(&start.global[r])
-            {
-                *d = u - g;
+            ToSite::Shutdown => {
+                self.summary.shut_down = true;
+                self.state = State::Stopped;
+                self.actions.push_back(SiteAction::Stop);
             }
         }
     }
-    let codec = start.codec.codec()?;
-    // Rounding and DP noise draw from their own stream per round (stream 0 is the
-    // protocol's), so the encoded update does not depend on how much randomness earlier
-    // rounds' key generation consumed: plain and secure runs encode identically.
-    let mut encoding = ChaCha20Rng::from_seed(opts.seed);
-    encoding.set_stream(start.params.round.0.wrapping_add(1));
-    let input = codec.encode(&delta, update.samples, &mut encoding)?;
-    if !start.secure {
-        return Ok(Begun::Plain(input));
+
+    fn message_refused(&mut self, round: u64, e: MessageError) {
+        self.problem(Some(round), SiteFailure::Protocol(SiteError::Message(e)));
     }
-    let config = RoundConfig::new(start.params.clone())?;
-    let (site, advert) = Site::new(
-        config,
-        opts.id,
-        opts.identity.clone(),
-        opts.roster.clone(),
-        input,
-        rng,
-    )?;
-    Ok(Begun::Secure(Box::new(site), advert))
+
+    fn trained(&mut self, result: Result<LocalUpdate, String>) {
+        let State::Training(start) = std::mem::replace(&mut self.state, State::Waiting) else {
+            return; // the round ended while training ran
+        };
+        let round = start.params.round.0;
+        let update = match result {
+            Ok(u) => u,
+            Err(e) => return self.abandon(round, SiteFailure::Training(e)),
+        };
+        if let Err(e) = self.layout.check(&update.parameters) {
+            return self.abandon(round, SiteFailure::Model(e));
+        }
+        if update.parameters.iter().any(|v| !v.is_finite()) {
+            let e = "the trained model holds non-finite values".to_string();
+            return self.abandon(round, SiteFailure::Training(e));
+        }
+        let delta = start
+            .strategy
+            .delta(&self.layout, &update.parameters, &start.global);
+        let ctx = SeedContext::session(start.params.session.0)
+            .site(self.who.id.0)
+            .round(round);
+        let mut encoding = ChaCha20Rng::from_seed(self.root.derive(Purpose::Encoding, ctx));
+        let input = match start
+            .codec
+            .codec()
+            .and_then(|c| c.encode(&delta, update.samples, &mut encoding))
+        {
+            Ok(v) => v,
+            Err(e) => return self.abandon(round, SiteFailure::Encoding(e)),
+        };
+        if !start.secure {
+            self.send(
+                round,
+                Phase::AdvertiseKeys,
+                ToCoordinator::Plain {
+                    round,
+                    update: input,
+                },
+            );
+            return;
+        }
+        let config = match RoundConfig::new(start.params.clone()) {
+            Ok(c) => c,
+            Err(e) => return self.abandon(round, SiteFailure::Params(e)),
+        };
+        let mut rng = ChaCha20Rng::from_seed(self.root.derive(Purpose::SecAgg, ctx));
+        let who = &self.who;
+        match Site::new(
+            config,
+            who.id,
+            who.identity.clone(),
+            who.roster.clone(),
+            input,
+            &mut rng,
+        ) {
+            Ok((site, advert)) => {
+                if self.send(round, Phase::AdvertiseKeys, ToCoordinator::SecAgg(advert)) {
+                    self.state = State::Secure {
+                        round,
+                        site: Box::new(site),
+                        rng,
+                    };
+                }
+            }
+            Err(e) => self.abandon(round, SiteFailure::Protocol(e)),
+        }
+    }
 }

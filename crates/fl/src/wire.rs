@@ -1,98 +1,18 @@
 //! Messages between the coordinator and the sites, and how they are encoded.
 //!
 //! Secure-aggregation messages travel as [`Envelope`]s inside [`ToSite::SecAgg`] and
-//! [`ToCoordinator::SecAgg`]; everything else a round needs is in [`RoundStart`].
+//! [`ToCoordinator::SecAgg`]; everything else a round needs is in [`RoundStart`]. How
+//! an update is encoded (the codec) is not a wire concern: it lives in
+//! [`tessera_dp::update`], and a [`CodecSpec`] merely travels here.
 
-use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use tessera_core::{LocalTrainingConfig, Strategy};
-use tessera_dp::{PrivateCodec, PrivateCodecSpec};
-use tessera_secagg::{EncodingError, Envelope, FixedPoint, Modulus, PlainVector, RoundParams};
+use tessera_dp::CodecSpec;
+use tessera_secagg::{Envelope, PlainVector, RoundParams};
 use thiserror::Error;
 
-use crate::error::FlError;
-
 /// Version of this message format.
-pub const WIRE_VERSION: u8 = 1;
-
-/// How sites encode their update for secure aggregation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum CodecSpec {
-    /// Per-coordinate clipping and stochastic rounding, no differential privacy.
-    FixedPoint(FixedPointSpec),
-    /// L2 clipping, rotation, conditional rounding and (optionally) the site's share of
-    /// DP noise: see `tessera_dp::codec`.
-    Private(PrivateCodecSpec),
-}
-
-/// A round's codec, ready to encode or decode.
-pub enum Codec {
-    FixedPoint(FixedPoint),
-    Private(Box<PrivateCodec>),
-}
-
-impl CodecSpec {
-    pub fn codec(&self) -> Result<Codec, FlError> {
-        Ok(match self {
-            CodecSpec::FixedPoint(spec) => Codec::FixedPoint(spec.codec()?),
-            CodecSpec::Private(spec) => Codec::Private(Box::new(PrivateCodec::new(spec.clone())?)),
-        })
-    }
-}
-
-impl Codec {
-    pub fn encoded_len(&self) -> usize {
-        match self {
-            Codec::FixedPoint(c) => c.encoded_len(),
-            Codec::Private(c) => c.encoded_len(),
-        }
-    }
-
-    /// Encodes one site's update (its parameter change) and weight.
-    pub fn encode<R: CryptoRng + ?Sized>(
-        &self,
-        update: &[f32],
-        weight: u64,
-        rng: &mut R,
-    ) -> Result<PlainVector, FlError> {
-        Ok(match self {
-            Codec::FixedPoint(c) => c.encode(update, weight, rng)?,
-            Codec::Private(c) => c.encode(update, weight, rng)?,
-        })
-    }
-}
-
-/// The fixed-point codec's parameters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FixedPointSpec {
-    pub bits: u8,
-    /// Each coordinate of a site's update (its parameter change) is clipped to ±clip.
-    pub clip: f32,
-    pub scale: f64,
-    pub max_sites: usize,
-    /// Largest site weight (sample count) the codec can carry.
-    pub max_weight: u64,
-    /// Coordinates of the update.
-    pub dim: usize,
-}
-
-impl FixedPointSpec {
-    pub fn codec(&self) -> Result<FixedPoint, EncodingError> {
-        let modulus = Modulus::new(self.bits).map_err(|_| EncodingError::BadParameter {
-            name: "bits",
-            value: f64::from(self.bits),
-        })?;
-        FixedPoint::new(
-            modulus,
-            self.clip,
-            self.scale,
-            self.max_sites,
-            self.max_weight,
-            self.dim,
-        )
-    }
-}
+pub const WIRE_VERSION: u8 = 2;
 
 /// Everything a site needs to take part in a round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,10 +32,12 @@ pub struct RoundStart {
 pub enum ToSite {
     RoundStart(Box<RoundStart>),
     SecAgg(Box<Envelope>),
-    /// The round is over for this site (finished, aborted, or it was dropped).
+    /// The round is over for this site: whether it completed, and whether this site's
+    /// update is in the new global model.
     RoundEnd {
         round: u64,
         completed: bool,
+        included: bool,
     },
     Shutdown,
 }
@@ -128,11 +50,35 @@ pub enum ToCoordinator {
         round: u64,
         update: PlainVector,
     },
+    /// The site leaves this round (a simulated dropout, or a site that cannot go on):
+    /// the coordinator treats it as dropped at once instead of waiting for a deadline.
+    Withdraw {
+        round: u64,
+    },
 }
 
-#[derive(Debug, Error)]
-#[error("undecodable message: {0}")]
-pub struct WireError(String);
+impl ToCoordinator {
+    /// The transcript's name for this kind of message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ToCoordinator::SecAgg(env) => env.body.kind(),
+            ToCoordinator::Plain { .. } => "plain-update",
+            ToCoordinator::Withdraw { .. } => "withdraw",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("undecodable message: {0}")]
+    Decode(String),
+    #[error("message format version {got} (this build speaks {WIRE_VERSION})")]
+    Version { got: u8 },
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    #[error("message does not serialise: {0}")]
+    Encode(String),
+}
 
 #[derive(Serialize, Deserialize)]
 struct Versioned<T> {
@@ -140,25 +86,22 @@ struct Versioned<T> {
     body: T,
 }
 
-pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, WireError> {
     postcard::to_allocvec(&Versioned {
         version: WIRE_VERSION,
         body,
     })
-    .unwrap_or_default()
+    .map_err(|e| WireError::Encode(e.to_string()))
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError> {
     let (v, rest): (Versioned<T>, _) =
-        postcard::take_from_bytes(bytes).map_err(|e| WireError(e.to_string()))?;
+        postcard::take_from_bytes(bytes).map_err(|e| WireError::Decode(e.to_string()))?;
     if v.version != WIRE_VERSION {
-        return Err(WireError(format!(
-            "version {} (this build speaks {WIRE_VERSION})",
-            v.version
-        )));
+        return Err(WireError::Version { got: v.version });
     }
     if !rest.is_empty() {
-        return Err(WireError(format!("{} trailing bytes", rest.len())));
+        return Err(WireError::Trailing(rest.len()));
     }
     Ok(v.body)
 }
@@ -166,7 +109,8 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_secagg::{GraphSpec, Round, SessionId, SiteId};
+    use tessera_dp::FixedPointSpec;
+    use tessera_secagg::{GraphSpec, Modulus, Round, SessionId, SiteId};
 
     /// Every strategy and graph survives the binary format (it cannot carry internally
     /// tagged enums, for instance).
@@ -217,9 +161,12 @@ mod tests {
                     global: vec![0.5, -1.0, 2.0],
                     secure: true,
                 }));
-                assert_eq!(decode::<ToSite>(&encode(&msg)).unwrap(), msg);
+                assert_eq!(decode::<ToSite>(&encode(&msg).unwrap()).unwrap(), msg);
             }
         }
         assert!(decode::<ToSite>(&[9, 0]).is_err());
+        let mut bytes = encode(&ToSite::Shutdown).unwrap();
+        bytes.push(0);
+        assert_eq!(decode::<ToSite>(&bytes), Err(WireError::Trailing(1)));
     }
 }

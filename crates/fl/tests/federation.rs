@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use tessera_core::{LocalTrainingConfig, ParamLayout, Strategy};
-use tessera_fl::{Coordinator, FederationConfig, KnownUpdateTrainer, Protocol, memory};
+use tessera_core::seed::RootSeed;
+use tessera_core::{ParamLayout, Strategy};
+use tessera_fl::checkpoint::CheckpointProblem;
+use tessera_fl::{
+    AbortCause, Coordinator, FederationConfig, FlError, KnownUpdateTrainer, Protocol, memory,
+};
 use tessera_net::transcript::verify;
-use tessera_secagg::simulation::test_identities;
-use tessera_secagg::{Phase, SiteId};
+use tessera_secagg::{AbortReason, Phase, SiteId};
 use tokio::sync::mpsc;
 
 const DIM: usize = 6;
@@ -32,40 +34,28 @@ fn samples(i: u32) -> u64 {
     10 * (u64::from(i) + 1)
 }
 
-fn config(dir: &Path) -> FederationConfig {
-    FederationConfig {
-        session: [3; 16],
-        strategy: Strategy::FedAvg,
-        training: LocalTrainingConfig {
-            steps: 1,
-            batch_size: 1,
-            learning_rate: 0.0,
-            proximal_mu: 0.0,
-            seed: 0,
-        },
-        protocol: Protocol::Secagg,
-        dropout_rate: 0.05,
-        corruption_rate: 0.0,
-        bits: 32,
-        clip: 1.0,
-        max_weight: 1000,
-        sample_fraction: 1.0,
-        training_timeout: Duration::from_secs(1),
-        phase_timeout: Duration::from_millis(300),
-        checkpoint: dir.join("checkpoint.bin"),
-        dp: tessera_fl::DpConfig::default(),
-    }
+fn root() -> RootSeed {
+    RootSeed::from_experiment(8)
 }
 
-fn start(
+/// Defaults, and no timing: dropouts withdraw explicitly, so no test waits for a
+/// deadline.
+fn config(dir: &Path) -> FederationConfig {
+    FederationConfig::builder([3; 16], dir.join("checkpoint.bin"))
+        .codec(32, 1.0, 1000)
+        .build()
+        .unwrap()
+}
+
+async fn start(
     dir: &Path,
     n: u32,
     silent: &BTreeMap<SiteId, BTreeMap<u64, Phase>>,
 ) -> memory::MemoryFederation {
-    start_with(config(dir), dir, n, silent)
+    start_with(config(dir), dir, n, silent).await
 }
 
-fn start_with(
+async fn start_with(
     cfg: FederationConfig,
     dir: &Path,
     n: u32,
@@ -74,16 +64,17 @@ fn start_with(
     let trainers = (0..n)
         .map(|i| KnownUpdateTrainer::new(DIM, step(i), samples(i)).unwrap())
         .collect();
-    memory::start(
-        cfg,
-        layout(),
-        vec![0.5; DIM],
-        trainers,
-        silent,
-        dir,
-        [8; 32],
-    )
-    .unwrap()
+    memory::start(cfg, layout(), vec![0.5; DIM], trainers, silent, dir, root())
+        .await
+        .unwrap()
+}
+
+fn resume(cfg: FederationConfig) -> Result<Coordinator, FlError> {
+    let roster = memory::identities(&root(), cfg.session, &[SiteId(0)])
+        .unwrap()
+        .1;
+    let (_tx, rx) = mpsc::channel(1);
+    Coordinator::new(cfg, roster, layout(), vec![0.0; DIM], rx, [0; 32])
 }
 
 /// The weighted mean step of the given sites.
@@ -124,7 +115,7 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
         (SiteId(1), BTreeMap::from([(3, Phase::ShareKeys)])),
         (SiteId(2), BTreeMap::from([(3, Phase::ShareKeys)])),
     ]);
-    let mut fed = start(&dir, 5, &silent);
+    let mut fed = start(&dir, 5, &silent).await;
     let mut expected = 0.5f32;
 
     let r1 = fed.coordinator.run_round().await.unwrap();
@@ -150,11 +141,13 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
 
     let r3 = fed.coordinator.run_round().await.unwrap();
     assert!(
-        r3.aborted
-            .as_deref()
-            .is_some_and(|a| a.contains("fewer than the threshold")),
+        matches!(
+            r3.aborted,
+            Some(AbortCause::SecAgg(AbortReason::TooFewSurvivors { .. }))
+        ),
         "{r3:?}"
     );
+    assert_eq!(r3.left, vec![SiteId(0), SiteId(1), SiteId(2)]);
     assert_global(&fed.coordinator, expected);
 
     let r4 = fed.coordinator.run_round().await.unwrap();
@@ -162,15 +155,24 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
     expected += mean_step(&[0, 1, 2, 3, 4]);
     assert_global(&fed.coordinator, expected);
     let global_before = fed.coordinator.global().to_vec();
-    fed.coordinator.shutdown().await;
-    for s in fed.sites {
+    fed.coordinator.shutdown().await.unwrap();
+    for (i, s) in fed.sites.into_iter().enumerate() {
         let summary = s.await.unwrap().unwrap();
         assert_eq!(summary.rounds_started, 4);
-        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+        assert!(summary.shut_down);
+        // rounds 1, 2 and 4 completed; site 3 left round 2 before masking
+        assert_eq!(summary.rounds_completed, 3);
+        assert_eq!(
+            summary.rounds_contributed,
+            if i == 3 { 2 } else { 3 },
+            "site {i}"
+        );
     }
 
     // Every site's transcript verifies and shows only protocol messages.
-    let (identities, _) = test_identities(&(0..5).map(SiteId).collect::<Vec<_>>(), [8; 32]);
+    let ids: Vec<SiteId> = (0..5).map(SiteId).collect();
+    let (identities, _) = memory::identities(&root(), [3; 16], &ids).unwrap();
     for (i, identity) in identities.iter().enumerate() {
         let s = verify(
             &dir.join(format!("site-{i}.transcript")),
@@ -184,7 +186,8 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
                     "share-keys",
                     "masked-input",
                     "consistency-signature",
-                    "unmask-shares"
+                    "unmask-shares",
+                    "withdraw"
                 ]
                 .contains(&k.as_str()),
                 "{k}"
@@ -196,25 +199,40 @@ async fn rounds_with_dropouts_aborts_resume_and_transcripts() {
     }
 
     // A restarted coordinator resumes after the last completed round with the same model.
-    let roster = test_identities(&[SiteId(0)], [8; 32]).1;
-    let (_tx, rx) = mpsc::channel(1);
-    let resumed = Coordinator::new(
-        config(&dir),
-        roster.clone(),
-        layout(),
-        vec![0.0; DIM],
-        BTreeMap::new(),
-        rx,
-    )
-    .unwrap();
+    let resumed = resume(config(&dir)).unwrap();
     assert_eq!(resumed.next_round(), 5);
     assert_eq!(resumed.global(), global_before.as_slice());
+    // ... but not under another session or strategy,
     let mut other = config(&dir);
     other.session = [4; 16];
-    let (_tx, rx) = mpsc::channel(1);
-    assert!(
-        Coordinator::new(other, roster, layout(), vec![0.0; DIM], BTreeMap::new(), rx).is_err()
-    );
+    let refused = |r: Result<Coordinator, FlError>| match r {
+        Err(FlError::Checkpoint { problem, .. }) => problem,
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("resumed"),
+    };
+    assert!(matches!(
+        refused(resume(other)),
+        CheckpointProblem::SettingsChanged { key: "session", .. }
+    ));
+    let mut other = config(&dir);
+    other.strategy = Strategy::FedAvgM {
+        server_lr: 1.0,
+        momentum: 0.9,
+    };
+    assert!(matches!(
+        refused(resume(other)),
+        CheckpointProblem::SettingsChanged {
+            key: "strategy",
+            ..
+        }
+    ));
+    // ... and not from a damaged file (4 bytes overwritten in the model).
+    let path = dir.join("checkpoint.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at..at + 4].copy_from_slice(&[0xff; 4]);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(refused(resume(config(&dir))), CheckpointProblem::Corrupt);
 }
 
 /// n − t = 2 sites drop at each phase in turn: every round completes with exactly the
@@ -231,7 +249,7 @@ async fn up_to_n_minus_t_dropouts_at_every_phase() {
                 .insert(r as u64 + 1, *phase);
         }
     }
-    let mut fed = start(&dir, 5, &silent);
+    let mut fed = start(&dir, 5, &silent).await;
     let mut expected = 0.5f32;
     for phase in PHASES {
         let report = fed.coordinator.run_round().await.unwrap();
@@ -249,7 +267,7 @@ async fn up_to_n_minus_t_dropouts_at_every_phase() {
         expected += mean_step(&contributors);
         assert_global(&fed.coordinator, expected);
     }
-    fed.coordinator.shutdown().await;
+    fed.coordinator.shutdown().await.unwrap();
 }
 
 /// With a sampled fraction, each round takes the drawn sites only, and only they move
@@ -259,7 +277,7 @@ async fn a_sampled_fraction_of_sites_takes_part() {
     let dir = tmp("sampled");
     let mut cfg = config(&dir);
     cfg.sample_fraction = 0.5;
-    let mut fed = start_with(cfg, &dir, 8, &BTreeMap::new());
+    let mut fed = start_with(cfg, &dir, 8, &BTreeMap::new()).await;
     let mut expected = 0.5f32;
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..3 {
@@ -275,7 +293,7 @@ async fn a_sampled_fraction_of_sites_takes_part() {
         seen.len() > 4,
         "different rounds draw different sites: {seen:?}"
     );
-    fed.coordinator.shutdown().await;
+    fed.coordinator.shutdown().await.unwrap();
 }
 
 /// The plaintext baseline runs through the same loops and reaches the same model; its
@@ -285,13 +303,14 @@ async fn the_plaintext_baseline_reaches_the_same_model() {
     let dir = tmp("plain");
     let mut cfg = config(&dir);
     cfg.protocol = Protocol::Plaintext;
-    let mut fed = start_with(cfg, &dir, 4, &BTreeMap::new());
+    let mut fed = start_with(cfg, &dir, 4, &BTreeMap::new()).await;
     let report = fed.coordinator.run_round().await.unwrap();
     assert_eq!(report.contributors.len(), 4);
     assert_eq!(report.total_weight, (0..4).map(samples).sum::<u64>());
     assert_global(&fed.coordinator, 0.5 + mean_step(&[0, 1, 2, 3]));
-    fed.coordinator.shutdown().await;
-    let (identities, _) = test_identities(&(0..4).map(SiteId).collect::<Vec<_>>(), [8; 32]);
+    fed.coordinator.shutdown().await.unwrap();
+    let ids: Vec<SiteId> = (0..4).map(SiteId).collect();
+    let (identities, _) = memory::identities(&root(), [3; 16], &ids).unwrap();
     let s = verify(&dir.join("site-0.transcript"), &identities[0].public()).unwrap();
     assert_eq!(s.by_kind.keys().collect::<Vec<_>>(), vec!["plain-update"]);
 }
@@ -309,17 +328,74 @@ async fn secure_and_plain_aggregation_give_identical_models() {
             bits: 12,
             ..config(&dir)
         };
-        let mut fed = start_with(cfg, &dir, 4, &BTreeMap::new());
+        cfg.validate().unwrap();
+        let mut fed = start_with(cfg, &dir, 4, &BTreeMap::new()).await;
         for _ in 0..3 {
             let report = fed.coordinator.run_round().await.unwrap();
             assert!(report.aborted.is_none());
         }
         models.push(fed.coordinator.global().to_vec());
-        fed.coordinator.shutdown().await;
+        fed.coordinator.shutdown().await.unwrap();
     }
     assert_eq!(models[0], models[1]);
     assert_eq!(models[0], models[2]);
     // and the rounding did act: the model is not the exact weighted mean
     let exact = 0.5 + 3.0 * mean_step(&[0, 1, 2, 3]);
     assert!(models[0].iter().any(|g| *g != exact));
+}
+
+/// FedAvgM's momentum is in the checkpoint: a federation stopped after two rounds and
+/// resumed for a third ends exactly where one that ran three rounds straight does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedavgm_resumes_exactly() {
+    let momentum = Strategy::FedAvgM {
+        server_lr: 1.0,
+        momentum: 0.9,
+    };
+    let straight = tmp("momentum-straight");
+    let cfg = config(&straight);
+    let cfg = FederationConfig {
+        strategy: momentum.clone(),
+        ..cfg
+    };
+    let mut fed = start_with(cfg, &straight, 3, &BTreeMap::new()).await;
+    for _ in 0..3 {
+        fed.coordinator.run_round().await.unwrap();
+    }
+    let expected = fed.coordinator.global().to_vec();
+    fed.coordinator.shutdown().await.unwrap();
+
+    let resumed = tmp("momentum-resumed");
+    let cfg = FederationConfig {
+        strategy: momentum,
+        ..config(&resumed)
+    };
+    let mut fed = start_with(cfg.clone(), &resumed, 3, &BTreeMap::new()).await;
+    for _ in 0..2 {
+        fed.coordinator.run_round().await.unwrap();
+    }
+    fed.coordinator.shutdown().await.unwrap();
+    drop(fed);
+    let mut fed = start_with(cfg, &resumed, 3, &BTreeMap::new()).await;
+    assert_eq!(fed.coordinator.next_round(), 3);
+    fed.coordinator.run_round().await.unwrap();
+    assert_eq!(fed.coordinator.global(), expected.as_slice());
+    fed.coordinator.shutdown().await.unwrap();
+}
+
+/// Two experiment seeds give every site different keys (the old derivation wrote the
+/// site id over the seed, so every seed below 2^32 gave the same ones).
+#[test]
+fn experiment_seeds_give_different_site_keys() {
+    let ids = [SiteId(0), SiteId(1)];
+    let a = memory::identities(&RootSeed::from_experiment(1), [3; 16], &ids)
+        .unwrap()
+        .1;
+    let b = memory::identities(&RootSeed::from_experiment(2), [3; 16], &ids)
+        .unwrap()
+        .1;
+    for id in ids {
+        assert_ne!(a.get(id), b.get(id));
+    }
+    assert_ne!(a.get(ids[0]), a.get(ids[1]));
 }

@@ -2,16 +2,15 @@
 //! replay of an old round's message and an oversized frame neither crash the
 //! coordinator nor spoil the honest sites' rounds.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_core::{LocalTrainingConfig, Strategy};
+use tessera_core::seed::RootSeed;
 use tessera_fl::wire::{self, ToCoordinator, ToSite};
 use tessera_fl::{
-    Coordinator, Egress, FederationConfig, KnownUpdateTrainer, Protocol, SiteOptions, accept_sites,
-    reconnecting_link, run_site,
+    Coordinator, Egress, FederationConfig, KnownUpdateTrainer, RejectReason, SiteIdentity,
+    SiteMachine, accept_sites, reconnecting_link, run_site,
 };
 use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
 use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
@@ -48,19 +47,20 @@ fn spawn_honest_site(dir: &Path, identities: &Arc<Roster>, addr: SocketAddr, i: 
         let name = format!("site-{i}");
         let identity = Arc::new(load_identity(&dir.join(format!("{name}.identity"))).unwrap());
         let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
-        let (tx, rx) = reconnecting_link(ep, addr, "coordinator".into(), Duration::from_secs(10));
+        let (link, _) = reconnecting_link(ep, addr, "coordinator".into(), Duration::from_secs(10));
         let transcript =
             TranscriptWriter::open(&dir.join(format!("{name}.transcript")), identity.clone())
                 .unwrap();
-        let opts = SiteOptions {
+        let who = SiteIdentity {
             id: SiteId(i),
             identity,
             roster: identities,
-            seed: [i as u8; 32],
-            silent: BTreeMap::new(),
         };
+        let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
+        let machine = SiteMachine::new(who, layout, RootSeed::from_experiment(u64::from(i)));
         let mut trainer = KnownUpdateTrainer::new(DIM, 0.01, 10).unwrap();
-        run_site(opts, &mut trainer, rx, Egress::new(tx, transcript))
+        let (egress, inbox) = Egress::open(link, transcript);
+        run_site(machine, &mut trainer, egress, inbox)
             .await
             .unwrap();
     });
@@ -72,28 +72,27 @@ fn config(
     training_timeout: Duration,
     phase_timeout: Duration,
 ) -> FederationConfig {
-    FederationConfig {
-        session: [session; 16],
-        strategy: Strategy::FedAvg,
-        training: LocalTrainingConfig {
-            steps: 1,
-            batch_size: 1,
-            learning_rate: 0.0,
-            proximal_mu: 0.0,
-            seed: 0,
-        },
-        protocol: Protocol::Secagg,
-        dropout_rate: 0.05,
-        corruption_rate: 0.0,
-        bits: 24,
-        clip: 1.0,
-        max_weight: 100,
-        sample_fraction: 1.0,
-        training_timeout,
-        phase_timeout,
-        checkpoint: dir.join("checkpoint.bin"),
-        dp: tessera_fl::DpConfig::default(),
-    }
+    FederationConfig::builder([session; 16], dir.join("checkpoint.bin"))
+        .codec(24, 1.0, 100)
+        .timeouts(training_timeout, phase_timeout)
+        .build()
+        .unwrap()
+}
+
+/// The coordinator's driver over the endpoint's links, once `n` sites have joined.
+async fn coordinator(
+    endpoint: &quinn::Endpoint,
+    roster: &SignedRoster,
+    config: FederationConfig,
+    n: usize,
+) -> Coordinator {
+    let identities = Arc::new(roster.identities().unwrap());
+    let events = accept_sites(endpoint, roster);
+    let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
+    let mut c =
+        Coordinator::new(config, identities, layout, vec![0.0; DIM], events, [0; 32]).unwrap();
+    assert_eq!(c.wait_for_sites(n, Duration::from_secs(30)).await, n);
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +147,7 @@ async fn a_hostile_site_cannot_disturb_the_round() {
                 forged.header.sender = Party::Site(SiteId(0));
                 write_frame(
                     &mut send,
-                    &wire::encode(&ToCoordinator::SecAgg(forged)),
+                    &wire::encode(&ToCoordinator::SecAgg(forged)).unwrap(),
                     MAX_FRAME,
                 )
                 .await
@@ -156,7 +155,7 @@ async fn a_hostile_site_cannot_disturb_the_round() {
                 match &first_advert {
                     // round 1: the real advertisement, then silence (a dropout)
                     None => {
-                        let bytes = wire::encode(&ToCoordinator::SecAgg(advert));
+                        let bytes = wire::encode(&ToCoordinator::SecAgg(advert)).unwrap();
                         write_frame(&mut send, &bytes, MAX_FRAME).await.unwrap();
                         first_advert = Some(bytes);
                     }
@@ -167,24 +166,29 @@ async fn a_hostile_site_cannot_disturb_the_round() {
         });
     }
 
-    let links = accept_sites(&endpoint, &roster, 4, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(links.senders.len(), 4);
     let config = config(&dir, 9, Duration::from_secs(2), Duration::from_millis(500));
-    let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
-    let mut coordinator = Coordinator::new(
-        config,
-        identities,
-        layout,
-        vec![0.0; DIM],
-        links.senders,
-        links.inbox,
-    )
-    .unwrap();
+    let mut coordinator = coordinator(&endpoint, &roster, config, 4).await;
     for round in 1..=2u64 {
         let report = coordinator.run_round().await.unwrap();
         assert!(report.aborted.is_none(), "round {round}: {report:?}");
+        // The junk and the forgery are refused, and the report says so.
+        let hostile: Vec<&RejectReason> = report
+            .rejected
+            .iter()
+            .filter(|r| r.from == SiteId(3))
+            .map(|r| &r.reason)
+            .collect();
+        assert!(
+            hostile.iter().any(|r| matches!(r, RejectReason::Wire(_))),
+            "round {round}: {hostile:?}"
+        );
+        assert!(
+            hostile
+                .iter()
+                .any(|r| matches!(r, RejectReason::Aggregator(_))),
+            "round {round}: {hostile:?}"
+        );
+        assert!(report.rejected.iter().all(|r| r.from == SiteId(3)));
         assert_eq!(
             report.contributors,
             vec![SiteId(0), SiteId(1), SiteId(2)],
@@ -206,7 +210,9 @@ async fn a_hostile_site_cannot_disturb_the_round() {
     let report = coordinator.run_round().await.unwrap();
     assert!(report.aborted.is_none(), "{report:?}");
     assert_eq!(report.contributors, vec![SiteId(0), SiteId(1), SiteId(2)]);
-    coordinator.shutdown().await;
+    // Its link closed mid-round: it left at once, without a deadline.
+    assert_eq!(report.left, vec![SiteId(3)]);
+    coordinator.shutdown().await.unwrap();
 }
 
 /// A roster site that connects after the federation has started — as a site re-dialling
@@ -217,21 +223,8 @@ async fn a_site_connecting_later_joins_the_next_round() {
     let addr = endpoint.local_addr().unwrap();
     spawn_honest_site(&dir, &identities, addr, 0);
     spawn_honest_site(&dir, &identities, addr, 1);
-    let links = accept_sites(&endpoint, &roster, 2, Duration::from_secs(30))
-        .await
-        .unwrap();
     let config = config(&dir, 5, Duration::from_secs(5), Duration::from_secs(2));
-    let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
-    let mut coordinator = Coordinator::new(
-        config,
-        identities.clone(),
-        layout,
-        vec![0.0; DIM],
-        links.senders,
-        links.inbox,
-    )
-    .unwrap()
-    .with_joins(links.joins);
+    let mut coordinator = coordinator(&endpoint, &roster, config, 2).await;
     let r1 = coordinator.run_round().await.unwrap();
     assert_eq!(r1.participants, vec![SiteId(0), SiteId(1)]);
     spawn_honest_site(&dir, &identities, addr, 2);
@@ -239,5 +232,5 @@ async fn a_site_connecting_later_joins_the_next_round() {
     let r2 = coordinator.run_round().await.unwrap();
     assert_eq!(r2.participants, vec![SiteId(0), SiteId(1), SiteId(2)]);
     assert_eq!(r2.contributors, r2.participants);
-    coordinator.shutdown().await;
+    coordinator.shutdown().await.unwrap();
 }

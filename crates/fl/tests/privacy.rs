@@ -3,12 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
-use tessera_core::{LocalTrainingConfig, Strategy};
-use tessera_fl::{
-    Coordinator, DpConfig, FederationConfig, FlError, KnownUpdateTrainer, Ledger, Mechanism,
-    Protocol, memory,
-};
+use tessera_core::seed::RootSeed;
+use tessera_dp::{DpConfig, Ledger, Mechanism};
+use tessera_fl::{Coordinator, FederationConfig, FlError, KnownUpdateTrainer, Protocol, memory};
 
 const DIM: usize = 64;
 const SITES: u32 = 4;
@@ -20,38 +17,26 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn config(dir: &std::path::Path, mechanism: Mechanism, protocol: Protocol) -> FederationConfig {
-    FederationConfig {
-        session: [4; 16],
-        strategy: Strategy::FedAvg,
-        training: LocalTrainingConfig {
-            steps: 1,
-            batch_size: 1,
-            learning_rate: 0.0,
-            proximal_mu: 0.0,
-            seed: 0,
-        },
-        protocol,
-        dropout_rate: 0.05,
-        corruption_rate: 0.0,
-        bits: 24,
-        clip: 1.0,
-        max_weight: 100,
-        sample_fraction: 1.0,
-        training_timeout: Duration::from_secs(2),
-        phase_timeout: Duration::from_millis(500),
-        checkpoint: dir.join("checkpoint.bin"),
-        dp: DpConfig {
-            mechanism,
-            epsilon: 50.0,
-            delta: 1e-5,
-            rounds: 3,
-            l2_clip: 0.1,
-        },
+fn dp(mechanism: Mechanism) -> DpConfig {
+    DpConfig {
+        mechanism,
+        epsilon: 50.0,
+        delta: 1e-5,
+        rounds: 3,
+        l2_clip: 0.1,
     }
 }
 
-fn start(cfg: FederationConfig, dir: &std::path::Path) -> memory::MemoryFederation {
+fn config(dir: &std::path::Path, mechanism: Mechanism, protocol: Protocol) -> FederationConfig {
+    FederationConfig::builder([4; 16], dir.join("checkpoint.bin"))
+        .protocol(protocol)
+        .codec(24, 1.0, 100)
+        .dp(dp(mechanism))
+        .build()
+        .unwrap()
+}
+
+async fn start(cfg: FederationConfig, dir: &std::path::Path) -> memory::MemoryFederation {
     // Every site moves every parameter by 0.01 (update norm 0.08, inside the 0.1 clip).
     let trainers = (0..SITES)
         .map(|_| KnownUpdateTrainer::new(DIM, 0.01, 100).unwrap())
@@ -63,8 +48,9 @@ fn start(cfg: FederationConfig, dir: &std::path::Path) -> memory::MemoryFederati
         trainers,
         &BTreeMap::new(),
         dir,
-        [5; 32],
+        RootSeed::from_experiment(5),
     )
+    .await
     .unwrap()
 }
 
@@ -111,33 +97,33 @@ async fn planned_rounds_then_halt(c: &mut Coordinator, dir: &std::path::Path) {
 async fn distributed_noise_is_accounted_and_training_halts_at_the_budget() {
     for mechanism in [Mechanism::Ddg, Mechanism::Skellam] {
         let dir = tmp(mechanism.name());
-        let mut fed = start(config(&dir, mechanism, Protocol::Secagg), &dir);
+        let mut fed = start(config(&dir, mechanism, Protocol::Secagg), &dir).await;
         planned_rounds_then_halt(&mut fed.coordinator, &dir).await;
         let ledger = fed.coordinator.ledger().unwrap();
         assert_eq!(ledger.exact_sampler, mechanism == Mechanism::Ddg);
-        fed.coordinator.shutdown().await;
+        fed.coordinator.shutdown().await.unwrap();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn central_noise_works_without_secure_aggregation() {
     let dir = tmp("central");
-    let mut fed = start(config(&dir, Mechanism::Central, Protocol::Plaintext), &dir);
+    let mut fed = start(config(&dir, Mechanism::Central, Protocol::Plaintext), &dir).await;
     planned_rounds_then_halt(&mut fed.coordinator, &dir).await;
-    fed.coordinator.shutdown().await;
+    fed.coordinator.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_survives_a_restart() {
     let dir = tmp("resume");
     let cfg = config(&dir, Mechanism::Ddg, Protocol::SecaggPlus);
-    let mut fed = start(cfg.clone(), &dir);
+    let mut fed = start(cfg.clone(), &dir).await;
     fed.coordinator.run_round().await.unwrap();
     fed.coordinator.run_round().await.unwrap();
     let spent = fed.coordinator.ledger().unwrap().spent();
-    fed.coordinator.shutdown().await;
+    fed.coordinator.shutdown().await.unwrap();
     drop(fed);
-    let mut fed = start(cfg, &dir);
+    let mut fed = start(cfg, &dir).await;
     assert_eq!(fed.coordinator.next_round(), 3);
     assert_eq!(fed.coordinator.ledger().unwrap().spent(), spent);
     fed.coordinator.run_round().await.unwrap();
@@ -145,27 +131,26 @@ async fn the_ledger_survives_a_restart() {
         fed.coordinator.run_round().await.is_err(),
         "round 4 exceeds the plan"
     );
-    fed.coordinator.shutdown().await;
+    fed.coordinator.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_noise_without_secure_aggregation_is_refused() {
     let dir = tmp("refused");
-    let cfg = config(&dir, Mechanism::Ddg, Protocol::Plaintext);
-    let trainers = vec![KnownUpdateTrainer::new(DIM, 0.01, 100).unwrap()];
-    let err = memory::start(
-        cfg,
-        KnownUpdateTrainer::layout_for(DIM).unwrap(),
-        vec![0.0; DIM],
-        trainers,
-        &BTreeMap::new(),
-        &dir,
-        [5; 32],
-    )
-    .err()
-    .expect("refused");
+    let err = FederationConfig::builder([4; 16], dir.join("checkpoint.bin"))
+        .protocol(Protocol::Plaintext)
+        .dp(dp(Mechanism::Ddg))
+        .build()
+        .err()
+        .expect("refused");
     assert!(
-        err.to_string().contains("needs secure aggregation"),
+        matches!(
+            err,
+            FlError::Config {
+                key: "dp.mechanism",
+                ..
+            }
+        ) && err.to_string().contains("needs secure aggregation"),
         "{err}"
     );
 }

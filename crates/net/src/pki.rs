@@ -51,20 +51,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 /// Writes `bytes` to `path` via a temporary file and a rename; `secret` files are 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), PkiError> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("partial-{}", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
     if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        tessera_core::atomic::write_secret(path, bytes).map_err(io(path))
+    } else {
+        tessera_core::atomic::write_atomic(path, bytes).map_err(io(path))
     }
-    let mut f = options.open(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {

@@ -1,0 +1,227 @@
+//! The coordinator's state that survives a crash, sealed with a digest.
+//!
+//! Format: `TSCK` ‖ version byte ‖ postcard body ‖ SHA-256 of everything before it. A
+//! flipped byte is refused (never decoded into a NaN model), and so is a resume whose
+//! settings differ from the ones the checkpoint was written under: a changed strategy,
+//! protocol, codec or DP setting would silently mix two experiments, or spend a privacy
+//! budget under different rules.
+
+use serde::{Deserialize, Serialize};
+use tessera_core::Strategy;
+use tessera_dp::{DpConfig, Ledger};
+use thiserror::Error;
+
+use crate::config::{FederationConfig, Protocol};
+
+const MAGIC: &[u8; 4] = b"TSCK";
+const VERSION: u8 = 2;
+const DIGEST: usize = 32;
+
+/// The settings a resumed federation must keep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResumeSettings {
+    pub session: [u8; 16],
+    pub strategy: Strategy,
+    pub protocol: Protocol,
+    pub bits: u8,
+    pub clip: f32,
+    pub dp: DpConfig,
+    pub dim: usize,
+}
+
+impl ResumeSettings {
+    pub fn of(config: &FederationConfig, dim: usize) -> Self {
+        Self {
+            session: config.session,
+            strategy: config.strategy.clone(),
+            protocol: config.protocol,
+            bits: config.bits,
+            clip: config.clip,
+            dp: config.dp.clone(),
+            dim,
+        }
+    }
+
+    /// The first setting that differs, as (key, checkpoint's value, configured value).
+    fn first_difference(&self, now: &Self) -> Option<(&'static str, String, String)> {
+        let pairs: [(&'static str, String, String); 7] = [
+            ("session", hex(&self.session), hex(&now.session)),
+            (
+                "strategy",
+                format!("{:?}", self.strategy),
+                format!("{:?}", now.strategy),
+            ),
+            (
+                "protocol",
+                self.protocol.name().into(),
+                now.protocol.name().into(),
+            ),
+            ("bits", self.bits.to_string(), now.bits.to_string()),
+            ("clip", self.clip.to_string(), now.clip.to_string()),
+            ("dp", format!("{:?}", self.dp), format!("{:?}", now.dp)),
+            ("model dimension", self.dim.to_string(), now.dim.to_string()),
+        ];
+        pairs.into_iter().find(|(_, a, b)| a != b)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Everything the coordinator needs to carry on after the last completed round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub settings: ResumeSettings,
+    pub next_round: u64,
+    pub global: Vec<f32>,
+    /// The strategy's state (FedAvgM's velocity), so that resume is exact.
+    pub strategy_state: Vec<f32>,
+    pub ledger: Option<Ledger>,
+}
+
+/// Why a checkpoint cannot be used.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CheckpointProblem {
+    #[error("not a Tessera checkpoint (or truncated); move it away to start afresh")]
+    NotACheckpoint,
+    #[error("format version {0}, this build reads {VERSION}")]
+    Version(u8),
+    #[error(
+        "integrity check failed: the file was altered or damaged; restore it or move it away to start afresh"
+    )]
+    Corrupt,
+    #[error("unreadable body: {0}")]
+    Body(String),
+    #[error(
+        "written with {key} = {was}, now configured as {now}; resuming would mix two \
+         federations: restore the setting, or move the checkpoint away to start afresh"
+    )]
+    SettingsChanged {
+        key: &'static str,
+        was: String,
+        now: String,
+    },
+    #[error("the global model has {got} values, the model {expected}")]
+    Shape { got: usize, expected: usize },
+    #[error("the stored model holds a non-finite value")]
+    NonFinite,
+    #[error("does not serialise: {0}")]
+    Encode(String),
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Result<Vec<u8>, CheckpointProblem> {
+        let mut out = MAGIC.to_vec();
+        out.push(VERSION);
+        let body =
+            postcard::to_allocvec(self).map_err(|e| CheckpointProblem::Encode(e.to_string()))?;
+        out.extend_from_slice(&body);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &out);
+        out.extend_from_slice(digest.as_ref());
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointProblem> {
+        if bytes.len() < MAGIC.len() + 1 + DIGEST || &bytes[..4] != MAGIC {
+            return Err(CheckpointProblem::NotACheckpoint);
+        }
+        if bytes[4] != VERSION {
+            return Err(CheckpointProblem::Version(bytes[4]));
+        }
+        let (sealed, digest) = bytes.split_at(bytes.len() - DIGEST);
+        if ring::digest::digest(&ring::digest::SHA256, sealed).as_ref() != digest {
+            return Err(CheckpointProblem::Corrupt);
+        }
+        postcard::from_bytes(&sealed[5..]).map_err(|e| CheckpointProblem::Body(e.to_string()))
+    }
+
+    /// Checks that this checkpoint may be resumed under `now`.
+    pub fn check_resume(&self, now: &ResumeSettings) -> Result<(), CheckpointProblem> {
+        if let Some((key, was, now)) = self.settings.first_difference(now) {
+            return Err(CheckpointProblem::SettingsChanged { key, was, now });
+        }
+        if self.global.len() != now.dim {
+            return Err(CheckpointProblem::Shape {
+                got: self.global.len(),
+                expected: now.dim,
+            });
+        }
+        if self.global.iter().any(|v| !v.is_finite()) {
+            return Err(CheckpointProblem::NonFinite);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Checkpoint, ResumeSettings) {
+        let config = FederationConfig::builder([3; 16], "ck").build().unwrap();
+        let settings = ResumeSettings::of(&config, 4);
+        let ck = Checkpoint {
+            settings: settings.clone(),
+            next_round: 5,
+            global: vec![0.5, -1.0, 2.0, 0.0],
+            strategy_state: vec![],
+            ledger: None,
+        };
+        (ck, settings)
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let (ck, settings) = sample();
+        let bytes = ck.encode().unwrap();
+        let back = Checkpoint::decode(&bytes).unwrap();
+        assert_eq!(back, ck);
+        back.check_resume(&settings).unwrap();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                Checkpoint::decode(&bad).is_err(),
+                "flip at byte {i} accepted"
+            );
+        }
+        assert_eq!(
+            Checkpoint::decode(&bytes[..bytes.len() - 1]),
+            Err(CheckpointProblem::Corrupt)
+        );
+        assert_eq!(
+            Checkpoint::decode(b"xx"),
+            Err(CheckpointProblem::NotACheckpoint)
+        );
+    }
+
+    #[test]
+    fn a_changed_setting_is_refused_by_name() {
+        let (ck, settings) = sample();
+        let mut changed = settings.clone();
+        changed.strategy = Strategy::FedAvgM {
+            server_lr: 1.0,
+            momentum: 0.9,
+        };
+        assert!(matches!(
+            ck.check_resume(&changed),
+            Err(CheckpointProblem::SettingsChanged {
+                key: "strategy",
+                ..
+            })
+        ));
+        let mut changed = settings.clone();
+        changed.dp.epsilon = 1.0;
+        assert!(matches!(
+            ck.check_resume(&changed),
+            Err(CheckpointProblem::SettingsChanged { key: "dp", .. })
+        ));
+        let mut nan = ck.clone();
+        nan.global[1] = f32::NAN;
+        assert_eq!(
+            nan.check_resume(&settings),
+            Err(CheckpointProblem::NonFinite)
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Thin async drivers: they own the clock, the links and the files, and do what the
+//! sans-IO machines ask. Simulation and deployment differ only in where the
+//! [`LinkEvent`]s come from.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tessera_core::{LocalTrainer, ParamLayout};
+use tessera_dp::Ledger;
+use tessera_secagg::{Roster, SiteId};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
+
+use crate::config::FederationConfig;
+use crate::coordinator::{Action, CoordinatorMachine, Event, TimerId};
+use crate::egress::{Egress, SiteInbox};
+use crate::error::FlError;
+use crate::links::{LinkEvent, Traffic};
+use crate::report::RoundReport;
+use crate::site::{SiteAction, SiteEvent, SiteMachine, SiteSummary};
+
+/// A connection the coordinator refused, kept for its log.
+#[derive(Clone, Debug)]
+pub struct RefusedPeer {
+    pub peer: String,
+    pub reason: String,
+}
+
+/// The coordinator's driver: a [`CoordinatorMachine`] over a stream of link events.
+pub struct Coordinator {
+    machine: CoordinatorMachine,
+    events: mpsc::Receiver<LinkEvent>,
+    links: BTreeMap<SiteId, (u64, mpsc::Sender<Arc<[u8]>>)>,
+    deadline: Option<(Instant, TimerId)>,
+    traffic: Arc<Traffic>,
+    refused: Vec<RefusedPeer>,
+    /// Sites that opened a second link while the first was still open.
+    pub duplicates: Vec<SiteId>,
+}
+
+impl Coordinator {
+    /// Resumes from the checkpoint file when it exists, else starts from `initial`.
+    pub fn new(
+        config: FederationConfig,
+        roster: Arc<Roster>,
+        layout: ParamLayout,
+        initial: Vec<f32>,
+        events: mpsc::Receiver<LinkEvent>,
+        noise_seed: [u8; 32],
+    ) -> Result<Self, FlError> {
+        let checkpoint = match std::fs::read(&config.checkpoint) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(FlError::io(&config.checkpoint)(e)),
+        };
+        let machine = CoordinatorMachine::new(
+            config,
+            roster,
+            layout,
+            initial,
+            checkpoint.as_deref(),
+            noise_seed,
+        )?;
+        Ok(Self {
+            machine,
+            events,
+            links: BTreeMap::new(),
+            deadline: None,
+            traffic: Arc::new(Traffic::default()),
+            refused: Vec::new(),
+            duplicates: Vec::new(),
+        })
+    }
+
+    pub fn machine(&self) -> &CoordinatorMachine {
+        &self.machine
+    }
+
+    pub fn global(&self) -> &[f32] {
+        self.machine.global()
+    }
+
+    pub fn next_round(&self) -> u64 {
+        self.machine.next_round()
+    }
+
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.machine.ledger()
+    }
+
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+
+    /// Connections refused since the last call (not on the roster, failed handshake).
+    pub fn take_refused(&mut self) -> Vec<RefusedPeer> {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// Waits until `n` sites are connected or `within` has passed; returns how many are.
+    pub async fn wait_for_sites(&mut self, n: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while self.machine.connected().len() < n {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => {
+                    if self.on_link_event(event).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.machine.connected().len()
+    }
+
+    /// Runs the next round with a selection of the connected sites. With fewer than two
+    /// connected it first waits, up to the training deadline, for more to join.
+    pub async fn run_round(&mut self) -> Result<RoundReport, FlError> {
+        while let Ok(event) = self.events.try_recv() {
+            self.on_link_event(event)?;
+        }
+        if self.machine.connected().len() < 2 {
+            let wait = self.machine.config().training_timeout;
+            self.wait_for_sites(2, wait).await;
+        }
+        self.machine.start_round()?;
+        loop {
+            if let Some(report) = self.carry_out().await? {
+                self.deadline = None;
+                return Ok(report);
+            }
+            let event = match self.deadline {
+                Some((at, timer)) => match tokio::time::timeout_at(at, self.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.deadline = None;
+                        self.machine.handle(Event::Timeout(timer))?;
+                        continue;
+                    }
+                },
+                None => self.events.recv().await,
+            };
+            match event {
+                Some(event) => self.on_link_event(event)?,
+                // Every link source is gone: nothing more can arrive.
+                None => match self.deadline.take() {
+                    Some((at, timer)) => {
+                        tokio::time::sleep_until(at).await;
+                        self.machine.handle(Event::Timeout(timer))?;
+                    }
+                    None => return Err(FlError::Disconnected),
+                },
+            }
+        }
+    }
+
+    /// Tells every connected site to stop, and waits briefly for the messages to leave.
+    pub async fn shutdown(&mut self) -> Result<(), FlError> {
+        self.machine.shutdown()?;
+        self.carry_out().await?;
+        self.links.clear();
+        Ok(())
+    }
+
+    fn on_link_event(&mut self, event: LinkEvent) -> Result<(), FlError> {
+        match event {
+            LinkEvent::Opened {
+                site,
+                link,
+                to_site,
+            } => {
+                if let Some((_, old)) = self.links.get(&site)
+                    && !old.is_closed()
+                {
+                    self.duplicates.push(site);
+                }
+                self.links.insert(site, (link, to_site));
+                self.machine.handle(Event::LinkOpened(site))
+            }
+            LinkEvent::Closed { site, link } => {
+                if self.links.get(&site).is_some_and(|(l, _)| *l == link) {
+                    self.links.remove(&site);
+                    self.machine.handle(Event::LinkClosed(site))?;
+                }
+                Ok(())
+            }
+            LinkEvent::Message { site, bytes } => {
+                self.traffic
+                    .to_coordinator
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                self.machine.handle(Event::Message { from: site, bytes })
+            }
+            LinkEvent::Refused { peer, reason } => {
+                self.refused.push(RefusedPeer { peer, reason });
+                Ok(())
+            }
+        }
+    }
+
+    /// Does what the machine asks; returns a round's report once it is out.
+    async fn carry_out(&mut self) -> Result<Option<RoundReport>, FlError> {
+        let mut report = None;
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                Action::Send { to, bytes } => self.send(to, bytes)?,
+                Action::SetTimer { timer, after } => {
+                    self.deadline = Some((Instant::now() + after, timer));
+                }
+                Action::Write { path, bytes } => write(&path, &bytes)?,
+                Action::Report(r) => report = Some(r),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Queues bytes for a site without waiting: a site whose queue is full has stopped
+    /// reading and is dropped, so one stalled site cannot hold up the others.
+    fn send(&mut self, to: SiteId, bytes: Arc<[u8]>) -> Result<(), FlError> {
+        let Some((_, tx)) = self.links.get(&to) else {
+            return Ok(()); // gone: the machine already knows
+        };
+        let len = bytes.len() as u64;
+        match tx.try_send(bytes) {
+            Ok(()) => {
+                self.traffic.to_sites.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
+                self.links.remove(&to);
+                self.machine.handle(Event::LinkClosed(to))
+            }
+        }
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), FlError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(FlError::io(dir))?;
+    }
+    tessera_core::atomic::write_atomic(path, bytes).map_err(FlError::io(path))
+}
+
+/// Runs a site until the coordinator says `Shutdown` or its link is gone for good.
+pub async fn run_site<T: LocalTrainer>(
+    mut machine: SiteMachine,
+    trainer: &mut T,
+    mut egress: Egress,
+    mut inbox: SiteInbox,
+) -> Result<SiteSummary, FlError> {
+    loop {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                SiteAction::Train(request) => {
+                    // Training is CPU-bound and synchronous: let the runtime move other
+                    // tasks away meanwhile.
+                    let result = tokio::task::block_in_place(|| request.run(trainer))
+                        .map_err(|e| e.to_string());
+                    machine.handle(SiteEvent::Trained(result));
+                }
+                SiteAction::Send(msg) => match egress.send(&msg).await {
+                    Ok(()) => {}
+                    // The link is gone; the inbox will say so next.
+                    Err(FlError::Disconnected) => {}
+                    Err(e) => return Err(e),
+                },
+                SiteAction::Stop => return Ok(machine.summary().clone()),
+            }
+        }
+        match inbox.recv().await {
+            Some(bytes) => machine.handle(SiteEvent::Message(&bytes)),
+            None => return Ok(machine.summary().clone()),
+        }
+    }
+}
