@@ -166,7 +166,10 @@ fn three_site_processes_train_three_rounds_over_quic() {
     assert_mean_after(&out, 3);
     for site in sites {
         let (ok, out) = finish(site, Duration::from_secs(30));
-        assert!(ok && out.contains("3 rounds, 3 completed"), "{out}");
+        assert!(
+            ok && out.contains("3 rounds started, 3 contributed to"),
+            "{out}"
+        );
     }
     // Each site's transcript verifies against its key in the CA-signed roster.
     let roster = SignedRoster::load(&dir.join("pki/roster.json"), &dir.join("pki/ca.pem")).unwrap();
@@ -282,9 +285,63 @@ fn an_unreachable_coordinator_gives_an_actionable_error() {
     );
     assert!(!ok);
     assert!(
-        out.contains("unreachable") && out.contains(&port.to_string()),
+        out.contains("could not reach the coordinator") && out.contains(&port.to_string()),
         "{out}"
     );
+}
+
+/// A site whose certificate comes from another CA is refused by the coordinator's TLS
+/// handshake: it says so within seconds and exits 3, and the coordinator logs it.
+#[test]
+fn a_refused_certificate_is_reported_on_time() {
+    let (dir, port) = setup("refused");
+    let other = dir.join("other-pki");
+    let run = |args: &[&str]| assert!(tessera().args(args).status().unwrap().success(), "{args:?}");
+    run(&["pki", "init", "--dir", other.to_str().unwrap()]);
+    run(&[
+        "pki",
+        "issue",
+        "--dir",
+        other.to_str().unwrap(),
+        "--site",
+        "site-a",
+        "--id",
+        "0",
+    ]);
+    let config = dir.join("site-a.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &format!("pki = \"{}\"", dir.join("pki").display()),
+            &format!("pki = \"{}\"", other.display()),
+        )
+        .replace("connect_timeout_s = 20", "connect_timeout_s = 60");
+    std::fs::write(&config, text).unwrap();
+    let coordinator = spawn(&[
+        "coordinator",
+        "--config",
+        coordinator_config(&dir, port, 1).to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let site = tessera()
+        .args(["site", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out =
+        String::from_utf8_lossy(&site.stdout).into_owned() + &String::from_utf8_lossy(&site.stderr);
+    assert_eq!(site.status.code(), Some(3), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}: {out}",
+        start.elapsed()
+    );
+    assert!(out.contains("could not reach the coordinator"), "{out}");
+    let mut coordinator = coordinator;
+    let _ = coordinator.kill();
+    let out = coordinator.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("refused a connection"), "{log}");
 }
 
 #[test]

@@ -67,8 +67,7 @@ fn infeasible_settings_fail_with_a_clear_message() {
     let out = tessera(&["simulate", "--bits", "40"]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("--bits: modulus of 40 bits is not supported")
+        String::from_utf8_lossy(&out.stderr).contains("bits: modulus of 40 bits is not supported")
     );
 }
 
@@ -117,7 +116,7 @@ fn simulate_over_quic_on_loopback() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("sites connected over QUIC with mutual TLS on 127.0.0.1"),
+        stdout.contains("sites connect over QUIC with mutual TLS on 127.0.0.1"),
         "{stdout}"
     );
     assert_eq!(
@@ -125,4 +124,45 @@ fn simulate_over_quic_on_loopback() {
         2,
         "{stdout}"
     );
+}
+
+/// The contributors of each round depend on the seed alone: the same simulation in
+/// memory and over QUIC (different timing, different load) gives the same columns, and
+/// aborted rounds make the exit code 2.
+#[test]
+fn results_do_not_depend_on_timing_and_aborts_exit_2() {
+    let args = [
+        "simulate",
+        "--sites",
+        "20",
+        "--dim",
+        "200",
+        "--rounds",
+        "4",
+        "--dropout",
+        "0.3",
+        "--protocol",
+        "secagg",
+        "--seed",
+        "1",
+    ];
+    let columns = |out: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains(" | ")
+            })
+            .map(|l| l.split(" | ").take(2).collect::<Vec<_>>().join("|"))
+            .collect()
+    };
+    let memory = tessera(&args);
+    let mut quic_args = args.to_vec();
+    quic_args.push("--quic");
+    let quic = tessera(&quic_args);
+    let (m, q) = (columns(&memory), columns(&quic));
+    assert_eq!(m.len(), 4, "{}", String::from_utf8_lossy(&memory.stdout));
+    assert_eq!(m, q);
+    assert!(m.iter().any(|c| c.contains("0 of 20")), "{m:?}");
+    assert_eq!(memory.status.code(), Some(2));
+    assert_eq!(quic.status.code(), Some(2));
 }

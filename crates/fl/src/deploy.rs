@@ -280,7 +280,18 @@ pub async fn run_coordinator(
         sites: file.sites,
     });
     let wait = seconds("join_timeout_s", file.join_timeout_s)?;
-    let connected = coordinator.wait_for_sites(file.sites, wait).await;
+    let deadline = tokio::time::Instant::now() + wait;
+    let connected = loop {
+        // Wait in short slices, so that refused connections are told as they happen.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let n = coordinator
+            .wait_for_sites(file.sites, left.min(Duration::from_millis(500)))
+            .await;
+        tell_refused(&mut coordinator, note);
+        if n >= file.sites || left.is_zero() {
+            break n;
+        }
+    };
     note(Note::Joined {
         connected,
         expected: file.sites,
@@ -291,12 +302,7 @@ pub async fn run_coordinator(
     };
     while coordinator.next_round() <= file.rounds {
         let report = coordinator.run_round().await?;
-        for refused in coordinator.take_refused() {
-            note(Note::Refused(refused));
-        }
-        for site in std::mem::take(&mut coordinator.duplicates) {
-            note(Note::DuplicateIdentity(site));
-        }
+        tell_refused(&mut coordinator, note);
         if report.completed() {
             verdict.completed += 1;
         } else {
@@ -316,6 +322,15 @@ pub async fn run_coordinator(
     tokio::time::sleep(Duration::from_millis(200)).await;
     endpoint.close(0u32.into(), b"done");
     Ok(verdict)
+}
+
+fn tell_refused(coordinator: &mut Coordinator, note: &mut impl FnMut(Note)) {
+    for refused in coordinator.take_refused() {
+        note(Note::Refused(refused));
+    }
+    for site in std::mem::take(&mut coordinator.duplicates) {
+        note(Note::DuplicateIdentity(site));
+    }
 }
 
 /// Why a site process ended without doing its part.

@@ -44,4 +44,7 @@ pub use error::FlError;
 pub use known::KnownUpdateTrainer;
 pub use links::{LinkEvent, Traffic, accept_sites, open_link, reconnecting_link};
 pub use report::{AbortCause, RejectReason, Rejection, RoundReport};
-pub use site::{SiteFailure, SiteIdentity, SiteMachine, SiteProblem, SiteSummary, TrainRequest};
+pub use site::{
+    SiteAction, SiteEvent, SiteFailure, SiteIdentity, SiteMachine, SiteProblem, SiteSummary,
+    TrainRequest,
+};

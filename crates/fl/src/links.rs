@@ -275,8 +275,10 @@ async fn dial(
 ) -> Option<quinn::Connection> {
     let deadline = tokio::time::Instant::now() + retry_for;
     loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let wait = left.clamp(Duration::from_millis(500), Duration::from_secs(5));
         let attempt = tokio::time::timeout(
-            Duration::from_secs(5),
+            wait,
             tessera_net::quic::connect(endpoint, addr, server_name),
         )
         .await;
@@ -290,7 +292,7 @@ async fn dial(
                     return None;
                 }
             }
-            Err(_) => record(last, format!("no answer from {addr} within 5 s")),
+            Err(_) => record(last, format!("no answer from {addr} within {wait:?}")),
         }
         if tokio::time::Instant::now() >= deadline {
             return None;

@@ -1,0 +1,456 @@
+//! The coordinator's logic driven by hand, with no runtime, clock or timer: every
+//! event is delivered explicitly, and a deadline passes only when a test says so.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tessera_core::seed::RootSeed;
+use tessera_core::{LocalTrainer, Strategy};
+use tessera_dp::{DpConfig, Mechanism};
+use tessera_fl::wire::{self, ToCoordinator};
+use tessera_fl::{
+    AbortCause, Action, CoordinatorMachine, Event, FederationConfig, KnownUpdateTrainer, Protocol,
+    RejectReason, RoundReport, SiteAction, SiteEvent, SiteIdentity, SiteMachine, TimerId, memory,
+};
+use tessera_secagg::{Phase, SiteId};
+
+const DIM: usize = 4;
+const SESSION: [u8; 16] = [6; 16];
+
+fn step(i: u32) -> f32 {
+    0.01 * (i as f32 + 1.0)
+}
+
+fn weight(i: u32) -> u64 {
+    10 + u64::from(i)
+}
+
+fn config() -> FederationConfig {
+    FederationConfig::builder(SESSION, "machine-checkpoint.bin")
+        .codec(32, 1.0, 100)
+        .build()
+        .unwrap()
+}
+
+/// A coordinator and `n` sites, connected by queues the test drains by hand.
+struct Harness {
+    coordinator: CoordinatorMachine,
+    sites: Vec<(SiteMachine, KnownUpdateTrainer)>,
+    inboxes: Vec<VecDeque<Arc<[u8]>>>,
+    /// Sites whose messages vanish (a site that hangs without closing its link).
+    black_holes: Vec<u32>,
+    timer: Option<TimerId>,
+    writes: BTreeMap<PathBuf, Vec<u8>>,
+    /// Every action in order, for tests about ordering.
+    log: Vec<&'static str>,
+    reports: Vec<RoundReport>,
+}
+
+impl Harness {
+    fn new(
+        cfg: FederationConfig,
+        n: u32,
+        dropouts: &memory::Dropouts,
+        checkpoint: Option<&[u8]>,
+    ) -> Self {
+        let ids: Vec<SiteId> = (0..n).map(SiteId).collect();
+        let root = RootSeed::from_experiment(4);
+        let (keys, roster) = memory::identities(&root, SESSION, &ids).unwrap();
+        let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
+        let mut coordinator = CoordinatorMachine::new(
+            cfg,
+            roster.clone(),
+            layout.clone(),
+            vec![0.0; DIM],
+            checkpoint,
+            [1; 32],
+        )
+        .unwrap();
+        let sites = ids
+            .iter()
+            .zip(keys)
+            .map(|(&id, identity)| {
+                let who = SiteIdentity {
+                    id,
+                    identity,
+                    roster: roster.clone(),
+                };
+                let machine = SiteMachine::new(who, layout.clone(), root.site_root(SESSION, id.0))
+                    .with_dropouts(dropouts.get(&id).cloned().unwrap_or_default());
+                let trainer = KnownUpdateTrainer::new(DIM, step(id.0), weight(id.0)).unwrap();
+                coordinator.handle(Event::LinkOpened(id)).unwrap();
+                (machine, trainer)
+            })
+            .collect();
+        Self {
+            coordinator,
+            sites,
+            inboxes: vec![VecDeque::new(); n as usize],
+            black_holes: Vec::new(),
+            timer: None,
+            writes: BTreeMap::new(),
+            log: Vec::new(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// Delivers messages until nothing moves.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(action) = self.coordinator.poll_action() {
+                moved = true;
+                match action {
+                    Action::Send { to, bytes } => {
+                        self.log.push("send");
+                        self.inboxes[to.0 as usize].push_back(bytes);
+                    }
+                    Action::SetTimer { timer, .. } => self.timer = Some(timer),
+                    Action::Write { path, bytes } => {
+                        self.log.push("write");
+                        self.writes.insert(path, bytes);
+                    }
+                    Action::Report(r) => self.reports.push(r),
+                }
+            }
+            for i in 0..self.sites.len() {
+                while let Some(bytes) = self.inboxes[i].pop_front() {
+                    moved = true;
+                    self.sites[i].0.handle(SiteEvent::Message(&bytes));
+                    self.run_site(i);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn run_site(&mut self, i: usize) {
+        let (machine, trainer) = &mut self.sites[i];
+        while let Some(action) = machine.poll_action() {
+            match action {
+                SiteAction::Train(req) => {
+                    let result = req.run(trainer).map_err(|e| e.to_string());
+                    machine.handle(SiteEvent::Trained(result));
+                }
+                SiteAction::Send(msg) => {
+                    if self.black_holes.contains(&(i as u32)) {
+                        continue;
+                    }
+                    let bytes = wire::encode(&msg).unwrap();
+                    let from = SiteId(i as u32);
+                    self.coordinator
+                        .handle(Event::Message { from, bytes })
+                        .unwrap();
+                }
+                SiteAction::Stop => {}
+            }
+        }
+    }
+
+    /// Runs one round to its report, firing no deadline.
+    fn round(&mut self) -> RoundReport {
+        let before = self.reports.len();
+        self.coordinator.start_round().unwrap();
+        self.settle();
+        assert_eq!(
+            self.reports.len(),
+            before + 1,
+            "the round did not end by itself"
+        );
+        self.reports.last().unwrap().clone()
+    }
+
+    fn mean(&self) -> f32 {
+        self.coordinator.global()[0]
+    }
+}
+
+fn weighted(sites: &[u32]) -> f32 {
+    let w: u64 = sites.iter().map(|&i| weight(i)).sum();
+    sites
+        .iter()
+        .map(|&i| step(i) * weight(i) as f32)
+        .sum::<f32>()
+        / w as f32
+}
+
+fn ids(sites: &[u32]) -> Vec<SiteId> {
+    sites.iter().map(|&i| SiteId(i)).collect()
+}
+
+/// Two of five sites withdraw at each phase in turn; no round waits for a deadline.
+#[test]
+fn dropouts_at_every_phase_need_no_deadline() {
+    let phases = [
+        Phase::AdvertiseKeys,
+        Phase::ShareKeys,
+        Phase::MaskedInput,
+        Phase::ConsistencyCheck,
+        Phase::Unmasking,
+    ];
+    let mut dropouts = memory::Dropouts::new();
+    for (r, phase) in phases.iter().enumerate() {
+        for site in [1, 3] {
+            dropouts
+                .entry(SiteId(site))
+                .or_default()
+                .insert(r as u64 + 1, *phase);
+        }
+    }
+    let mut h = Harness::new(config(), 5, &dropouts, None);
+    let mut expected = 0.0;
+    for phase in phases {
+        let report = h.round();
+        assert!(report.completed(), "{phase}: {report:?}");
+        assert_eq!(report.left, ids(&[1, 3]), "{phase}");
+        let contributors = if phase <= Phase::MaskedInput {
+            vec![0, 2, 4]
+        } else {
+            vec![0, 1, 2, 3, 4]
+        };
+        assert_eq!(report.contributors, ids(&contributors), "{phase}");
+        expected += weighted(&contributors);
+        assert!((h.mean() - expected).abs() < 1e-5, "{phase}");
+    }
+}
+
+/// A site that hangs (silent, link open) holds its phase until the deadline; a stale
+/// deadline does nothing; the current one closes the phase.
+#[test]
+fn a_hanging_site_costs_one_deadline() {
+    let mut h = Harness::new(config(), 4, &memory::Dropouts::new(), None);
+    h.black_holes.push(2);
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert!(h.reports.is_empty(), "waits for site 2");
+    let training_timer = h.timer.unwrap();
+    h.coordinator
+        .handle(Event::Timeout(training_timer))
+        .unwrap();
+    h.settle();
+    let phase_timer = h.timer.unwrap();
+    assert_ne!(phase_timer, training_timer);
+    // the old deadline again: ignored
+    h.coordinator
+        .handle(Event::Timeout(training_timer))
+        .unwrap();
+    h.settle();
+    assert_eq!(h.reports.len(), 1);
+    let report = &h.reports[0];
+    assert_eq!(report.contributors, ids(&[0, 1, 3]));
+    assert!(report.left.is_empty(), "silence is not a link close");
+}
+
+/// A link that closes mid-round drops its site at once.
+#[test]
+fn a_closed_link_drops_the_site_at_once() {
+    let mut h = Harness::new(config(), 4, &memory::Dropouts::new(), None);
+    h.black_holes.push(1);
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert!(h.reports.is_empty());
+    h.coordinator.handle(Event::LinkClosed(SiteId(1))).unwrap();
+    h.settle();
+    let report = &h.reports[0];
+    assert!(report.completed());
+    assert_eq!(report.contributors, ids(&[0, 2, 3]));
+    assert_eq!(report.left, ids(&[1]));
+    // a closed site is not selected again until it reconnects
+    assert!(!h.coordinator.connected().contains(&SiteId(1)));
+    h.black_holes.clear();
+    assert_eq!(h.round().participants, ids(&[0, 2, 3]));
+    h.coordinator.handle(Event::LinkOpened(SiteId(1))).unwrap();
+    assert_eq!(h.round().participants, ids(&[0, 1, 2, 3]));
+}
+
+/// Too many withdrawals abort the round with a typed reason and leave the model alone.
+#[test]
+fn an_abort_is_typed_and_changes_nothing() {
+    let mut dropouts = memory::Dropouts::new();
+    for site in [0, 1] {
+        dropouts
+            .entry(SiteId(site))
+            .or_default()
+            .insert(1, Phase::ShareKeys);
+    }
+    let mut h = Harness::new(config(), 3, &dropouts, None);
+    let report = h.round();
+    assert!(
+        matches!(report.aborted, Some(AbortCause::SecAgg(_))),
+        "{report:?}"
+    );
+    assert!(report.contributors.is_empty());
+    assert_eq!(h.mean(), 0.0);
+    assert_eq!(h.coordinator.next_round(), 2);
+}
+
+/// The checkpoint written after a round resumes a new machine exactly, strategy state
+/// included.
+#[test]
+fn resume_from_the_written_checkpoint() {
+    let cfg = FederationConfig {
+        strategy: Strategy::FedAvgM {
+            server_lr: 1.0,
+            momentum: 0.5,
+        },
+        ..config()
+    };
+    let mut h = Harness::new(cfg.clone(), 3, &memory::Dropouts::new(), None);
+    h.round();
+    h.round();
+    let ck = h.writes[&cfg.checkpoint].clone();
+    let mut resumed = Harness::new(cfg, 3, &memory::Dropouts::new(), Some(&ck));
+    assert_eq!(resumed.coordinator.next_round(), 3);
+    assert_eq!(resumed.coordinator.global(), h.coordinator.global());
+    let a = h.round();
+    let b = resumed.round();
+    assert_eq!(a.contributors, b.contributors);
+    assert_eq!(h.coordinator.global(), resumed.coordinator.global());
+    // momentum: v1 = d, v2 = 1.5 d, v3 = 1.75 d → g = 4.25 d
+    let d = weighted(&[0, 1, 2]);
+    assert!((h.mean() - 4.25 * d).abs() < 1e-5, "{}", h.mean());
+}
+
+/// Sampling draws the same sites for a round whoever asks, and differs across rounds.
+#[test]
+fn sampling_is_reproducible_and_varies_by_round() {
+    let cfg = FederationConfig {
+        sample_fraction: 0.5,
+        ..config()
+    };
+    let mut a = Harness::new(cfg.clone(), 8, &memory::Dropouts::new(), None);
+    let mut b = Harness::new(cfg, 8, &memory::Dropouts::new(), None);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let ra = a.round();
+        assert_eq!(ra.participants.len(), 4);
+        assert_eq!(ra.participants, b.round().participants);
+        seen.extend(ra.participants);
+    }
+    assert!(seen.len() > 4, "{seen:?}");
+}
+
+/// FedProx's μ reaches the sites' training requests.
+#[test]
+fn fedprox_mu_reaches_the_sites() {
+    let cfg = FederationConfig {
+        strategy: Strategy::FedProx { mu: 0.25 },
+        ..config()
+    };
+    let mut h = Harness::new(cfg, 2, &memory::Dropouts::new(), None);
+    h.coordinator.start_round().unwrap();
+    while let Some(action) = h.coordinator.poll_action() {
+        if let Action::Send { to, bytes } = action {
+            h.sites[to.0 as usize].0.handle(SiteEvent::Message(&bytes));
+        }
+    }
+    let (site, trainer) = &mut h.sites[0];
+    let Some(SiteAction::Train(req)) = site.poll_action() else {
+        panic!("no training request");
+    };
+    assert_eq!(req.config.proximal_mu, 0.25);
+    assert_eq!(req.global.len(), trainer.layout().len());
+}
+
+/// A message between rounds, and one from a site outside the round, are refused and
+/// reported (never silently dropped).
+#[test]
+fn stray_messages_are_reported() {
+    let cfg = FederationConfig {
+        sample_fraction: 0.5,
+        ..config()
+    };
+    let mut h = Harness::new(cfg, 4, &memory::Dropouts::new(), None);
+    let junk = wire::encode(&ToCoordinator::Withdraw { round: 9 }).unwrap();
+    h.coordinator
+        .handle(Event::Message {
+            from: SiteId(0),
+            bytes: junk.clone(),
+        })
+        .unwrap();
+    h.coordinator
+        .handle(Event::Message {
+            from: SiteId(1),
+            bytes: vec![1, 2, 3],
+        })
+        .unwrap();
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    let report = h.reports[0].clone();
+    let reasons: Vec<&RejectReason> = report.rejected.iter().map(|r| &r.reason).collect();
+    assert!(matches!(reasons[0], RejectReason::NoRound), "{reasons:?}");
+    assert!(matches!(reasons[1], RejectReason::Wire(_)), "{reasons:?}");
+    let not_drawn = (0..4)
+        .map(SiteId)
+        .find(|s| !report.participants.contains(s))
+        .unwrap();
+    h.coordinator.start_round().unwrap();
+    h.coordinator
+        .handle(Event::Message {
+            from: not_drawn,
+            bytes: junk,
+        })
+        .unwrap();
+    h.settle();
+    let second = h.reports.last().unwrap();
+    let expected = if second.participants.contains(&not_drawn) {
+        RejectReason::WrongRound {
+            got: 9,
+            expected: 2,
+        }
+    } else {
+        RejectReason::NotParticipant
+    };
+    assert!(
+        second
+            .rejected
+            .iter()
+            .any(|r| r.from == not_drawn && r.reason == expected),
+        "{:?}",
+        second.rejected
+    );
+}
+
+/// The plaintext baseline: the deadline with no update aborts with `NoUpdates`.
+#[test]
+fn plaintext_without_updates_aborts_at_the_deadline() {
+    let cfg = FederationConfig {
+        protocol: Protocol::Plaintext,
+        ..config()
+    };
+    let mut h = Harness::new(cfg, 3, &memory::Dropouts::new(), None);
+    h.black_holes = vec![0, 1, 2];
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert!(h.reports.is_empty());
+    h.coordinator
+        .handle(Event::Timeout(h.timer.unwrap()))
+        .unwrap();
+    h.settle();
+    assert_eq!(h.reports[0].aborted, Some(AbortCause::NoUpdates));
+    h.black_holes.clear();
+    assert!(h.round().completed());
+}
+
+/// With DP, the round's charge is written before any of its messages leaves.
+#[test]
+fn the_privacy_charge_is_written_before_the_round_starts() {
+    let cfg = FederationConfig {
+        dp: DpConfig {
+            mechanism: Mechanism::Ddg,
+            epsilon: 50.0,
+            delta: 1e-5,
+            rounds: 2,
+            l2_clip: 0.1,
+        },
+        ..config()
+    };
+    let mut h = Harness::new(cfg, 3, &memory::Dropouts::new(), None);
+    let report = h.round();
+    assert!(report.privacy.is_some());
+    let first_send = h.log.iter().position(|a| *a == "send").unwrap();
+    let first_write = h.log.iter().position(|a| *a == "write").unwrap();
+    assert!(first_write < first_send, "{:?}", h.log);
+}
