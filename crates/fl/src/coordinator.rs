@@ -657,7 +657,7 @@ impl CoordinatorMachine {
             max_sites: n,
             max_weight: c.max_weight,
             rotation_seed: self.public_seed(Purpose::Rotation, round),
-            site_noise: plan.site_noise.clone(),
+            site_noise: plan.site_noise,
         };
         Ok((CodecSpec::Private(spec), Some(plan)))
     }

@@ -29,11 +29,14 @@ pub struct RefusedPeer {
     pub reason: String,
 }
 
+/// A site's current link: its id (a stale close is ignored) and its send queue.
+type Link = (u64, mpsc::Sender<Arc<[u8]>>);
+
 /// The coordinator's driver: a [`CoordinatorMachine`] over a stream of link events.
 pub struct Coordinator {
     machine: CoordinatorMachine,
     events: mpsc::Receiver<LinkEvent>,
-    links: BTreeMap<SiteId, (u64, mpsc::Sender<Arc<[u8]>>)>,
+    links: BTreeMap<SiteId, Link>,
     deadline: Option<(Instant, TimerId)>,
     traffic: Arc<Traffic>,
     refused: Vec<RefusedPeer>,

@@ -84,8 +84,7 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
             identity,
             roster: roster.clone(),
         };
-        let machine = SiteMachine::new(who, layout.clone(), root.site_root(session, id.0))
-            .with_dropouts(dropouts.get(&id).cloned().unwrap_or_default());
+        let machine = SiteMachine::simulated(who, layout.clone(), &root, session, dropouts);
         let (egress, inbox) = Egress::open(link, transcript);
         sites.push(tokio::spawn(async move {
             run_site(machine, &mut trainer, egress, inbox).await

@@ -111,7 +111,7 @@ enum State {
     Secure {
         round: u64,
         site: Box<Site>,
-        rng: ChaCha20Rng,
+        rng: Box<ChaCha20Rng>,
     },
     /// Sent its plaintext update, withdrew or failed: waits for the round's end.
     Waiting,
@@ -142,6 +142,20 @@ impl SiteMachine {
             summary: SiteSummary::default(),
             actions: VecDeque::new(),
         }
+    }
+
+    /// A simulated site: its root derived from an experiment's root and the session,
+    /// its dropouts taken from the schedule.
+    pub fn simulated(
+        who: SiteIdentity,
+        layout: ParamLayout,
+        experiment: &RootSeed,
+        session: [u8; 16],
+        dropouts: &crate::memory::Dropouts,
+    ) -> Self {
+        let id = who.id;
+        Self::new(who, layout, experiment.site_root(session, id.0))
+            .with_dropouts(dropouts.get(&id).cloned().unwrap_or_default())
     }
 
     /// Simulated dropouts: per round, the phase from which the site withdraws.
@@ -221,7 +235,7 @@ impl SiteMachine {
                     return;
                 };
                 let round = *round;
-                match site.handle(*env, rng) {
+                match site.handle(*env, rng.as_mut()) {
                     Ok(reply) => {
                         let phase = reply.phase();
                         self.send(round, phase, ToCoordinator::SecAgg(reply));
@@ -313,7 +327,7 @@ impl SiteMachine {
                     self.state = State::Secure {
                         round,
                         site: Box::new(site),
-                        rng,
+                        rng: Box::new(rng),
                     };
                 }
             }

@@ -75,8 +75,7 @@ impl Harness {
                     identity,
                     roster: roster.clone(),
                 };
-                let machine = SiteMachine::new(who, layout.clone(), root.site_root(SESSION, id.0))
-                    .with_dropouts(dropouts.get(&id).cloned().unwrap_or_default());
+                let machine = SiteMachine::simulated(who, layout.clone(), &root, SESSION, dropouts);
                 let trainer = KnownUpdateTrainer::new(DIM, step(id.0), weight(id.0)).unwrap();
                 coordinator.handle(Event::LinkOpened(id)).unwrap();
                 (machine, trainer)

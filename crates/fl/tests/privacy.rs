@@ -141,8 +141,7 @@ async fn distributed_noise_without_secure_aggregation_is_refused() {
         .protocol(Protocol::Plaintext)
         .dp(dp(Mechanism::Ddg))
         .build()
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         matches!(
             err,
