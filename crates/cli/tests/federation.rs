@@ -181,6 +181,20 @@ fn three_site_processes_train_three_rounds_over_quic() {
         let summary = verify(&dir.join(format!("{site}.transcript")), &key).unwrap();
         assert_eq!(summary.by_kind["masked-input"].0, 3, "{site}");
     }
+    // Restarted, the finished federation says so at once.
+    let again = tessera()
+        .args([
+            "coordinator",
+            "--config",
+            coordinator_config(&dir, port, 3).to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success() && out.contains("already finished its 3 rounds"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -337,6 +351,8 @@ fn a_refused_certificate_is_reported_on_time() {
         start.elapsed()
     );
     assert!(out.contains("could not reach the coordinator"), "{out}");
+    // The coordinator reports refusals while it waits, in slices of half a second.
+    std::thread::sleep(Duration::from_secs(2));
     let mut coordinator = coordinator;
     let _ = coordinator.kill();
     let out = coordinator.wait_with_output().unwrap();
