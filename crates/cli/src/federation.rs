@@ -7,7 +7,12 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use tessera_fl::deploy::{CoordinatorPlan, Note, run_coordinator, run_site_process};
+use tessera_core::LocalTrainingConfig;
+use tessera_exp::deploy::{DetectorCoordinator, default_training, site_trainer};
+use tessera_fl::deploy::{
+    CoordinatorPlan, KnownModel, ModelConfig, Note, SiteFile, known_trainer, run_coordinator,
+    run_site_process,
+};
 
 fn print(note: Note) {
     match note {
@@ -58,7 +63,14 @@ fn print(note: Note) {
                 );
             }
         }
+        Note::Metrics { round, metrics } => println!("round {round}: evaluation {metrics}"),
         Note::Ledger(path) => println!("privacy ledger: {}", path.display()),
+        Note::RoundLog(path) => println!("round log: {}", path.display()),
+        Note::Exported(paths) => {
+            for p in paths {
+                println!("global model: {}", p.display());
+            }
+        }
         Note::GlobalMean { after_round, mean } => {
             println!("global model after round {after_round}: mean parameter {mean:.6}")
         }
@@ -70,11 +82,35 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Runtime::new().map_err(|e| e.to_string())
 }
 
+/// The model's default training settings (the known-update model ignores them).
+fn default_training_for(model: &ModelConfig) -> Result<LocalTrainingConfig, String> {
+    match model {
+        ModelConfig::KnownUpdate { .. } => Ok(LocalTrainingConfig {
+            steps: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            proximal_mu: 0.0,
+            seed: 0,
+        }),
+        ModelConfig::Detector { .. } => default_training(model).map_err(|e| e.to_string()),
+    }
+}
+
 pub fn coordinator(config: &Path) -> Result<ExitCode, String> {
-    let plan = CoordinatorPlan::load(config).map_err(|e| e.to_string())?;
-    let verdict = runtime()?
-        .block_on(run_coordinator(plan, &mut print))
-        .map_err(|e| e.to_string())?;
+    let plan = CoordinatorPlan::load(config, default_training_for).map_err(|e| e.to_string())?;
+    let rt = runtime()?;
+    let verdict = match &plan.file.model {
+        ModelConfig::KnownUpdate { dim } => {
+            let mut model = KnownModel::new(*dim).map_err(|e| e.to_string())?;
+            rt.block_on(run_coordinator(plan, &mut model, &mut print))
+        }
+        ModelConfig::Detector { .. } => {
+            let mut model = DetectorCoordinator::new(&plan.file.model, plan.file.evaluate.as_ref())
+                .map_err(|e| format!("{}: {e}", config.display()))?;
+            rt.block_on(run_coordinator(plan, &mut model, &mut print))
+        }
+    }
+    .map_err(|e| e.to_string())?;
     if verdict.aborted > 0 {
         println!(
             "verdict: {} of {} rounds aborted",
@@ -88,9 +124,19 @@ pub fn coordinator(config: &Path) -> Result<ExitCode, String> {
 }
 
 pub fn site(config: &Path) -> Result<ExitCode, String> {
-    let (summary, end) = runtime()?
-        .block_on(run_site_process(config, &mut print))
-        .map_err(|e| e.to_string())?;
+    let cfg = SiteFile::load(config).map_err(|e| e.to_string())?;
+    let rt = runtime()?;
+    let (summary, end) = match &cfg.model {
+        ModelConfig::KnownUpdate { .. } => {
+            let trainer = known_trainer(&cfg).map_err(|e| e.to_string())?;
+            rt.block_on(run_site_process(&cfg, trainer, &mut print))
+        }
+        ModelConfig::Detector { .. } => {
+            let trainer = site_trainer(&cfg).map_err(|e| format!("{}: {e}", config.display()))?;
+            rt.block_on(run_site_process(&cfg, trainer, &mut print))
+        }
+    }
+    .map_err(|e| e.to_string())?;
     for p in &summary.problems {
         let round = p.round.map_or(String::new(), |r| format!("round {r}: "));
         eprintln!("{round}{}", p.failure);

@@ -158,9 +158,11 @@ impl RootSeed {
         tag_bytes(ctx.sign())
     }
 
-    /// A simulated site's own root, derived from an experiment's root.
-    pub fn site_root(&self, session: [u8; 16], site: u32) -> RootSeed {
-        RootSeed(self.derive(Purpose::SiteRoot, SeedContext::session(session).site(site)))
+    /// A simulated site's own root, derived from an experiment's root. It does not
+    /// depend on the session (every seed derived from it does), so a site process given
+    /// the experiment's seed derives the same randomness as the in-process simulation.
+    pub fn site_root(&self, site: u32) -> RootSeed {
+        RootSeed(self.derive(Purpose::SiteRoot, SeedContext::session([0; 16]).site(site)))
     }
 
     /// A 64-bit seed for libraries that take one (e.g. torch's manual seed).
@@ -192,7 +194,7 @@ mod tests {
         for seed in [0u64, 1, 2, 3, 7, 2021, u64::from(u32::MAX) + 1] {
             let root = RootSeed::from_experiment(seed);
             for site in 0..4 {
-                let site_root = root.site_root(session, site);
+                let site_root = root.site_root(site);
                 let ctx = SeedContext::session(session).site(site).round(1);
                 assert!(seen.insert(site_root.derive(Purpose::SecAgg, ctx)));
                 assert!(seen.insert(site_root.derive(Purpose::Encoding, ctx)));

@@ -25,7 +25,7 @@ use tessera_train::{
     DecodeConfig, DetectorTrainer, Example, Predictions, TrainError, TrainerConfig,
 };
 
-use crate::cohorts::{Cohorts, TestScan};
+use crate::cohorts::{Cohorts, TestCohort, TestScan};
 use crate::error::ExpError;
 use crate::profile::Profile;
 use crate::spec::{Arm, ArmPlan, FederatedArm};
@@ -79,7 +79,7 @@ pub struct ArmResult {
     pub model_sha256: Option<String>,
 }
 
-fn trainer(
+pub(crate) fn trainer(
     profile: &Profile,
     examples: Vec<Example>,
     seed: u64,
@@ -97,7 +97,7 @@ fn trainer(
     )?)
 }
 
-fn round_config(profile: &Profile, seed: u64) -> LocalTrainingConfig {
+pub(crate) fn round_config(profile: &Profile, seed: u64) -> LocalTrainingConfig {
     LocalTrainingConfig {
         steps: profile.local_steps,
         batch_size: profile.batch_size,
@@ -451,25 +451,34 @@ fn scan_results(
     ))
 }
 
+/// The study's evaluation on one test cohort.
+pub(crate) fn evaluate_cohort(
+    predictor: &mut dyn Predictor,
+    cohort: &TestCohort,
+) -> Result<CohortEval, ExpError> {
+    let patients = cohort
+        .scans
+        .iter()
+        .map(|s| scan_results(predictor, s).map(|r| r.0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CohortEval {
+        cohort: cohort.id.clone(),
+        external: cohort.external,
+        summary: summarise(&patients, DEFAULT_SCORE_THRESHOLD),
+        froc: froc(&patients),
+    })
+}
+
 /// The study's evaluation on every test cohort, and the longitudinal burden series.
 pub fn evaluate(
     predictor: &mut dyn Predictor,
     cohorts: &Cohorts,
 ) -> Result<(Vec<CohortEval>, Vec<SeriesEval>), ExpError> {
-    let mut evals = Vec::new();
-    for cohort in &cohorts.tests {
-        let patients = cohort
-            .scans
-            .iter()
-            .map(|s| scan_results(predictor, s).map(|r| r.0))
-            .collect::<Result<Vec<_>, _>>()?;
-        evals.push(CohortEval {
-            cohort: cohort.id.clone(),
-            external: cohort.external,
-            summary: summarise(&patients, DEFAULT_SCORE_THRESHOLD),
-            froc: froc(&patients),
-        });
-    }
+    let evals = cohorts
+        .tests
+        .iter()
+        .map(|cohort| evaluate_cohort(predictor, cohort))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut series = Vec::new();
     for s in &cohorts.series {
         let mut points = Vec::new();

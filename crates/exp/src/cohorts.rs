@@ -54,6 +54,86 @@ fn data_error(e: tessera_data::DataError) -> ExpError {
     ExpError::Data(e.to_string())
 }
 
+/// The training examples of a cohort's training patients: every lesion slice, and
+/// every `train_negative_stride`-th slice without.
+fn training_patients(
+    files: &tessera_data::CohortFiles,
+    profile: &Profile,
+) -> Result<Vec<TrainingPatient>, ExpError> {
+    files
+        .train
+        .par_iter()
+        .map(|p| {
+            let stride = profile.train_negative_stride.max(1);
+            let examples = prepare_scan(p, profile, 1)?
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| !s.boxes.is_empty() || i % stride == 0)
+                .map(|(_, s)| Example::from_slice(s))
+                .collect();
+            Ok(TrainingPatient { examples })
+        })
+        .collect()
+}
+
+/// A cohort's test scans, prepared for evaluation.
+fn test_scans(
+    files: &tessera_data::CohortFiles,
+    profile: &Profile,
+) -> Result<Vec<TestScan>, ExpError> {
+    let limit = profile.eval_patients.unwrap_or(usize::MAX);
+    files
+        .test
+        .par_iter()
+        .take(limit)
+        .map(|p| {
+            Ok(TestScan {
+                patient: p.id.clone(),
+                slices: prepare_scan(p, profile, profile.eval_slice_stride)?,
+            })
+        })
+        .collect()
+}
+
+/// The synthetic-data folder of a profile.
+pub(crate) fn synthetic_root(data_root: &Path, profile: &Profile) -> std::path::PathBuf {
+    data_root.join(match profile.resolution {
+        tessera_data::Resolution::Small => "synthetic-small",
+        tessera_data::Resolution::Full => "synthetic-full",
+    })
+}
+
+/// One cohort of a registry, as a site or a coordinator that holds it sees it: its
+/// training examples (in patient order) and its test cohort. A synthetic cohort is
+/// written first if it is not there yet.
+pub(crate) fn prepare_one(
+    registry: &Registry,
+    data_root: &Path,
+    profile: &Profile,
+    id: &str,
+) -> Result<(Vec<Example>, TestCohort), ExpError> {
+    let spec = registry
+        .cohort(id)
+        .ok_or_else(|| ExpError::Data(format!("cohort \"{id}\" is not in the registry")))?;
+    let root = synthetic_root(data_root, profile);
+    let only = Registry {
+        seed: registry.seed,
+        cohorts: vec![spec.clone()],
+    };
+    synthesize(&only, &root, profile.resolution).map_err(data_error)?;
+    let files = locate(spec, &root).map_err(data_error)?;
+    let examples = training_patients(&files, profile)?
+        .into_iter()
+        .flat_map(|p| p.examples)
+        .collect();
+    let test = TestCohort {
+        id: spec.id.clone(),
+        external: spec.role == Role::External,
+        scans: test_scans(&files, profile)?,
+    };
+    Ok((examples, test))
+}
+
 fn prepare_scan(
     files: &PatientFiles,
     profile: &Profile,
@@ -74,10 +154,7 @@ impl Cohorts {
         data_root: &Path,
         profile: &Profile,
     ) -> Result<Self, ExpError> {
-        let root = data_root.join(match profile.resolution {
-            tessera_data::Resolution::Small => "synthetic-small",
-            tessera_data::Resolution::Full => "synthetic-full",
-        });
+        let root = synthetic_root(data_root, profile);
         synthesize(registry, &root, profile.resolution).map_err(data_error)?;
         let mut hospitals = Vec::new();
         let mut tests = Vec::new();
@@ -85,37 +162,12 @@ impl Cohorts {
         for spec in &registry.cohorts {
             let files = locate(spec, &root).map_err(data_error)?;
             if spec.role == Role::TrainingSite {
-                let patients = files
-                    .train
-                    .par_iter()
-                    .map(|p| {
-                        let stride = profile.train_negative_stride.max(1);
-                        let examples = prepare_scan(p, profile, 1)?
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, s)| !s.boxes.is_empty() || i % stride == 0)
-                            .map(|(_, s)| Example::from_slice(s))
-                            .collect();
-                        Ok(TrainingPatient { examples })
-                    })
-                    .collect::<Result<Vec<_>, ExpError>>()?;
                 hospitals.push(Hospital {
                     id: spec.id.clone(),
-                    patients,
+                    patients: training_patients(&files, profile)?,
                 });
             }
-            let limit = profile.eval_patients.unwrap_or(usize::MAX);
-            let scans = files
-                .test
-                .par_iter()
-                .take(limit)
-                .map(|p| {
-                    Ok(TestScan {
-                        patient: p.id.clone(),
-                        slices: prepare_scan(p, profile, profile.eval_slice_stride)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, ExpError>>()?;
+            let scans = test_scans(&files, profile)?;
             tests.push(TestCohort {
                 id: spec.id.clone(),
                 external: spec.role == Role::External,

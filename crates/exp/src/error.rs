@@ -13,6 +13,8 @@ pub enum ExpError {
     Train(#[from] tessera_train::TrainError),
     #[error("federation: {0}")]
     Federation(#[from] tessera_fl::FlError),
+    #[error("{0}")]
+    Config(String),
     #[error("figure {path}: {message}")]
     Figure { path: PathBuf, message: String },
 }

@@ -12,6 +12,7 @@
 
 mod arms;
 mod cohorts;
+pub mod deploy;
 mod error;
 mod profile;
 mod report;

@@ -144,17 +144,16 @@ impl SiteMachine {
         }
     }
 
-    /// A simulated site: its root derived from an experiment's root and the session,
-    /// its dropouts taken from the schedule.
+    /// A simulated site: its root derived from an experiment's root, its dropouts taken
+    /// from the schedule.
     pub fn simulated(
         who: SiteIdentity,
         layout: ParamLayout,
         experiment: &RootSeed,
-        session: [u8; 16],
         dropouts: &crate::memory::Dropouts,
     ) -> Self {
         let id = who.id;
-        Self::new(who, layout, experiment.site_root(session, id.0))
+        Self::new(who, layout, experiment.site_root(id.0))
             .with_dropouts(dropouts.get(&id).cloned().unwrap_or_default())
     }
 

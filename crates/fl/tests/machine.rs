@@ -75,7 +75,7 @@ impl Harness {
                     identity,
                     roster: roster.clone(),
                 };
-                let machine = SiteMachine::simulated(who, layout.clone(), &root, SESSION, dropouts);
+                let machine = SiteMachine::simulated(who, layout.clone(), &root, dropouts);
                 let trainer = KnownUpdateTrainer::new(DIM, step(id.0), weight(id.0)).unwrap();
                 coordinator.handle(Event::LinkOpened(id)).unwrap();
                 (machine, trainer)
