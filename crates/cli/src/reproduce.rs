@@ -4,7 +4,7 @@
 use clap::ValueEnum;
 use std::path::PathBuf;
 use tessera_data::Registry;
-use tessera_exp::{Experiment, ProfileName, RunOptions, external_map, run};
+use tessera_exp::{Experiment, ProfileName, RunOptions, SiteProcesses, external_map, run};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ProfileArg {
@@ -85,6 +85,10 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
             report_dir: Some(report.clone()),
             stop_after: None,
             progress: true,
+            site_processes: SiteProcesses {
+                binary: std::env::current_exe().ok(),
+                registry: Some(args.registry.clone()),
+            },
         },
     )
     .map_err(|e| e.to_string())?;

@@ -38,11 +38,13 @@ pub enum Purpose {
     Dropout,
     /// Synthetic task values (a test model's updates, a simulation's weights).
     Workload,
+    /// A simulated federation's session id.
+    Session,
 }
 
 impl Purpose {
     /// Every purpose (for tests that check they are distinct).
-    pub const ALL: [Purpose; 11] = [
+    pub const ALL: [Purpose; 12] = [
         Purpose::SiteRoot,
         Purpose::Identity,
         Purpose::SecAgg,
@@ -54,6 +56,7 @@ impl Purpose {
         Purpose::Training,
         Purpose::Dropout,
         Purpose::Workload,
+        Purpose::Session,
     ];
 
     fn label(self) -> &'static [u8] {
@@ -69,6 +72,7 @@ impl Purpose {
             Purpose::Training => b"training",
             Purpose::Dropout => b"dropout",
             Purpose::Workload => b"workload",
+            Purpose::Session => b"session",
         }
     }
 }
@@ -163,6 +167,14 @@ impl RootSeed {
     /// the experiment's seed derives the same randomness as the in-process simulation.
     pub fn site_root(&self, site: u32) -> RootSeed {
         RootSeed(self.derive(Purpose::SiteRoot, SeedContext::session([0; 16]).site(site)))
+    }
+
+    /// The session id of simulated federations run from this root.
+    pub fn session(&self) -> [u8; 16] {
+        let bytes = self.derive(Purpose::Session, SeedContext::session([0; 16]));
+        let mut session = [0u8; 16];
+        session.copy_from_slice(&bytes[..16]);
+        session
     }
 
     /// A 64-bit seed for libraries that take one (e.g. torch's manual seed).

@@ -15,8 +15,14 @@ use crate::error::ExpError;
 use crate::profile::{Profile, ProfileName};
 use crate::spec::Settings;
 
-/// The run profile a config names (`quick` or `full`).
-pub fn profile_named(name: &str) -> Result<Profile, ExpError> {
+/// The run profile a config names (`quick` or `full`), with an experiment's overrides.
+pub fn profile_named(name: &str, settings: Option<&toml::Table>) -> Result<Profile, ExpError> {
+    let settings: Settings = match settings {
+        Some(t) => toml::Value::Table(t.clone())
+            .try_into()
+            .map_err(|e| ExpError::Config(format!("model.settings: {e}")))?,
+        None => Settings::default(),
+    };
     let name = match name {
         "quick" => ProfileName::Quick,
         "full" => ProfileName::Full,
@@ -26,7 +32,7 @@ pub fn profile_named(name: &str) -> Result<Profile, ExpError> {
             )));
         }
     };
-    Ok(Profile::new(name, &Settings::default()))
+    Ok(Profile::new(name, &settings))
 }
 
 fn detector(model: &ModelConfig) -> Result<(Profile, u64, Option<PathBuf>), ExpError> {
@@ -35,7 +41,12 @@ fn detector(model: &ModelConfig) -> Result<(Profile, u64, Option<PathBuf>), ExpE
             profile,
             init_seed,
             weights,
-        } => Ok((profile_named(profile)?, *init_seed, weights.clone())),
+            settings,
+        } => Ok((
+            profile_named(profile, settings.as_ref())?,
+            *init_seed,
+            weights.clone(),
+        )),
         ModelConfig::KnownUpdate { .. } => {
             Err(ExpError::Config("model.kind: expected \"detector\"".into()))
         }

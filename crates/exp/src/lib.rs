@@ -14,14 +14,17 @@ mod arms;
 mod cohorts;
 pub mod deploy;
 mod error;
+mod federated;
 mod profile;
 mod report;
 mod run;
 mod spec;
+mod transport;
 
 pub use arms::{ArmResult, BurdenPoint, CohortEval, RoundLog, SeriesEval};
 pub use error::ExpError;
 pub use profile::{Profile, ProfileName};
 pub use report::external_map;
 pub use run::{RunOptions, RunSummary, run};
-pub use spec::{Arm, ArmKind, ArmPlan, Experiment, FederatedArm, Settings};
+pub use spec::{Arm, ArmKind, ArmPlan, Experiment, FederatedArm, Settings, Transport};
+pub use transport::SiteProcesses;

@@ -21,6 +21,7 @@ use crate::error::{ExpError, write_atomic};
 use crate::profile::{Profile, ProfileName};
 use crate::report;
 use crate::spec::{Arm, Experiment};
+use crate::transport::{ProcessContext, SiteProcesses};
 
 /// Where a run reads and writes.
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct RunOptions {
     /// incomplete and a rerun resumes.
     pub stop_after: Option<usize>,
     pub progress: bool,
+    /// For arms with `transport = "processes"`.
+    pub site_processes: SiteProcesses,
 }
 
 /// What a run did.
@@ -255,10 +258,10 @@ pub fn run(
             return Err(ExpError::Data("cohorts were not prepared".into()));
         };
         bar.set_message(arm.name.clone());
-        let mut session = [0u8; 16];
-        for (i, b) in key.bytes().take(16).enumerate() {
-            session[i] = b;
-        }
+        // One session for every arm of the run: arms that differ only in protocol or
+        // transport then draw the same rounding, so their models are comparable (and,
+        // without DP, identical).
+        let session = tessera_core::seed::RootSeed::from_experiment(experiment.seed).session();
         let (mut result, model) = run_arm(
             arm,
             &profile,
@@ -267,6 +270,12 @@ pub fn run(
             session,
             &arm_dir,
             &models,
+            &ProcessContext {
+                processes: &opts.site_processes,
+                data_root: &opts.data_root,
+                profile: opts.profile,
+                settings: &experiment.settings,
+            },
         )?;
         if let Some(model) = model {
             result.model_sha256 = Some(sha256_hex(&model_bytes(&model)));

@@ -94,6 +94,26 @@ pub struct ArmFile {
     /// Per-coordinate clip of the fixed-point codec (without DP).
     pub clip: Option<Grid<f32>>,
     pub dp: Option<DpGrid>,
+    /// How the federation's messages travel (not a grid; default "memory").
+    pub transport: Option<Transport>,
+}
+
+/// How a federated arm's coordinator and sites talk: channels in this process, QUIC
+/// with mutual TLS on 127.0.0.1 in this process, or QUIC to real `tessera site` child
+/// processes that each prepare their own cohort. All three give the same model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    #[default]
+    Memory,
+    Quic,
+    Processes,
+}
+
+impl Transport {
+    pub fn is_memory(&self) -> bool {
+        *self == Transport::Memory
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,6 +144,9 @@ pub struct FederatedArm {
     pub bits: u8,
     pub clip: f32,
     pub dp: DpConfig,
+    /// Absent from the serialised arm when "memory", so cached arms keep their keys.
+    #[serde(default, skip_serializing_if = "Transport::is_memory")]
+    pub transport: Transport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -221,6 +244,7 @@ impl ExperimentFile {
                 ("bits", arm.bits.is_some()),
                 ("clip", arm.clip.is_some()),
                 ("dp", arm.dp.is_some()),
+                ("transport", arm.transport.is_some()),
             ];
             if arm.kind != ArmKind::Federated
                 && let Some((key, _)) = federated_keys.iter().find(|(_, set)| *set)
@@ -388,6 +412,17 @@ fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpErro
             return invalid(format!("{at}.clip = {c}: must be positive"));
         }
     }
+    let transport = arm.transport.unwrap_or_default();
+    if transport == Transport::Processes
+        && (sites.iter().any(|&s| s != hospitals)
+            || hets.iter().any(|&h| h != 1.0)
+            || dropouts.iter().any(|&d| d != 0.0))
+    {
+        return invalid(format!(
+            "{at}.transport = \"processes\": each site process trains on its own hospital's \
+             cohort, so sites = {hospitals}, heterogeneity = 1 and dropout = 0 are required"
+        ));
+    }
     // Every combination of indices into the ten lists, first list slowest.
     let mut combos: Vec<Vec<usize>> = vec![vec![]];
     for (_, len) in lists {
@@ -439,8 +474,8 @@ fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpErro
             ));
         }
         let values = [
-            protocol_name(protocol).to_string(),
-            strategy_name(strategy).to_string(),
+            protocol.name().to_string(),
+            strategy.name().to_string(),
             n.to_string(),
             dropout.to_string(),
             heterogeneity.to_string(),
@@ -473,27 +508,10 @@ fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpErro
                 bits: b,
                 clip,
                 dp,
+                transport,
             }),
             grid,
         });
     }
     Ok(out)
-}
-
-/// The protocol as experiment files spell it.
-pub fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Plaintext => "plaintext",
-        Protocol::Secagg => "secagg",
-        Protocol::SecaggPlus => "secagg-plus",
-    }
-}
-
-pub fn strategy_name(s: &Strategy) -> &'static str {
-    match s {
-        Strategy::FedAvg => "fedavg",
-        Strategy::FedProx { .. } => "fedprox",
-        Strategy::FedBn => "fedbn",
-        Strategy::FedAvgM { .. } => "fedavgm",
-    }
 }

@@ -73,6 +73,7 @@ fn options(dir: &Path, runs: &str, stop_after: Option<usize>) -> RunOptions {
         report_dir: Some(dir.join(format!("{runs}-report"))),
         stop_after,
         progress: false,
+        site_processes: Default::default(),
     }
 }
 

@@ -44,8 +44,9 @@ impl LoopbackFederation {
     }
 }
 
-/// The PKI for `n` sites under `dir` (reused when complete).
-fn pki_for(dir: &Path, n: usize) -> Result<SignedRoster, FlError> {
+/// A throwaway PKI for `n` sites named `site-<i>` under `dir/pki` (reused when
+/// complete).
+pub fn pki_for(dir: &Path, n: usize) -> Result<SignedRoster, FlError> {
     let pki = dir.join("pki");
     let complete = SignedRoster::load(&pki.join("roster.json"), &pki.join("ca.pem"))
         .is_ok_and(|r| r.entries.len() == n);
@@ -61,6 +62,45 @@ fn pki_for(dir: &Path, n: usize) -> Result<SignedRoster, FlError> {
         &pki.join("roster.json"),
         &pki.join("ca.pem"),
     )?)
+}
+
+/// The coordinator's side of a loopback federation whose sites run elsewhere (e.g.
+/// as child processes): its endpoint on a free 127.0.0.1 port.
+pub struct Listener {
+    endpoint: quinn::Endpoint,
+    port: u16,
+}
+
+impl Listener {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"done");
+    }
+}
+
+/// A PKI for `n` sites under `dir` and the coordinator listening on 127.0.0.1; returns
+/// the listener, its link events and the roster's identity keys.
+pub fn listen(
+    dir: &Path,
+    n: usize,
+) -> Result<
+    (
+        Listener,
+        tokio::sync::mpsc::Receiver<crate::links::LinkEvent>,
+        Arc<tessera_secagg::Roster>,
+    ),
+    FlError,
+> {
+    let roster = pki_for(dir, n)?;
+    let creds = Credentials::load(&dir.join("pki"), "coordinator")?;
+    let endpoint = server(([127, 0, 0, 1], 0).into(), &creds, false)?;
+    let port = endpoint.local_addr().map_err(FlError::io(dir))?.port();
+    let events = accept_sites(&endpoint, &roster);
+    let identities = Arc::new(roster.identities()?);
+    Ok((Listener { endpoint, port }, events, identities))
 }
 
 /// Issues a PKI for `trainers.len()` sites under `dir` (reused if already there), starts

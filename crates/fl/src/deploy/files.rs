@@ -26,6 +26,9 @@ pub enum ModelConfig {
         /// A `.safetensors` file of the profile's detector.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weights: Option<PathBuf>,
+        /// Overrides of the profile (an experiment file's `[settings]` keys).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settings: Option<toml::Table>,
     },
 }
 

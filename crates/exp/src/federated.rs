@@ -1,0 +1,226 @@
+//! Federated arms: the real coordinator and site machines, over channels in this
+//! process, over loopback QUIC, or with real `tessera site` processes
+//! ([`Transport`]). Secure aggregation, dropouts, DP noise and the ledger are exactly
+//! those of a deployment.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_core::seed::RootSeed;
+use tessera_core::{LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
+use tessera_dp::Ledger;
+use tessera_fl::{Coordinator, FederationConfig, loopback, memory, sim};
+use tessera_train::{DetectorTrainer, TrainError};
+
+use crate::arms::{RoundLog, partition, round_config, trainer};
+use crate::cohorts::Cohorts;
+use crate::error::ExpError;
+use crate::profile::Profile;
+use crate::spec::{FederatedArm, Transport};
+use crate::transport::{self, ProcessContext};
+
+/// A federation in progress, whatever its transport.
+enum Running {
+    Memory(memory::MemoryFederation),
+    Quic(loopback::LoopbackFederation),
+    Processes(transport::ProcessFederation),
+}
+
+impl Running {
+    fn coordinator(&mut self) -> &mut Coordinator {
+        match self {
+            Running::Memory(f) => &mut f.coordinator,
+            Running::Quic(f) => &mut f.coordinator,
+            Running::Processes(f) => &mut f.coordinator,
+        }
+    }
+
+    /// Stops the sites and waits for them.
+    async fn finish(self) -> Result<(), ExpError> {
+        match self {
+            Running::Memory(mut f) => {
+                f.coordinator.shutdown().await?;
+                for site in f.sites {
+                    let _ = site.await;
+                }
+                Ok(())
+            }
+            Running::Quic(f) => f.shutdown().await.map(|_| ()).map_err(Into::into),
+            Running::Processes(f) => f.finish().await,
+        }
+    }
+}
+
+/// A trainer shared with the runner, which reads its final local model after the
+/// federation ends (FedBN keeps normalisation layers at the sites).
+struct SharedTrainer {
+    inner: Arc<Mutex<DetectorTrainer>>,
+    layout: ParamLayout,
+}
+
+impl LocalTrainer for SharedTrainer {
+    type Error = TrainError;
+
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    fn parameters(&self) -> Vec<f32> {
+        match self.inner.lock() {
+            Ok(t) => t.parameters(),
+            Err(poisoned) => poisoned.into_inner().parameters(),
+        }
+    }
+
+    fn train(
+        &mut self,
+        start: &[f32],
+        config: &LocalTrainingConfig,
+    ) -> Result<LocalUpdate, TrainError> {
+        match self.inner.lock() {
+            Ok(mut t) => t.train(start, config),
+            Err(poisoned) => poisoned.into_inner().train(start, config),
+        }
+    }
+}
+
+/// What a federated arm returns: the model to evaluate, round logs and the ledger.
+pub struct FederatedOutcome {
+    pub model: Vec<f32>,
+    pub rounds: Vec<RoundLog>,
+    pub ledger: Option<Ledger>,
+    pub site_examples: Vec<usize>,
+}
+
+/// Runs a federated arm through the coordinator and site loops.
+pub fn train_federated(
+    profile: &Profile,
+    cohorts: &Cohorts,
+    arm: &FederatedArm,
+    seed: u64,
+    session: [u8; 16],
+    dir: &Path,
+    ctx: &ProcessContext<'_>,
+) -> Result<FederatedOutcome, ExpError> {
+    let parts = partition(cohorts, arm.sites, arm.heterogeneity, seed)?;
+    let site_examples: Vec<usize> = parts.iter().map(Vec::len).collect();
+    let shared: Vec<Arc<Mutex<DetectorTrainer>>> = parts
+        .into_iter()
+        .map(|examples| Ok(Arc::new(Mutex::new(trainer(profile, examples, seed, 1)?))))
+        .collect::<Result<_, ExpError>>()?;
+    let (layout, initial) = {
+        let first = shared[0]
+            .lock()
+            .map_err(|_| ExpError::Data("trainer lock poisoned".into()))?;
+        (first.layout().clone(), first.parameters())
+    };
+    let trainers: Vec<SharedTrainer> = shared
+        .iter()
+        .map(|t| SharedTrainer {
+            inner: t.clone(),
+            layout: layout.clone(),
+        })
+        .collect();
+    // Site identities and randomness depend on the experiment's seed and session
+    // only, not on the arm: arms that differ only in protocol draw the same rounding.
+    let root = RootSeed::from_experiment(seed);
+    // Dropouts after local training, at a random protocol phase (deterministic).
+    let dropouts = sim::dropout_schedule(
+        &root,
+        session,
+        arm.sites,
+        profile.rounds,
+        arm.dropout,
+        &sim::AFTER_TRAINING,
+    );
+    let mut dp = arm.dp.clone();
+    dp.rounds = profile.rounds;
+    let max_weight = site_examples.iter().copied().max().unwrap_or(1) as u64;
+    let config = FederationConfig::builder(session, dir.join("checkpoint.bin"))
+        .strategy(arm.strategy.clone())
+        .training(round_config(profile, seed))
+        .protocol(arm.protocol)
+        // The threshold is planned for at least 5% dropouts.
+        .rates(arm.dropout.max(0.05), 0.0)
+        .codec(arm.bits, arm.clip, max_weight)
+        // Dropouts are explicit withdrawals: the deadlines are only a backstop.
+        .timeouts(Duration::from_secs(3600), Duration::from_secs(600))
+        .dp(dp)
+        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ExpError::io(dir, e))?;
+    let hospitals: Vec<String> = cohorts.hospitals.iter().map(|h| h.id.clone()).collect();
+    let (global, rounds, ledger) = runtime.block_on(async {
+        let mut fed = match arm.transport {
+            Transport::Memory => {
+                let transcripts = dir.join("transcripts");
+                let fed = memory::start(
+                    config,
+                    layout.clone(),
+                    initial,
+                    trainers,
+                    &dropouts,
+                    &transcripts,
+                    root,
+                );
+                Running::Memory(fed.await?)
+            }
+            Transport::Quic => {
+                let fed = loopback::start(
+                    config,
+                    layout.clone(),
+                    initial,
+                    trainers,
+                    &dropouts,
+                    dir,
+                    root,
+                );
+                Running::Quic(fed.await?)
+            }
+            Transport::Processes => {
+                let fed =
+                    transport::start(ctx, config, layout.clone(), initial, &hospitals, seed, dir);
+                Running::Processes(fed.await?)
+            }
+        };
+        let mut rounds = Vec::new();
+        while fed.coordinator().next_round() <= profile.rounds {
+            let report = fed.coordinator().run_round().await?;
+            rounds.push(RoundLog {
+                round: report.round,
+                participants: report.participants.len(),
+                contributors: report.contributors.len(),
+                aborted: report.aborted.map(|c| c.to_string()),
+            });
+        }
+        let global = fed.coordinator().global().to_vec();
+        let ledger = fed.coordinator().ledger().cloned();
+        fed.finish().await?;
+        Ok::<_, ExpError>((global, rounds, ledger))
+    })?;
+    // FedBN's global model has no normalisation layers of its own: evaluate the largest
+    // site's model (its normalisation, the federated rest).
+    let model = if arm.strategy == tessera_core::Strategy::FedBn {
+        let largest = site_examples
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, n)| **n)
+            .map_or(0, |(i, _)| i);
+        let local = shared[largest]
+            .lock()
+            .map_err(|_| ExpError::Data("trainer lock poisoned".into()))?
+            .parameters();
+        arm.strategy.merge_into_local(&layout, &local, &global)
+    } else {
+        global
+    };
+    Ok(FederatedOutcome {
+        model,
+        rounds,
+        ledger,
+        site_examples,
+    })
+}
