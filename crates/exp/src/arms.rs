@@ -342,19 +342,27 @@ pub fn evaluate(
     Ok((evals, series))
 }
 
+/// What every arm of a run trains from.
+pub struct ArmInputs<'a> {
+    pub profile: &'a Profile,
+    pub cohorts: &'a Cohorts,
+    pub seed: u64,
+    /// The session of federated arms.
+    pub session: [u8; 16],
+    /// The arm's own folder.
+    pub dir: &'a Path,
+}
+
 /// Trains (or, for an ensemble, assembles) and evaluates one arm. `models` holds the
 /// parameters of earlier arms by name (ensemble members); the arm's own model is
 /// returned for the same purpose.
 pub fn run_arm(
     arm: &Arm,
-    profile: &Profile,
-    cohorts: &Cohorts,
-    seed: u64,
-    session: [u8; 16],
-    dir: &Path,
+    inputs: &ArmInputs<'_>,
     models: &BTreeMap<String, Vec<f32>>,
     ctx: &ProcessContext<'_>,
 ) -> Result<(ArmResult, Option<Vec<f32>>), ExpError> {
+    let (profile, cohorts, seed) = (inputs.profile, inputs.cohorts, inputs.seed);
     let mut rounds = Vec::new();
     let mut ledger = None;
     let mut site_examples = Vec::new();
@@ -378,7 +386,7 @@ pub fn run_arm(
             )
         }
         ArmPlan::Federated(fed) => {
-            let outcome = train_federated(profile, cohorts, fed, seed, session, dir, ctx)?;
+            let outcome = train_federated(inputs, fed, ctx)?;
             rounds = outcome.rounds;
             ledger = outcome.ledger;
             site_examples = outcome.site_examples;

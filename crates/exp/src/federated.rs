@@ -3,7 +3,6 @@
 //! ([`Transport`]). Secure aggregation, dropouts, DP noise and the ledger are exactly
 //! those of a deployment.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_core::seed::RootSeed;
@@ -12,10 +11,8 @@ use tessera_dp::Ledger;
 use tessera_fl::{Coordinator, FederationConfig, loopback, memory, sim};
 use tessera_train::{DetectorTrainer, TrainError};
 
-use crate::arms::{RoundLog, partition, round_config, trainer};
-use crate::cohorts::Cohorts;
+use crate::arms::{ArmInputs, RoundLog, partition, round_config, trainer};
 use crate::error::ExpError;
-use crate::profile::Profile;
 use crate::spec::{FederatedArm, Transport};
 use crate::transport::{self, ProcessContext};
 
@@ -94,14 +91,12 @@ pub struct FederatedOutcome {
 
 /// Runs a federated arm through the coordinator and site loops.
 pub fn train_federated(
-    profile: &Profile,
-    cohorts: &Cohorts,
+    inputs: &ArmInputs<'_>,
     arm: &FederatedArm,
-    seed: u64,
-    session: [u8; 16],
-    dir: &Path,
     ctx: &ProcessContext<'_>,
 ) -> Result<FederatedOutcome, ExpError> {
+    let (profile, cohorts, seed) = (inputs.profile, inputs.cohorts, inputs.seed);
+    let (session, dir) = (inputs.session, inputs.dir);
     let parts = partition(cohorts, arm.sites, arm.heterogeneity, seed)?;
     let site_examples: Vec<usize> = parts.iter().map(Vec::len).collect();
     let shared: Vec<Arc<Mutex<DetectorTrainer>>> = parts

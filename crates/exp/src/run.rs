@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tessera_data::Registry;
 
-use crate::arms::{ArmResult, run_arm};
+use crate::arms::{ArmInputs, ArmResult, run_arm};
 use crate::cohorts::Cohorts;
 use crate::error::{ExpError, write_atomic};
 use crate::profile::{Profile, ProfileName};
@@ -262,13 +262,16 @@ pub fn run(
         // transport then draw the same rounding, so their models are comparable (and,
         // without DP, identical).
         let session = tessera_core::seed::RootSeed::from_experiment(experiment.seed).session();
+        let inputs = ArmInputs {
+            profile: &profile,
+            cohorts: data,
+            seed: experiment.seed,
+            session,
+            dir: &arm_dir,
+        };
         let (mut result, model) = run_arm(
             arm,
-            &profile,
-            data,
-            experiment.seed,
-            session,
-            &arm_dir,
+            &inputs,
             &models,
             &ProcessContext {
                 processes: &opts.site_processes,
