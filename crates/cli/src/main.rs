@@ -6,6 +6,7 @@ mod federation;
 mod pki;
 mod reproduce;
 mod simulate;
+mod transcript;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Check a site's signed egress transcript against the roster.
+    #[command(subcommand)]
+    Transcript(TranscriptCommand),
     /// Run one site of a federation. Every key of the config file is explained in
     /// examples/site.toml. Exit 0: contributed and shut down by the coordinator; 3: could
     /// not do its part (unreachable or refused, coordinator lost, never contributed).
@@ -49,6 +53,12 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TranscriptCommand {
+    /// Verify the chain and every signature, and list what the site sent.
+    Verify(transcript::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +71,9 @@ fn main() -> ExitCode {
         Command::Pki(cmd) => ok(pki::run(&cmd)),
         Command::Coordinator { config } => federation::coordinator(&config),
         Command::Site { config } => federation::site(&config),
+        Command::Transcript(TranscriptCommand::Verify(args)) => {
+            ok(transcript::verify_command(&args))
+        }
     };
     match result {
         Ok(code) => code,

@@ -293,6 +293,12 @@ impl SignedRoster {
             .collect()
     }
 
+    /// The identity key the roster holds for a site name.
+    pub fn identity_of(&self, name: &str) -> Option<IdentityPublicKey> {
+        let entry = self.entries.iter().find(|e| e.name == name)?;
+        unhex::<32>(&entry.identity).map(IdentityPublicKey)
+    }
+
     /// The site a certificate name belongs to.
     pub fn site_of(&self, name: &str) -> Option<SiteId> {
         self.entries
