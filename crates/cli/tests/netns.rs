@@ -82,7 +82,7 @@ fn build(tag: &str) -> Result<Net, String> {
         ip(&["-n", &peer_ns, "link", "set", &b, "up"])?;
         ip(&["-n", &peer_ns, "link", "set", "lo", "up"])
     };
-    ip(&["netns", "add", &ns("r")]).map(|()| ())?;
+    ip(&["netns", "add", &ns("r")])?;
     let r = ns("r");
     let result = (|| {
         link(format!("t{tag}c"), 0, ns("c"))?;
