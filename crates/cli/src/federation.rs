@@ -19,10 +19,18 @@ fn print(note: Note) {
         Note::Listening { addr, sites } => {
             println!("coordinator listening on {addr}; waiting for {sites} sites")
         }
-        Note::Joined {
-            connected,
-            expected,
-        } => println!("{connected} of {expected} sites joined"),
+        Note::Plan(p) => match p.degree {
+            Some(k) => println!(
+                "plan for {} sites: SecAgg+ with degree {k}, threshold {}",
+                p.sites, p.threshold
+            ),
+            None => println!("plan for {} sites: threshold {}", p.sites, p.threshold),
+        },
+        Note::Joined { names, expected } => println!(
+            "{} of {expected} sites joined: {}",
+            names.len(),
+            names.join(", ")
+        ),
         Note::Refused(r) => eprintln!("refused a connection from {}: {}", r.peer, r.reason),
         Note::DuplicateIdentity(site) => {
             eprintln!(
@@ -55,6 +63,9 @@ fn print(note: Note) {
                     report.total_weight
                 ),
                 Some(cause) => println!("round {}: aborted: {cause}{left}{privacy}", report.round),
+            }
+            for (site, reason) in &report.withdrawals {
+                eprintln!("round {}: {site} withdrew: {reason}", report.round);
             }
             for r in &report.rejected {
                 eprintln!(

@@ -156,6 +156,25 @@ fn three_sites_train_the_detector_over_quic() {
     let model = std::fs::metadata(dir.join("out/global.safetensors")).unwrap();
     assert!(model.len() > 10_000, "{}", model.len());
 
+    // A weights file that is not a detector of the profile is refused before listening.
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "init_seed = 1",
+        &format!("weights = \"{}\"", junk.display()),
+    );
+    let bad_coordinator = dir.join("bad-coordinator.toml");
+    std::fs::write(&bad_coordinator, text).unwrap();
+    let out = tessera()
+        .args(["coordinator", "--config", bad_coordinator.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("junk.safetensors") && err.contains("not a"),
+        "{err}"
+    );
+
     // A site whose cohort is not in the registry refuses before connecting, naming it.
     let bad = dir.join("bad.toml");
     let text = std::fs::read_to_string(dir.join("hk-a.toml"))

@@ -393,4 +393,21 @@ fn coordinator_configs_name_bad_keys_and_busy_ports() {
         !ok && out.contains(&format!("cannot bind 127.0.0.1:{taken}")),
         "{out}"
     );
+    // Settings no round can satisfy are refused before the port is bound: with the port
+    // still taken, the error is the plan's, not the bind's.
+    let text = good.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{taken}"));
+    std::fs::write(
+        &config,
+        format!("{}[dp]\nmechanism = \"ddg\"\nepsilon = 1.0\ndelta = 1e-5\nrounds = 1000\nl2_clip = 1.0\n", text.replace("bits = 32", "bits = 8")),
+    )
+    .unwrap();
+    let (ok, out) = finish(
+        spawn(&["coordinator", "--config", config.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        !ok && !out.contains("cannot bind") && out.contains("differential privacy"),
+        "{out}"
+    );
+    drop(busy);
 }

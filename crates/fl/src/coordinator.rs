@@ -14,21 +14,20 @@ use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_core::seed::{Purpose, RootSeed, SeedContext};
+use tessera_core::seed::Purpose;
 use tessera_core::{AggregationStrategy, ParamLayout};
-use tessera_dp::{Codec, CodecSpec, DpPlan, FixedPointSpec, Ledger, LedgerEntry, Mechanism};
-use tessera_dp::{PrivateCodecSpec, RoundShape};
-use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
+use tessera_dp::{Codec, DpPlan, Ledger, LedgerEntry, Mechanism};
 use tessera_secagg::{
-    Aggregator, FixedPoint, GraphSpec, Modulus, Phase, PlainVector, Roster, Round, RoundConfig,
-    RoundParams, SessionId, SiteId, Status,
+    Aggregator, Modulus, Phase, PlainVector, Roster, Round, RoundConfig, RoundParams, SessionId,
+    SiteId, Status,
 };
 
 use crate::checkpoint::{Checkpoint, ResumeSettings};
-use crate::config::{FederationConfig, Protocol};
+use crate::config::FederationConfig;
 use crate::error::FlError;
+use crate::planning::{codec_spec, plan, public_seed};
 use crate::report::{AbortCause, RejectReason, Rejection, RoundReport};
-use crate::wire::{self, RoundStart, ToCoordinator, ToSite};
+use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WithdrawReason};
 
 /// Identifies an armed deadline; a stale one is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +76,7 @@ struct Running {
     timer: TimerId,
     phase: Option<Phase>,
     left: BTreeSet<SiteId>,
+    withdrawals: Vec<(SiteId, WithdrawReason)>,
     rejected: Vec<Rejection>,
     collect: Collect,
 }
@@ -193,12 +193,20 @@ impl CoordinatorMachine {
         }
         let round = self.next_round;
         let participants = self.select(round);
-        let (threshold, graph) = self.plan(round, participants.len())?;
+        let (threshold, graph) = plan(&self.config, round, participants.len())?;
         let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Config {
             key: "bits",
             message: e.to_string(),
         })?;
-        let (spec, plan) = self.codec_spec(round, participants.len(), threshold, modulus)?;
+        let dim = self.layout.len();
+        let (spec, plan) = codec_spec(
+            &self.config,
+            dim,
+            round,
+            participants.len(),
+            threshold,
+            modulus,
+        )?;
         let codec = spec.codec()?;
         let privacy = match &plan {
             Some(plan) => Some(self.charge(round, plan)?),
@@ -254,6 +262,7 @@ impl CoordinatorMachine {
             timer,
             phase: None,
             left: BTreeSet::new(),
+            withdrawals: Vec::new(),
             rejected: std::mem::take(&mut self.between_rounds),
             collect,
         });
@@ -326,8 +335,11 @@ impl CoordinatorMachine {
         }
         let current = run.round;
         match (msg, &mut run.collect) {
-            (ToCoordinator::Withdraw { round }, _) if round == current => self.leave(from),
-            (ToCoordinator::Withdraw { round }, _) => {
+            (ToCoordinator::Withdraw { round, reason }, _) if round == current => {
+                run.withdrawals.push((from, reason));
+                self.leave(from)
+            }
+            (ToCoordinator::Withdraw { round, .. }, _) => {
                 self.reject(
                     from,
                     RejectReason::WrongRound {
@@ -491,6 +503,7 @@ impl CoordinatorMachine {
             total_weight,
             privacy: run.privacy,
             left: run.left.into_iter().collect(),
+            withdrawals: run.withdrawals,
             rejected: run.rejected,
         }));
         Ok(())
@@ -570,14 +583,6 @@ impl CoordinatorMachine {
         Ok(entry)
     }
 
-    /// Public per-round randomness for `purpose`.
-    fn public_seed(&self, purpose: Purpose, round: u64) -> [u8; 32] {
-        RootSeed::PUBLIC.derive(
-            purpose,
-            SeedContext::session(self.config.session).round(round),
-        )
-    }
-
     /// The round's participants: ⌈fraction · connected⌉ sites (at least 2), chosen by a
     /// shuffle seeded with the session and round, so a restart picks the same ones.
     fn select(&self, round: u64) -> Vec<SiteId> {
@@ -587,7 +592,7 @@ impl CoordinatorMachine {
         if k == all.len() {
             return all;
         }
-        let mut rng = ChaCha20Rng::from_seed(self.public_seed(Purpose::Selection, round));
+        let mut rng = ChaCha20Rng::from_seed(public_seed(&self.config, Purpose::Selection, round));
         for i in (1..all.len()).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             all.swap(i, j);
@@ -595,71 +600,6 @@ impl CoordinatorMachine {
         let mut chosen = all[..k].to_vec();
         chosen.sort_unstable();
         chosen
-    }
-
-    fn plan(&self, round: u64, n: usize) -> Result<(u32, GraphSpec), FlError> {
-        let request = PlanRequest::new(n, self.config.dropout_rate, self.config.corruption_rate);
-        let plan = match self.config.protocol {
-            Protocol::Secagg | Protocol::Plaintext => plan_secagg(&request)?,
-            Protocol::SecaggPlus => plan_secagg_plus(&request)?,
-        };
-        let graph = match plan.degree {
-            // Public round randomness (see the secagg crate's notes on who may choose it).
-            Some(k) => GraphSpec::RandomRegular {
-                degree: k as u32,
-                seed: self.public_seed(Purpose::Graph, round),
-            },
-            None => GraphSpec::Complete,
-        };
-        Ok((plan.threshold as u32, graph))
-    }
-
-    /// The round's codec: fixed point without DP, the private codec with it.
-    fn codec_spec(
-        &self,
-        round: u64,
-        n: usize,
-        threshold: u32,
-        modulus: Modulus,
-    ) -> Result<(CodecSpec, Option<DpPlan>), FlError> {
-        let dim = self.layout.len();
-        let c = &self.config;
-        if c.dp.mechanism == Mechanism::None {
-            let spec = FixedPointSpec {
-                bits: c.bits,
-                clip: c.clip,
-                scale: FixedPoint::max_scale(modulus, c.clip, n),
-                max_sites: n,
-                max_weight: c.max_weight,
-                dim,
-            };
-            return Ok((CodecSpec::FixedPoint(spec), None));
-        }
-        // Without secure aggregation nothing guarantees contributors; central noise does
-        // not depend on them.
-        let guaranteed = if c.protocol.is_secure() {
-            threshold as usize
-        } else {
-            1
-        };
-        let shape = RoundShape {
-            sites: n,
-            guaranteed,
-            bits: c.bits,
-            dim,
-        };
-        let plan = tessera_dp::plan(&c.dp, shape)?;
-        let spec = PrivateCodecSpec {
-            bits: c.bits,
-            l2_clip: c.dp.l2_clip,
-            gamma: plan.gamma,
-            dim,
-            max_sites: n,
-            max_weight: c.max_weight,
-            rotation_seed: self.public_seed(Purpose::Rotation, round),
-            site_noise: plan.site_noise,
-        };
-        Ok((CodecSpec::Private(spec), Some(plan)))
     }
 }
 

@@ -56,7 +56,7 @@ impl Egress {
         let (round, phase) = match msg {
             ToCoordinator::SecAgg(env) => (env.header.round.0, env.phase().to_string()),
             ToCoordinator::Plain { round, .. } => (*round, "plaintext".to_string()),
-            ToCoordinator::Withdraw { round } => (*round, "withdraw".to_string()),
+            ToCoordinator::Withdraw { round, .. } => (*round, "withdraw".to_string()),
         };
         let bytes = wire::encode(msg)?;
         self.transcript.append(msg.kind(), round, &phase, &bytes)?;

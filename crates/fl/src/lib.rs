@@ -31,6 +31,7 @@ mod known;
 pub mod links;
 pub mod loopback;
 pub mod memory;
+mod planning;
 mod report;
 pub mod sim;
 pub mod site;
@@ -43,6 +44,7 @@ pub use egress::{Egress, SiteInbox, SiteLink};
 pub use error::FlError;
 pub use known::KnownUpdateTrainer;
 pub use links::{LinkEvent, Traffic, accept_sites, open_link, reconnecting_link};
+pub use planning::{Preflight, preflight};
 pub use report::{AbortCause, RejectReason, Rejection, RoundReport};
 pub use site::{
     SiteAction, SiteEvent, SiteFailure, SiteIdentity, SiteMachine, SiteProblem, SiteSummary,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
+use tessera_net::frame::{MAX_MESSAGE, read_message, write_message};
 use tessera_net::pki::SignedRoster;
 use tessera_net::quic::peer_name;
 use tessera_secagg::SiteId;
@@ -136,7 +136,7 @@ async fn serve(conn: quinn::Connection, site: SiteId, link: u64, events: mpsc::S
     }
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
-            if write_frame(&mut send, &bytes, MAX_FRAME).await.is_err() {
+            if write_message(&mut send, &bytes).await.is_err() {
                 break;
             }
         }
@@ -144,7 +144,7 @@ async fn serve(conn: quinn::Connection, site: SiteId, link: u64, events: mpsc::S
     });
     // A corrupt, oversized or truncated frame ends this link; the site is then a
     // dropout, and nothing else is affected. Empty frames only open the stream.
-    while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
+    while let Ok(Some(bytes)) = read_message(&mut recv, MAX_MESSAGE).await {
         if !bytes.is_empty()
             && events
                 .send(LinkEvent::Message { site, bytes })
@@ -161,21 +161,21 @@ async fn serve(conn: quinn::Connection, site: SiteId, link: u64, events: mpsc::S
 pub async fn open_link(conn: &quinn::Connection) -> Result<SiteLink, FlError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|_| FlError::Disconnected)?;
     // QUIC streams appear to the peer only once written to: announce this one.
-    write_frame(&mut send, &[], MAX_FRAME)
+    write_message(&mut send, &[])
         .await
         .map_err(|_| FlError::Disconnected)?;
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(SITE_QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
     tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
-            if write_frame(&mut send, &bytes, MAX_FRAME).await.is_err() {
+            if write_message(&mut send, &bytes).await.is_err() {
                 break;
             }
         }
         let _ = send.finish();
     });
     tokio::spawn(async move {
-        while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
+        while let Ok(Some(bytes)) = read_message(&mut recv, MAX_MESSAGE).await {
             if !bytes.is_empty() && in_tx.send(bytes.into()).await.is_err() {
                 break;
             }
@@ -209,11 +209,11 @@ pub fn reconnecting_link(
                 continue;
             };
             // QUIC streams appear to the peer only once written to: announce this one.
-            if write_frame(&mut send, &[], MAX_FRAME).await.is_err() {
+            if write_message(&mut send, &[]).await.is_err() {
                 continue;
             }
             let reader = async {
-                while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
+                while let Ok(Some(bytes)) = read_message(&mut recv, MAX_MESSAGE).await {
                     if !bytes.is_empty() && in_tx.send(bytes.into()).await.is_err() {
                         break;
                     }
@@ -221,7 +221,7 @@ pub fn reconnecting_link(
             };
             let writer = async {
                 while let Some(bytes) = out_rx.recv().await {
-                    if write_frame(&mut send, &bytes, MAX_FRAME).await.is_err() {
+                    if write_message(&mut send, &bytes).await.is_err() {
                         return false;
                     }
                 }

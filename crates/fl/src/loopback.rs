@@ -139,7 +139,7 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
             identity,
             roster: identities.clone(),
         };
-        let machine = SiteMachine::simulated(who, layout.clone(), &root, dropouts);
+        let machine = SiteMachine::simulated(who, trainer.layout().clone(), &root, dropouts);
         let (link, _) = reconnecting_link(ep, addr, "coordinator".into(), Duration::from_secs(30));
         let (egress, inbox) = Egress::open(link, transcript);
         sites.push(tokio::spawn(async move {

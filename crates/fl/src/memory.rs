@@ -84,7 +84,7 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
             identity,
             roster: roster.clone(),
         };
-        let machine = SiteMachine::simulated(who, layout.clone(), &root, dropouts);
+        let machine = SiteMachine::simulated(who, trainer.layout().clone(), &root, dropouts);
         let (egress, inbox) = Egress::open(link, transcript);
         sites.push(tokio::spawn(async move {
             run_site(machine, &mut trainer, egress, inbox).await

@@ -5,7 +5,7 @@ use tessera_dp::{DpError, LedgerEntry};
 use tessera_secagg::{AbortReason, AggregatorError, SiteId};
 use thiserror::Error;
 
-use crate::wire::WireError;
+use crate::wire::{WireError, WithdrawReason};
 
 /// Why a round produced no new model.
 #[derive(Clone, Debug, Error, PartialEq)]
@@ -63,6 +63,8 @@ pub struct RoundReport {
     pub privacy: Option<LedgerEntry>,
     /// Participants that left during the round (link closed, or withdrew).
     pub left: Vec<SiteId>,
+    /// Those that withdrew, with the reason they gave.
+    pub withdrawals: Vec<(SiteId, WithdrawReason)>,
     /// Messages refused during the round (and any that arrived between rounds).
     pub rejected: Vec<Rejection>,
 }

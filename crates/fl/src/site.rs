@@ -20,7 +20,7 @@ use tessera_secagg::{
 };
 use thiserror::Error;
 
-use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WireError};
+use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WireError, WithdrawReason};
 
 /// Who a site is: its id, identity key and the roster it checks peers against.
 #[derive(Clone)]
@@ -195,18 +195,31 @@ impl SiteMachine {
 
     /// Leaves `round` after a failure: recorded, and the coordinator is told at once.
     fn abandon(&mut self, round: u64, failure: SiteFailure) {
+        let reason = match &failure {
+            SiteFailure::Model(LayoutError::Length { got, expected }) => {
+                WithdrawReason::ModelShape {
+                    got: *got,
+                    expected: *expected,
+                }
+            }
+            SiteFailure::Encoding(e) => WithdrawReason::Encoding(e.to_string()),
+            SiteFailure::Training(_) | SiteFailure::Model(_) => WithdrawReason::Training,
+            SiteFailure::Params(_) => WithdrawReason::Params,
+            SiteFailure::Protocol(_) | SiteFailure::Wire(_) => WithdrawReason::Protocol,
+        };
         self.problem(Some(round), failure);
         self.state = State::Waiting;
         self.actions
-            .push_back(SiteAction::Send(ToCoordinator::Withdraw { round }));
+            .push_back(SiteAction::Send(ToCoordinator::Withdraw { round, reason }));
     }
 
     /// Sends `msg` unless a simulated dropout starts at `phase`.
     fn send(&mut self, round: u64, phase: Phase, msg: ToCoordinator) -> bool {
         if self.silent.get(&round).is_some_and(|p| phase >= *p) {
             self.state = State::Waiting;
+            let reason = WithdrawReason::Dropout;
             self.actions
-                .push_back(SiteAction::Send(ToCoordinator::Withdraw { round }));
+                .push_back(SiteAction::Send(ToCoordinator::Withdraw { round, reason }));
             return false;
         }
         self.actions.push_back(SiteAction::Send(msg));

@@ -51,10 +51,32 @@ pub enum ToCoordinator {
         update: PlainVector,
     },
     /// The site leaves this round (a simulated dropout, or a site that cannot go on):
-    /// the coordinator treats it as dropped at once instead of waiting for a deadline.
+    /// the coordinator treats it as dropped at once instead of waiting for a deadline,
+    /// and logs why.
     Withdraw {
         round: u64,
+        reason: WithdrawReason,
     },
+}
+
+/// Why a site left a round. It says what is wrong with the federation's settings for
+/// this site (never anything about its data beyond what its update would carry).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Error)]
+pub enum WithdrawReason {
+    #[error("a simulated dropout")]
+    Dropout,
+    #[error(
+        "the global model has {got} values, the site's model {expected}: another model or profile"
+    )]
+    ModelShape { got: usize, expected: usize },
+    #[error("its update does not fit the round's codec: {0}")]
+    Encoding(String),
+    #[error("its local training failed")]
+    Training,
+    #[error("the round's parameters are invalid for it")]
+    Params,
+    #[error("secure aggregation failed at the site")]
+    Protocol,
 }
 
 impl ToCoordinator {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use tessera_core::seed::RootSeed;
 use tessera_core::{ParamLayout, Strategy};
 use tessera_fl::checkpoint::CheckpointProblem;
+use tessera_fl::wire::WithdrawReason;
 use tessera_fl::{
     AbortCause, Coordinator, FederationConfig, FlError, KnownUpdateTrainer, Protocol, memory,
 };
@@ -398,4 +399,53 @@ fn experiment_seeds_give_different_site_keys() {
         assert_ne!(a.get(id), b.get(id));
     }
     assert_ne!(a.get(ids[0]), a.get(ids[1]));
+}
+
+/// A site whose model does not match the federation's withdraws at once, saying why,
+/// and the round goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_with_another_model_withdraws_and_says_why() {
+    let dir = tmp("mismatch");
+    let mut trainers: Vec<KnownUpdateTrainer> = (0..3)
+        .map(|i| KnownUpdateTrainer::new(DIM, step(i), samples(i)).unwrap())
+        .collect();
+    trainers.push(KnownUpdateTrainer::new(DIM + 1, 0.5, 10).unwrap());
+    let mut fed = memory::start(
+        config(&dir),
+        layout(),
+        vec![0.5; DIM],
+        trainers,
+        &BTreeMap::new(),
+        &dir,
+        root(),
+    )
+    .await
+    .unwrap();
+    let report = fed.coordinator.run_round().await.unwrap();
+    assert!(report.completed(), "{report:?}");
+    assert_eq!(report.contributors, vec![SiteId(0), SiteId(1), SiteId(2)]);
+    assert_eq!(
+        report.withdrawals,
+        vec![(
+            SiteId(3),
+            WithdrawReason::ModelShape {
+                got: DIM,
+                expected: DIM + 1
+            }
+        )]
+    );
+    fed.coordinator.shutdown().await.unwrap();
+    let summaries: Vec<_> = futures_join(fed.sites).await;
+    assert_eq!(summaries[3].rounds_contributed, 0);
+    assert_eq!(summaries[3].problems.len(), 1);
+}
+
+async fn futures_join(
+    sites: Vec<tokio::task::JoinHandle<Result<tessera_fl::SiteSummary, FlError>>>,
+) -> Vec<tessera_fl::SiteSummary> {
+    let mut out = Vec::new();
+    for s in sites {
+        out.push(s.await.unwrap().unwrap());
+    }
+    out
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tessera_core::seed::RootSeed;
 use tessera_core::{LocalTrainer, Strategy};
 use tessera_dp::{DpConfig, Mechanism};
-use tessera_fl::wire::{self, ToCoordinator};
+use tessera_fl::wire::{self, ToCoordinator, WithdrawReason};
 use tessera_fl::{
     AbortCause, Action, CoordinatorMachine, Event, FederationConfig, KnownUpdateTrainer, Protocol,
     RejectReason, RoundReport, SiteAction, SiteEvent, SiteIdentity, SiteMachine, TimerId, memory,
@@ -362,7 +362,11 @@ fn stray_messages_are_reported() {
         ..config()
     };
     let mut h = Harness::new(cfg, 4, &memory::Dropouts::new(), None);
-    let junk = wire::encode(&ToCoordinator::Withdraw { round: 9 }).unwrap();
+    let junk = wire::encode(&ToCoordinator::Withdraw {
+        round: 9,
+        reason: WithdrawReason::Dropout,
+    })
+    .unwrap();
     h.coordinator
         .handle(Event::Message {
             from: SiteId(0),

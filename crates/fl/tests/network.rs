@@ -12,7 +12,7 @@ use tessera_fl::{
     Coordinator, Egress, FederationConfig, KnownUpdateTrainer, RejectReason, SiteIdentity,
     SiteMachine, accept_sites, reconnecting_link, run_site,
 };
-use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
+use tessera_net::frame::{CHUNK, MAX_MESSAGE, read_message, write_message};
 use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
 use tessera_net::quic::{Credentials, client, connect, server};
 use tessera_net::transcript::TranscriptWriter;
@@ -112,23 +112,21 @@ async fn a_hostile_site_cannot_disturb_the_round() {
             let ep = client(&Credentials::load(&dir, "site-3").unwrap(), false).unwrap();
             let conn = connect(&ep, addr, "coordinator").await.unwrap();
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            write_frame(&mut send, b"", MAX_FRAME).await.unwrap();
+            write_message(&mut send, b"").await.unwrap();
             let mut rng = tessera_secagg::simulation::site_rng([3; 32], SiteId(3));
             let mut first_advert: Option<Vec<u8>> = None;
-            while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME).await {
+            while let Ok(Some(bytes)) = read_message(&mut recv, MAX_MESSAGE).await {
                 let Ok(ToSite::RoundStart(start)) = wire::decode::<ToSite>(&bytes) else {
                     continue;
                 };
                 if start.params.round == Round(3) {
-                    // a frame announcing more than the maximum: the link must end
-                    let _ = send
-                        .write_all(&((MAX_FRAME as u32) + 1).to_be_bytes())
-                        .await;
+                    // a frame announcing more than a piece may hold: the link must end
+                    let _ = send.write_all(&((CHUNK as u32) + 2).to_be_bytes()).await;
                     let _ = send.write_all(&[0u8; 64]).await;
                     continue;
                 }
                 // bytes that are not a message
-                write_frame(&mut send, &[0xde, 0xad, 0xbe, 0xef], MAX_FRAME)
+                write_message(&mut send, &[0xde, 0xad, 0xbe, 0xef])
                     .await
                     .unwrap();
                 // a real advertisement, and a copy claiming to be site 0's
@@ -145,10 +143,9 @@ async fn a_hostile_site_cannot_disturb_the_round() {
                 .unwrap();
                 let mut forged = advert.clone();
                 forged.header.sender = Party::Site(SiteId(0));
-                write_frame(
+                write_message(
                     &mut send,
                     &wire::encode(&ToCoordinator::SecAgg(forged)).unwrap(),
-                    MAX_FRAME,
                 )
                 .await
                 .unwrap();
@@ -156,11 +153,11 @@ async fn a_hostile_site_cannot_disturb_the_round() {
                     // round 1: the real advertisement, then silence (a dropout)
                     None => {
                         let bytes = wire::encode(&ToCoordinator::SecAgg(advert)).unwrap();
-                        write_frame(&mut send, &bytes, MAX_FRAME).await.unwrap();
+                        write_message(&mut send, &bytes).await.unwrap();
                         first_advert = Some(bytes);
                     }
                     // round 2: a replay of round 1's advertisement instead
-                    Some(old) => write_frame(&mut send, old, MAX_FRAME).await.unwrap(),
+                    Some(old) => write_message(&mut send, old).await.unwrap(),
                 }
             }
         });
@@ -233,4 +230,47 @@ async fn a_site_connecting_later_joins_the_next_round() {
     assert_eq!(r2.participants, vec![SiteId(0), SiteId(1), SiteId(2)]);
     assert_eq!(r2.contributors, r2.participants);
     coordinator.shutdown().await.unwrap();
+}
+
+/// The `paper` profile's detector has 21 545 414 parameters: its model and masked
+/// inputs (about 86 MB each) exceed one frame and travel as a run of bounded pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paper_sized_model_crosses_quic() {
+    const PAPER: usize = 21_545_414;
+    let dir = std::env::temp_dir().join(format!("tessera-fl-paper-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = FederationConfig::builder([2; 16], dir.join("checkpoint.bin"))
+        .codec(32, 1.0, 10)
+        .timeouts(Duration::from_secs(600), Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let trainers = vec![
+        KnownUpdateTrainer::new(PAPER, 0.01, 1).unwrap(),
+        KnownUpdateTrainer::new(PAPER, 0.03, 1).unwrap(),
+    ];
+    let layout = KnownUpdateTrainer::layout_for(PAPER).unwrap();
+    let mut fed = tessera_fl::loopback::start(
+        config,
+        layout,
+        vec![0.0; PAPER],
+        trainers,
+        &Default::default(),
+        &dir,
+        RootSeed::from_experiment(1),
+    )
+    .await
+    .unwrap();
+    let report = fed.coordinator.run_round().await.unwrap();
+    assert!(report.completed(), "{report:?}");
+    assert_eq!(report.contributors.len(), 2);
+    let g = fed.coordinator.global();
+    assert!((g[0] - 0.02).abs() < 1e-4 && (g[PAPER - 1] - 0.02).abs() < 1e-4);
+    let (up, down) = fed.coordinator.traffic().snapshot();
+    assert!(
+        up > 2 * 4 * PAPER as u64 && down > 2 * 4 * PAPER as u64,
+        "{up} {down}"
+    );
+    fed.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

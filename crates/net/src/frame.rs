@@ -1,6 +1,12 @@
 //! Length-delimited frames: a 4-byte big-endian length, then the payload. A hard
 //! maximum is checked before anything is allocated, so a peer cannot make us reserve
 //! memory by announcing a huge frame.
+//!
+//! Messages of any size (a `paper`-profile model is larger than one frame may be) travel
+//! as a run of frames of at most [`CHUNK`] bytes, each a flag byte (1: more pieces
+//! follow, 0: last piece) and the piece: [`write_message`] and [`read_message`]. The
+//! receiver allocates as pieces arrive, never on a peer's announcement, and stops at
+//! its own maximum message size.
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -8,12 +14,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Default hard maximum of one frame (a 10^7-coordinate 32-bit vector fits).
 pub const MAX_FRAME: usize = 64 << 20;
 
+/// The largest piece of a message in one frame.
+pub const CHUNK: usize = 1 << 20;
+
+/// Default hard maximum of one message: 1 GiB.
+pub const MAX_MESSAGE: usize = 1 << 30;
+
 #[derive(Debug, Error)]
 pub enum FrameError {
     #[error("frame of {len} bytes exceeds the maximum of {max}")]
     TooLarge { len: usize, max: usize },
     #[error("stream ended inside a frame ({got} of {expected} bytes)")]
     Truncated { expected: usize, got: usize },
+    #[error("message of more than {max} bytes")]
+    MessageTooLarge { max: usize },
+    #[error("malformed message piece: {0}")]
+    Malformed(&'static str),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -126,9 +142,113 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Writes one message as pieces of at most [`CHUNK`] bytes (an empty message is one
+/// empty last piece).
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    message: &[u8],
+) -> Result<(), FrameError> {
+    if message.len() > MAX_MESSAGE {
+        return Err(FrameError::MessageTooLarge { max: MAX_MESSAGE });
+    }
+    let count = message.len().div_ceil(CHUNK).max(1);
+    for (i, piece) in message
+        .chunks(CHUNK)
+        .chain(message.is_empty().then_some(&[][..]))
+        .enumerate()
+    {
+        let more = u8::from(i + 1 < count);
+        w.write_all(&((piece.len() + 1) as u32).to_be_bytes())
+            .await?;
+        w.write_all(&[more]).await?;
+        w.write_all(piece).await?;
+    }
+    Ok(())
+}
+
+/// Reads one message of at most `max` bytes; `Ok(None)` on a clean end of stream
+/// between messages.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut message = Vec::new();
+    let mut first = true;
+    loop {
+        let Some(frame) = read_frame(r, CHUNK + 1).await? else {
+            return if first {
+                Ok(None)
+            } else {
+                Err(FrameError::Malformed("the stream ended inside a message"))
+            };
+        };
+        first = false;
+        let (&more, piece) = frame
+            .split_first()
+            .ok_or(FrameError::Malformed("a piece without its flag byte"))?;
+        if message.len() + piece.len() > max {
+            return Err(FrameError::MessageTooLarge { max });
+        }
+        message.extend_from_slice(piece);
+        match more {
+            0 => return Ok(Some(message)),
+            1 => {}
+            _ => return Err(FrameError::Malformed("a flag byte other than 0 or 1")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn messages_of_any_size_travel_in_pieces() {
+        let big: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i % 251) as u8).collect();
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            write_message(&mut a, &sent).await.unwrap();
+            write_message(&mut a, &[]).await.unwrap();
+            write_message(&mut a, &[7; 10]).await.unwrap();
+        });
+        assert_eq!(read_message(&mut b, MAX_MESSAGE).await.unwrap(), Some(big));
+        assert_eq!(
+            read_message(&mut b, MAX_MESSAGE).await.unwrap(),
+            Some(vec![])
+        );
+        // a message over the reader's own maximum is refused
+        assert!(matches!(
+            read_message(&mut b, 5).await,
+            Err(FrameError::MessageTooLarge { max: 5 })
+        ));
+        writer.await.unwrap();
+        assert_eq!(read_message(&mut b, MAX_MESSAGE).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn malformed_pieces_are_refused() {
+        for (wire, what) in [
+            (vec![0, 0, 0, 0], "no flag byte"),
+            (vec![0, 0, 0, 2, 9, 1], "bad flag"),
+            (vec![0, 0, 0, 2, 1, 1], "ends inside a message"),
+        ] {
+            let mut r = &wire[..];
+            assert!(
+                matches!(
+                    read_message(&mut r, MAX_MESSAGE).await,
+                    Err(FrameError::Malformed(_))
+                ),
+                "{what}"
+            );
+        }
+        // a piece announced larger than a chunk ends the stream before allocation
+        let mut r = &((CHUNK as u32 + 2).to_be_bytes())[..];
+        assert!(matches!(
+            read_message(&mut r, MAX_MESSAGE).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
 
     #[test]
     fn decoder_reassembles_frames_from_any_split() {

@@ -86,8 +86,9 @@ pub enum Note {
         addr: std::net::SocketAddr,
         sites: usize,
     },
+    Plan(crate::Preflight),
     Joined {
-        connected: usize,
+        names: Vec<String>,
         expected: usize,
     },
     Refused(RefusedPeer),
@@ -173,9 +174,11 @@ pub async fn run_coordinator(
             Purpose::CentralNoise,
             SeedContext::session(plan.federation.session),
         );
+    let layout = model.layout().clone();
+    // Settings no round could satisfy are refused before the port is bound.
+    let preflight = crate::planning::preflight(&plan.federation, file.sites, layout.len())?;
     let endpoint = server(plan.listen, &creds, file.keylog)?;
     let events = accept_sites(&endpoint, &plan.roster);
-    let layout = model.layout().clone();
     let mut coordinator = Coordinator::new(
         plan.federation.clone(),
         identities,
@@ -204,10 +207,23 @@ pub async fn run_coordinator(
         addr: plan.listen,
         sites: file.sites,
     });
+    note(Note::Plan(preflight));
     let wait = files::seconds("join_timeout_s", file.join_timeout_s)?;
-    let connected = wait_for_sites(&mut coordinator, file.sites, wait, note).await;
+    wait_for_sites(&mut coordinator, file.sites, wait, note).await;
+    let names = coordinator
+        .machine()
+        .connected()
+        .iter()
+        .map(|s| {
+            plan.roster
+                .entries
+                .iter()
+                .find(|e| e.site == s.0)
+                .map_or_else(|| s.to_string(), |e| e.name.clone())
+        })
+        .collect();
     note(Note::Joined {
-        connected,
+        names,
         expected: file.sites,
     });
     std::fs::create_dir_all(&plan.output).map_err(FlError::io(&plan.output))?;

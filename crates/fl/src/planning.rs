@@ -1,0 +1,123 @@
+//! What a round's parameters will be, from the federation's settings alone: threshold
+//! and graph, codec and DP plan, public round randomness. The coordinator machine plans
+//! each round with these, and [`preflight`] runs them once before anything listens, so
+//! that settings no round could satisfy are refused up front.
+
+use tessera_core::seed::{Purpose, RootSeed, SeedContext};
+use tessera_dp::{CodecSpec, DpPlan, FixedPointSpec, Mechanism, PrivateCodecSpec, RoundShape};
+use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
+use tessera_secagg::{FixedPoint, GraphSpec, Modulus};
+
+use crate::config::{FederationConfig, Protocol};
+use crate::error::FlError;
+
+/// Public per-round randomness for `purpose`.
+pub(crate) fn public_seed(config: &FederationConfig, purpose: Purpose, round: u64) -> [u8; 32] {
+    RootSeed::PUBLIC.derive(purpose, SeedContext::session(config.session).round(round))
+}
+
+/// The threshold and graph for `n` participants.
+pub(crate) fn plan(
+    config: &FederationConfig,
+    round: u64,
+    n: usize,
+) -> Result<(u32, GraphSpec), FlError> {
+    let request = PlanRequest::new(n, config.dropout_rate, config.corruption_rate);
+    let plan = match config.protocol {
+        Protocol::Secagg | Protocol::Plaintext => plan_secagg(&request)?,
+        Protocol::SecaggPlus => plan_secagg_plus(&request)?,
+    };
+    let graph = match plan.degree {
+        // Public round randomness (see the secagg crate's notes on who may choose it).
+        Some(k) => GraphSpec::RandomRegular {
+            degree: k as u32,
+            seed: public_seed(config, Purpose::Graph, round),
+        },
+        None => GraphSpec::Complete,
+    };
+    Ok((plan.threshold as u32, graph))
+}
+
+/// The round's codec: fixed point without DP, the private codec with it.
+pub(crate) fn codec_spec(
+    config: &FederationConfig,
+    dim: usize,
+    round: u64,
+    n: usize,
+    threshold: u32,
+    modulus: Modulus,
+) -> Result<(CodecSpec, Option<DpPlan>), FlError> {
+    let c = config;
+    if c.dp.mechanism == Mechanism::None {
+        let spec = FixedPointSpec {
+            bits: c.bits,
+            clip: c.clip,
+            scale: FixedPoint::max_scale(modulus, c.clip, n),
+            max_sites: n,
+            max_weight: c.max_weight,
+            dim,
+        };
+        return Ok((CodecSpec::FixedPoint(spec), None));
+    }
+    // Without secure aggregation nothing guarantees contributors; central noise does
+    // not depend on them.
+    let guaranteed = if c.protocol.is_secure() {
+        threshold as usize
+    } else {
+        1
+    };
+    let shape = RoundShape {
+        sites: n,
+        guaranteed,
+        bits: c.bits,
+        dim,
+    };
+    let plan = tessera_dp::plan(&c.dp, shape)?;
+    let spec = PrivateCodecSpec {
+        bits: c.bits,
+        l2_clip: c.dp.l2_clip,
+        gamma: plan.gamma,
+        dim,
+        max_sites: n,
+        max_weight: c.max_weight,
+        rotation_seed: public_seed(config, Purpose::Rotation, round),
+        site_noise: plan.site_noise,
+    };
+    Ok((CodecSpec::Private(spec), Some(plan)))
+}
+
+/// The plan of a full round, as the coordinator will make it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preflight {
+    pub sites: usize,
+    pub threshold: u32,
+    /// SecAgg+'s graph degree; `None` for the complete graph.
+    pub degree: Option<u32>,
+}
+
+/// Plans a round of `sites` participants for a `dim`-parameter model as the coordinator
+/// will: the threshold, the codec's bit budget and, with DP, the noise plan. An error
+/// names what to change, before a port is bound.
+pub fn preflight(
+    config: &FederationConfig,
+    sites: usize,
+    dim: usize,
+) -> Result<Preflight, FlError> {
+    config.validate()?;
+    let modulus = Modulus::new(config.bits).map_err(|e| FlError::Config {
+        key: "bits",
+        message: e.to_string(),
+    })?;
+    let (threshold, graph) = plan(config, 1, sites)?;
+    let (spec, _) = codec_spec(config, dim, 1, sites, threshold, modulus)?;
+    spec.codec()?;
+    let degree = match graph {
+        GraphSpec::RandomRegular { degree, .. } => Some(degree),
+        GraphSpec::Complete => None,
+    };
+    Ok(Preflight {
+        sites,
+        threshold,
+        degree,
+    })
+}
