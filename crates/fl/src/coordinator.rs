@@ -56,7 +56,7 @@ pub enum Action {
     /// Write these bytes atomically before carrying out any later action.
     Write { path: PathBuf, bytes: Vec<u8> },
     /// A round has ended (after its messages and checkpoint above).
-    Report(RoundReport),
+    Report(Box<RoundReport>),
 }
 
 enum Collect {
@@ -495,7 +495,7 @@ impl CoordinatorMachine {
         }
         self.next_round = run.round + 1;
         self.persist()?;
-        self.actions.push_back(Action::Report(RoundReport {
+        self.actions.push_back(Action::Report(Box::new(RoundReport {
             round: run.round,
             participants: run.participants,
             contributors,
@@ -505,7 +505,7 @@ impl CoordinatorMachine {
             left: run.left.into_iter().collect(),
             withdrawals: run.withdrawals,
             rejected: run.rejected,
-        }));
+        })));
         Ok(())
     }
 

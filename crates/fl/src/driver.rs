@@ -213,7 +213,7 @@ impl Coordinator {
                     self.deadline = Some((Instant::now() + after, timer));
                 }
                 Action::Write { path, bytes } => write(&path, &bytes)?,
-                Action::Report(r) => report = Some(r),
+                Action::Report(r) => report = Some(*r),
             }
         }
         Ok(report)

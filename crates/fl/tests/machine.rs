@@ -109,7 +109,7 @@ impl Harness {
                         self.log.push("write");
                         self.writes.insert(path, bytes);
                     }
-                    Action::Report(r) => self.reports.push(r),
+                    Action::Report(r) => self.reports.push(*r),
                 }
             }
             for i in 0..self.sites.len() {
