@@ -2,12 +2,11 @@
 //! synthetic cohorts over QUIC; the coordinator evaluates each global model on an
 //! external cohort it holds, logs every round and exports the final model.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
 
-fn tessera() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-}
+use common::{free_port, output, pki, spawn, tessera};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 
 fn cohort(id: &str, role: &str, offset: i32) -> String {
     format!(
@@ -39,27 +38,10 @@ fn setup(dir: &Path, port: u16) -> PathBuf {
         cohort("ext", "external", 5)
     );
     std::fs::write(dir.join("datasets.toml"), registry).unwrap();
-    let pki = dir.join("pki");
-    let run = |args: &[&str]| assert!(tessera().args(args).status().unwrap().success(), "{args:?}");
-    run(&["pki", "init", "--dir", pki.to_str().unwrap()]);
-    run(&[
-        "pki",
-        "issue",
-        "--dir",
-        pki.to_str().unwrap(),
-        "--coordinator",
-    ]);
-    for (i, site) in ["hk-a", "hk-b", "hk-c"].iter().enumerate() {
-        run(&[
-            "pki",
-            "issue",
-            "--dir",
-            pki.to_str().unwrap(),
-            "--site",
-            site,
-            "--id",
-            &i.to_string(),
-        ]);
+    let pki_dir = dir.join("pki");
+    pki(&pki_dir, &["hk-a", "hk-b", "hk-c"]);
+    let pki = pki_dir;
+    for site in ["hk-a", "hk-b", "hk-c"] {
         std::fs::write(
             dir.join(format!("{site}.toml")),
             format!(
@@ -86,32 +68,12 @@ fn setup(dir: &Path, port: u16) -> PathBuf {
     config
 }
 
-fn spawn(args: &[&str]) -> Child {
-    tessera()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn output(child: Child) -> (Option<i32>, String) {
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
-}
-
 #[test]
 fn three_sites_train_the_detector_over_quic() {
     let dir = std::env::temp_dir().join(format!("tessera-detector-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = setup(&dir, port);
     let coordinator = spawn(&["coordinator", "--config", config.to_str().unwrap()]);
     let sites: Vec<Child> = ["hk-a", "hk-b", "hk-c"]

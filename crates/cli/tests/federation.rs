@@ -1,22 +1,13 @@
 //! A coordinator and three site processes over QUIC on loopback.
 
+mod common;
+
+use common::{free_port, spawn, tessera};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tessera_net::pki::{SignedRoster, load_identity};
 use tessera_net::transcript::verify;
-
-fn tessera() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 const SITES: [(&str, u32, f32, u64); 3] = [
     ("site-a", 0, 0.01, 100),
@@ -30,27 +21,7 @@ fn setup(name: &str) -> (PathBuf, u16) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pki = dir.join("pki");
-    let run = |args: &[&str]| assert!(tessera().args(args).status().unwrap().success(), "{args:?}");
-    run(&["pki", "init", "--dir", pki.to_str().unwrap()]);
-    run(&[
-        "pki",
-        "issue",
-        "--dir",
-        pki.to_str().unwrap(),
-        "--coordinator",
-    ]);
-    for (site, id, ..) in SITES {
-        run(&[
-            "pki",
-            "issue",
-            "--dir",
-            pki.to_str().unwrap(),
-            "--site",
-            site,
-            "--id",
-            &id.to_string(),
-        ]);
-    }
+    common::pki(&pki, &SITES.map(|(site, ..)| site));
     let port = free_port();
     for (site, _, step, samples) in SITES {
         std::fs::write(
@@ -78,15 +49,6 @@ fn coordinator_config(dir: &Path, port: u16, rounds: u64) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn spawn(args: &[&str]) -> Child {
-    tessera()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 fn spawn_sites(dir: &Path) -> Vec<Child> {
@@ -310,18 +272,9 @@ fn an_unreachable_coordinator_gives_an_actionable_error() {
 fn a_refused_certificate_is_reported_on_time() {
     let (dir, port) = setup("refused");
     let other = dir.join("other-pki");
-    let run = |args: &[&str]| assert!(tessera().args(args).status().unwrap().success(), "{args:?}");
-    run(&["pki", "init", "--dir", other.to_str().unwrap()]);
-    run(&[
-        "pki",
-        "issue",
-        "--dir",
-        other.to_str().unwrap(),
-        "--site",
-        "site-a",
-        "--id",
-        "0",
-    ]);
+    let d = other.to_str().unwrap();
+    common::run(&["pki", "init", "--dir", d]);
+    common::run(&["pki", "issue", "--dir", d, "--site", "site-a", "--id", "0"]);
     let config = dir.join("site-a.toml");
     let text = std::fs::read_to_string(&config)
         .unwrap()

@@ -250,40 +250,13 @@ fn tessera() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tessera"))
 }
 
+mod common;
+
 fn setup(dir: &Path, rounds: u64) -> PathBuf {
-    let bin = tessera();
     let pki = dir.join("pki");
-    let run = |args: &[&str]| {
-        assert!(
-            Command::new(&bin)
-                .args(args)
-                .stdout(Stdio::null())
-                .status()
-                .unwrap()
-                .success(),
-            "{args:?}"
-        )
-    };
-    run(&["pki", "init", "--dir", pki.to_str().unwrap()]);
-    run(&[
-        "pki",
-        "issue",
-        "--dir",
-        pki.to_str().unwrap(),
-        "--coordinator",
-    ]);
-    for i in 0..SITES {
-        let name = format!("site-{i}");
-        run(&[
-            "pki",
-            "issue",
-            "--dir",
-            pki.to_str().unwrap(),
-            "--site",
-            &name,
-            "--id",
-            &i.to_string(),
-        ]);
+    let names: Vec<String> = (0..SITES).map(|i| format!("site-{i}")).collect();
+    common::pki(&pki, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    for (i, name) in names.iter().enumerate() {
         std::fs::write(
             dir.join(format!("{name}.toml")),
             format!(
