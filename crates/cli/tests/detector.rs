@@ -114,6 +114,13 @@ fn three_sites_train_the_detector_over_quic() {
     assert_eq!(lines[1]["contributors"], serde_json::json!([0, 1, 2]));
     assert!(lines[1]["bytes_to_coordinator"].as_u64().unwrap() > 0);
     assert_eq!(lines[1]["metrics"]["cohort"], "ext");
+    // one duration per protocol phase, the first including local training
+    assert_eq!(
+        lines[1]["phases"].as_object().unwrap().len(),
+        5,
+        "{}",
+        lines[1]
+    );
     // The exported model has the detector's size (4 bytes a parameter, plus headers).
     let model = std::fs::metadata(dir.join("out/global.safetensors")).unwrap();
     assert!(model.len() > 10_000, "{}", model.len());

@@ -53,6 +53,9 @@ pub enum Action {
     Send { to: SiteId, bytes: Arc<[u8]> },
     /// Arm a deadline `after` from now, replacing any earlier one.
     SetTimer { timer: TimerId, after: Duration },
+    /// The round entered this phase (for the driver's timing; the first covers local
+    /// training too).
+    PhaseStarted(Phase),
     /// Write these bytes atomically before carrying out any later action.
     Write { path: PathBuf, bytes: Vec<u8> },
     /// A round has ended (after its messages and checkpoint above).
@@ -253,6 +256,8 @@ impl CoordinatorMachine {
             }
         };
         let timer = self.arm(self.config.training_timeout);
+        self.actions
+            .push_back(Action::PhaseStarted(Phase::AdvertiseKeys));
         self.running = Some(Running {
             round,
             participants,
@@ -442,6 +447,7 @@ impl CoordinatorMachine {
                 agg.mark_dropped(site)?;
             }
             if !first {
+                self.actions.push_back(Action::PhaseStarted(phase));
                 let after = self.config.phase_timeout;
                 let timer = self.arm(after);
                 if let Some(run) = self.running.as_mut() {

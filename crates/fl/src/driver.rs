@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tessera_core::{LocalTrainer, ParamLayout};
 use tessera_dp::Ledger;
-use tessera_secagg::{Roster, SiteId};
+use tessera_secagg::{Phase, Roster, SiteId};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
@@ -42,6 +42,10 @@ pub struct Coordinator {
     refused: Vec<RefusedPeer>,
     /// Sites that opened a second link while the first was still open.
     pub duplicates: Vec<SiteId>,
+    /// When each phase of the running round started.
+    phase_starts: Vec<(Phase, Instant)>,
+    /// How long each phase of the last round took.
+    phases: Vec<(Phase, Duration)>,
 }
 
 impl Coordinator {
@@ -75,6 +79,8 @@ impl Coordinator {
             traffic: Arc::new(Traffic::default()),
             refused: Vec::new(),
             duplicates: Vec::new(),
+            phase_starts: Vec::new(),
+            phases: Vec::new(),
         })
     }
 
@@ -92,6 +98,11 @@ impl Coordinator {
 
     pub fn ledger(&self) -> Option<&Ledger> {
         self.machine.ledger()
+    }
+
+    /// How long each phase of the last round took (the first includes local training).
+    pub fn phase_durations(&self) -> &[(Phase, Duration)] {
+        &self.phases
     }
 
     pub fn traffic(&self) -> &Arc<Traffic> {
@@ -213,7 +224,11 @@ impl Coordinator {
                     self.deadline = Some((Instant::now() + after, timer));
                 }
                 Action::Write { path, bytes } => write(&path, &bytes)?,
-                Action::Report(r) => report = Some(*r),
+                Action::PhaseStarted(phase) => self.phase_starts.push((phase, Instant::now())),
+                Action::Report(r) => {
+                    self.phases = phase_durations(std::mem::take(&mut self.phase_starts));
+                    report = Some(*r);
+                }
             }
         }
         Ok(report)
@@ -237,6 +252,21 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// Durations between consecutive phase starts, the last one until now.
+fn phase_durations(starts: Vec<(Phase, Instant)>) -> Vec<(Phase, Duration)> {
+    let end = Instant::now();
+    let ends = starts
+        .iter()
+        .skip(1)
+        .map(|(_, t)| *t)
+        .chain(std::iter::once(end));
+    starts
+        .iter()
+        .zip(ends)
+        .map(|((phase, start), stop)| (*phase, stop.saturating_duration_since(*start)))
+        .collect()
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), FlError> {

@@ -105,6 +105,7 @@ impl Harness {
                         self.inboxes[to.0 as usize].push_back(bytes);
                     }
                     Action::SetTimer { timer, .. } => self.timer = Some(timer),
+                    Action::PhaseStarted(_) => self.log.push("phase"),
                     Action::Write { path, bytes } => {
                         self.log.push("write");
                         self.writes.insert(path, bytes);
@@ -456,4 +457,19 @@ fn the_privacy_charge_is_written_before_the_round_starts() {
     let first_send = h.log.iter().position(|a| *a == "send").unwrap();
     let first_write = h.log.iter().position(|a| *a == "write").unwrap();
     assert!(first_write < first_send, "{:?}", h.log);
+}
+
+/// The machine marks where each phase starts (drivers time them): five for secure
+/// aggregation, one for the plaintext baseline.
+#[test]
+fn phase_starts_are_marked() {
+    for (protocol, phases) in [(Protocol::Secagg, 5), (Protocol::Plaintext, 1)] {
+        let cfg = FederationConfig {
+            protocol,
+            ..config()
+        };
+        let mut h = Harness::new(cfg, 3, &memory::Dropouts::new(), None);
+        h.round();
+        assert_eq!(h.log.iter().filter(|a| **a == "phase").count(), phases);
+    }
 }

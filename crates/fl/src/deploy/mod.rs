@@ -138,6 +138,8 @@ struct RoundLine<'a> {
     bytes_to_coordinator: u64,
     bytes_to_sites: u64,
     seconds: f64,
+    /// Seconds per phase (the first includes local training).
+    phases: std::collections::BTreeMap<String, f64>,
     epsilon: Option<f64>,
     metrics: &'a Option<serde_json::Value>,
 }
@@ -314,6 +316,11 @@ async fn run_rounds(
             bytes_to_coordinator: up1 - up0,
             bytes_to_sites: down1 - down0,
             seconds,
+            phases: coordinator
+                .phase_durations()
+                .iter()
+                .map(|(p, d)| (p.to_string(), d.as_secs_f64()))
+                .collect(),
             epsilon: report.privacy.as_ref().map(|p| p.cumulative_epsilon),
             metrics: &metrics,
         };
