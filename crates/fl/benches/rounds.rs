@@ -6,6 +6,10 @@
 //! `cargo bench -p tessera-fl --bench rounds` prints a Markdown table: per configuration,
 //! the median wall time of five rounds after a warm-up round and the mean bytes per
 //! round (setting up a federation per configuration makes criterion impractical here).
+//! Beside it, each party's own work: the coordinator's (median per round) and the
+//! slowest site's (mean per round), whose sum is the round's critical path when every
+//! party has a machine of its own (network time excluded). Measured with every party
+//! on this machine, each party's work includes time it lost to the others.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,7 +27,32 @@ fn federation_dir(n: usize) -> std::path::PathBuf {
 /// Timed rounds per configuration (after one warm-up); the median is reported.
 const ROUNDS: usize = 5;
 
-async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
+/// One configuration's figures.
+#[derive(Clone, Copy)]
+struct Measured {
+    /// Median wall time of a round, every party sharing this machine.
+    wall: f64,
+    up: u64,
+    down: u64,
+    /// Median of the coordinator's own work per round.
+    coordinator: f64,
+    /// The slowest site's own work per round (mean over all rounds, warm-up included).
+    site: f64,
+}
+
+impl Measured {
+    /// What a round needs when every party has a machine of its own (network excluded).
+    fn critical_path(&self) -> f64 {
+        self.coordinator + self.site
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
     let dir = federation_dir(n);
     let _ = std::fs::remove_file(dir.join("checkpoint.bin"));
     for i in 0..n {
@@ -54,23 +83,31 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> (f64, u64, u64) {
     let traffic = fed.coordinator.traffic().clone();
     let (up0, down0) = traffic.snapshot();
     let mut times = Vec::with_capacity(ROUNDS);
+    let mut coordinator = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let start = Instant::now();
         let report = fed.coordinator.run_round().await.unwrap();
         times.push(start.elapsed().as_secs_f64());
+        coordinator.push(fed.coordinator.last_round_busy().as_secs_f64());
         assert!(
             report.aborted.is_none() && report.contributors.len() == n,
             "{report:?}"
         );
     }
     let (up1, down1) = traffic.snapshot();
-    fed.shutdown().await.unwrap();
-    times.sort_by(f64::total_cmp);
-    (
-        times[ROUNDS / 2],
-        (up1 - up0) / ROUNDS as u64,
-        (down1 - down0) / ROUNDS as u64,
-    )
+    let sites = fed.shutdown().await.unwrap();
+    let slowest = sites
+        .iter()
+        .map(|s| s.busy.as_secs_f64())
+        .fold(0.0, f64::max)
+        / (ROUNDS + 1) as f64;
+    Measured {
+        wall: median(times),
+        up: (up1 - up0) / ROUNDS as u64,
+        down: (down1 - down0) / ROUNDS as u64,
+        coordinator: median(coordinator),
+        site: slowest,
+    }
 }
 
 async fn raw_throughput(bytes: usize) -> f64 {
@@ -120,20 +157,24 @@ fn main() {
     rt.block_on(async {
         println!("raw single-stream QUIC over loopback (mutual TLS, 1 MiB frames, 256 MiB): {:.0} MB/s", raw_throughput(256 << 20).await);
         println!();
-        println!("| n | m | protocol | round wall time | up (sites → coordinator) | down | time vs plaintext | up bytes vs plaintext |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("| n | m | protocol | round wall time | up (sites → coordinator) | down | time vs plaintext | up bytes vs plaintext | coordinator work | slowest site's work | critical path | critical path vs plaintext |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         for n in [3, 10, 50] {
             for m in [100_000, 1_000_000] {
                 let plain = round(n, m, Protocol::Plaintext).await;
                 for (name, protocol) in [("plaintext", Protocol::Plaintext), ("SecAgg", Protocol::Secagg), ("SecAgg+", Protocol::SecaggPlus)] {
                     let r = if protocol == Protocol::Plaintext { plain } else { round(n, m, protocol).await };
                     println!(
-                        "| {n} | {m} | {name} | {:.3} s | {:.2} MB | {:.2} MB | {:.2}× | {:.3}× |",
-                        r.0,
-                        r.1 as f64 / 1e6,
-                        r.2 as f64 / 1e6,
-                        r.0 / plain.0,
-                        r.1 as f64 / plain.1 as f64
+                        "| {n} | {m} | {name} | {:.3} s | {:.2} MB | {:.2} MB | {:.2}× | {:.3}× | {:.3} s | {:.3} s | {:.3} s | {:.2}× |",
+                        r.wall,
+                        r.up as f64 / 1e6,
+                        r.down as f64 / 1e6,
+                        r.wall / plain.wall,
+                        r.up as f64 / plain.up as f64,
+                        r.coordinator,
+                        r.site,
+                        r.critical_path(),
+                        r.critical_path() / plain.critical_path(),
                     );
                 }
             }

@@ -46,6 +46,8 @@ pub struct Coordinator {
     phase_starts: Vec<(Phase, Instant)>,
     /// How long each phase of the last round took.
     phases: Vec<(Phase, Duration)>,
+    /// The coordinator's own work in the last round (its time not spent waiting).
+    busy: Duration,
 }
 
 impl Coordinator {
@@ -81,6 +83,7 @@ impl Coordinator {
             duplicates: Vec::new(),
             phase_starts: Vec::new(),
             phases: Vec::new(),
+            busy: Duration::ZERO,
         })
     }
 
@@ -103,6 +106,12 @@ impl Coordinator {
     /// How long each phase of the last round took (the first includes local training).
     pub fn phase_durations(&self) -> &[(Phase, Duration)] {
         &self.phases
+    }
+
+    /// The coordinator's own work in the last round: the round's wall time less the
+    /// time it spent waiting for messages.
+    pub fn last_round_busy(&self) -> Duration {
+        self.busy
     }
 
     pub fn traffic(&self) -> &Arc<Traffic> {
@@ -140,16 +149,21 @@ impl Coordinator {
             let wait = self.machine.config().training_timeout;
             self.wait_for_sites(2, wait).await;
         }
+        let start = Instant::now();
+        let mut waiting = Duration::ZERO;
         self.machine.start_round()?;
         loop {
             if let Some(report) = self.carry_out().await? {
                 self.deadline = None;
+                self.busy = start.elapsed().saturating_sub(waiting);
                 return Ok(report);
             }
+            let waited = Instant::now();
             let event = match self.deadline {
                 Some((at, timer)) => match tokio::time::timeout_at(at, self.events.recv()).await {
                     Ok(event) => event,
                     Err(_) => {
+                        waiting += waited.elapsed();
                         self.deadline = None;
                         self.machine.handle(Event::Timeout(timer))?;
                         continue;
@@ -157,6 +171,7 @@ impl Coordinator {
                 },
                 None => self.events.recv().await,
             };
+            waiting += waited.elapsed();
             match event {
                 Some(event) => self.on_link_event(event)?,
                 // Every link source is gone: nothing more can arrive.
@@ -283,7 +298,13 @@ pub async fn run_site<T: LocalTrainer>(
     mut egress: Egress,
     mut inbox: SiteInbox,
 ) -> Result<SiteSummary, FlError> {
+    let mut busy = Duration::ZERO;
+    let summary = |machine: &SiteMachine, busy: Duration| SiteSummary {
+        busy,
+        ..machine.summary().clone()
+    };
     loop {
+        let working = Instant::now();
         while let Some(action) = machine.poll_action() {
             match action {
                 SiteAction::Train(request) => {
@@ -299,12 +320,17 @@ pub async fn run_site<T: LocalTrainer>(
                     Err(FlError::Disconnected) => {}
                     Err(e) => return Err(e),
                 },
-                SiteAction::Stop => return Ok(machine.summary().clone()),
+                SiteAction::Stop => return Ok(summary(&machine, busy + working.elapsed())),
             }
         }
+        busy += working.elapsed();
         match inbox.recv().await {
-            Some(bytes) => machine.handle(SiteEvent::Message(&bytes)),
-            None => return Ok(machine.summary().clone()),
+            Some(bytes) => {
+                let working = Instant::now();
+                machine.handle(SiteEvent::Message(&bytes));
+                busy += working.elapsed();
+            }
+            None => return Ok(summary(&machine, busy)),
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct SiteSummary {
     pub problems: Vec<SiteProblem>,
     /// Whether the coordinator ended the federation (rather than going away).
     pub shut_down: bool,
+    /// Time spent on the site's own work (training, encoding, the protocol, sending):
+    /// what the site would need on a machine of its own. Set by the driver.
+    pub busy: std::time::Duration,
 }
 
 enum State {
