@@ -3,8 +3,9 @@
 
 use clap::ValueEnum;
 use std::path::PathBuf;
-use tessera_data::Registry;
-use tessera_exp::{Experiment, ProfileName, RunOptions, SiteProcesses, external_map, run};
+use tessera_exp::{
+    Experiment, ProfileName, RunOptions, SiteProcesses, external_map, load_registry, run,
+};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ProfileArg {
@@ -36,30 +37,13 @@ pub struct ReproduceArgs {
 }
 
 pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
-    let registry_text = std::fs::read_to_string(&args.registry)
-        .map_err(|e| format!("{}: {e}", args.registry.display()))?;
-    let registry = Registry::load(&args.registry).map_err(|e| e.to_string())?;
-    let problems = registry.problems();
-    if !problems.is_empty() {
-        return Err(format!(
-            "{}: {}",
-            args.registry.display(),
-            problems.join("; ")
-        ));
-    }
-    let path = if args.experiment.ends_with(".toml") {
-        PathBuf::from(&args.experiment)
-    } else {
-        PathBuf::from("experiments").join(format!("{}.toml", args.experiment))
-    };
+    let (registry, registry_text) = load_registry(&args.registry).map_err(|e| e.to_string())?;
+    let path = Experiment::file_for(&args.experiment);
     let experiment = Experiment::load(&path, &registry).map_err(|e| e.to_string())?;
-    let report = args.report.clone().unwrap_or_else(|| {
-        if experiment.name == "paper" {
-            PathBuf::from("paper")
-        } else {
-            PathBuf::from("paper").join(&experiment.name)
-        }
-    });
+    let report = args
+        .report
+        .clone()
+        .unwrap_or_else(|| experiment.default_report_dir());
     let profile = match args.profile {
         ProfileArg::Quick => ProfileName::Quick,
         ProfileArg::Full => ProfileName::Full,
@@ -68,10 +52,7 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
         "experiment {} ({} arms), profile {}",
         experiment.name,
         experiment.arms.len(),
-        match profile {
-            ProfileName::Quick => "quick",
-            ProfileName::Full => "full",
-        }
+        profile.name()
     );
     let start = std::time::Instant::now();
     let summary = run(

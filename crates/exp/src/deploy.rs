@@ -23,15 +23,11 @@ pub fn profile_named(name: &str, settings: Option<&toml::Table>) -> Result<Profi
             .map_err(|e| ExpError::Config(format!("model.settings: {e}")))?,
         None => Settings::default(),
     };
-    let name = match name {
-        "quick" => ProfileName::Quick,
-        "full" => ProfileName::Full,
-        other => {
-            return Err(ExpError::Config(format!(
-                "model.profile = \"{other}\": expected \"quick\" or \"full\""
-            )));
-        }
-    };
+    let name = ProfileName::parse(name).ok_or_else(|| {
+        ExpError::Config(format!(
+            "model.profile = \"{name}\": expected \"quick\" or \"full\""
+        ))
+    })?;
     Ok(Profile::new(name, &settings))
 }
 

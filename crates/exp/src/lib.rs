@@ -25,6 +25,6 @@ pub use arms::{ArmResult, BurdenPoint, CohortEval, RoundLog, SeriesEval};
 pub use error::ExpError;
 pub use profile::{Profile, ProfileName};
 pub use report::external_map;
-pub use run::{RunOptions, RunSummary, run};
+pub use run::{RunOptions, RunSummary, load_registry, run};
 pub use spec::{Arm, ArmKind, ArmPlan, Experiment, FederatedArm, Settings, Transport};
 pub use transport::SiteProcesses;

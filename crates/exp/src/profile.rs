@@ -13,6 +13,24 @@ pub enum ProfileName {
     Full,
 }
 
+impl ProfileName {
+    /// The name used on the command line and in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileName::Quick => "quick",
+            ProfileName::Full => "full",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "quick" => Some(ProfileName::Quick),
+            "full" => Some(ProfileName::Full),
+            _ => None,
+        }
+    }
+}
+
 /// Model, data and schedule of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {

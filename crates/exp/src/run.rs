@@ -41,6 +41,22 @@ pub struct RunOptions {
     pub site_processes: SiteProcesses,
 }
 
+/// Reads a registry and refuses one with problems (each named); returns it with its
+/// text (which goes into the run's manifest).
+pub fn load_registry(path: &Path) -> Result<(Registry, String), ExpError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ExpError::io(path, e))?;
+    let registry = Registry::load(path).map_err(|e| ExpError::Data(e.to_string()))?;
+    let problems = registry.problems();
+    if !problems.is_empty() {
+        return Err(ExpError::Data(format!(
+            "{}: {}",
+            path.display(),
+            problems.join("; ")
+        )));
+    }
+    Ok((registry, text))
+}
+
 /// What a run did.
 #[derive(Debug)]
 pub struct RunSummary {

@@ -187,6 +187,25 @@ pub struct Experiment {
 }
 
 impl Experiment {
+    /// The file of an experiment given by name (`experiments/<name>.toml`) or by path
+    /// (anything ending in `.toml`).
+    pub fn file_for(name_or_path: &str) -> std::path::PathBuf {
+        if name_or_path.ends_with(".toml") {
+            std::path::PathBuf::from(name_or_path)
+        } else {
+            Path::new("experiments").join(format!("{name_or_path}.toml"))
+        }
+    }
+
+    /// Where its report goes by default: `paper/` for the study, `paper/<name>/` else.
+    pub fn default_report_dir(&self) -> std::path::PathBuf {
+        if self.name == "paper" {
+            "paper".into()
+        } else {
+            Path::new("paper").join(&self.name)
+        }
+    }
+
     /// Reads and validates an experiment file against the registry.
     pub fn load(path: &Path, registry: &Registry) -> Result<Self, ExpError> {
         let text = std::fs::read_to_string(path).map_err(|e| ExpError::Io {

@@ -89,10 +89,7 @@ fn site_file(
 ) -> Result<SiteFile, ExpError> {
     let settings = toml::Table::try_from(ctx.settings)
         .map_err(|e| ExpError::Config(format!("settings: {e}")))?;
-    let profile = match ctx.profile {
-        ProfileName::Quick => "quick",
-        ProfileName::Full => "full",
-    };
+    let profile = ctx.profile.name();
     Ok(SiteFile {
         coordinator: format!("127.0.0.1:{port}"),
         pki: dir.join("pki"),
