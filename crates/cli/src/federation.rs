@@ -82,8 +82,8 @@ fn print(note: Note) {
                 println!("global model: {}", p.display());
             }
         }
-        Note::GlobalMean { after_round, mean } => {
-            println!("global model after round {after_round}: mean parameter {mean:.6}")
+        Note::GlobalMean { rounds_ended, mean } => {
+            println!("global model after {rounds_ended} rounds: mean parameter {mean:.6}")
         }
         Note::Connecting { addr } => println!("connecting to the coordinator at {addr}"),
     }

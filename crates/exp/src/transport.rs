@@ -111,6 +111,9 @@ fn site_file(
         step: None,
         samples: None,
         seed: Some(seed),
+        rounds_file: None,
+        // An experiment: two-hospital federations and the plaintext baseline included.
+        policy: tessera_fl::SitePolicy::permissive(),
     })
 }
 

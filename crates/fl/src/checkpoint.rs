@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::config::{FederationConfig, Protocol};
 
 const MAGIC: &[u8; 4] = b"TSCK";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const DIGEST: usize = 32;
 
 /// The settings a resumed federation must keep.
@@ -73,7 +73,10 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub settings: ResumeSettings,
+    /// The number the next round will carry (every number is used once).
     pub next_round: u64,
+    /// Rounds that ended, completed or aborted.
+    pub rounds_ended: u64,
     pub global: Vec<f32>,
     /// The strategy's state (FedAvgM's velocity), so that resume is exact.
     pub strategy_state: Vec<f32>,
@@ -164,6 +167,7 @@ mod tests {
         let ck = Checkpoint {
             settings: settings.clone(),
             next_round: 5,
+            rounds_ended: 4,
             global: vec![0.5, -1.0, 2.0, 0.0],
             strategy_state: vec![],
             ledger: None,

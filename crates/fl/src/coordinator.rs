@@ -84,6 +84,15 @@ struct Running {
     collect: Collect,
 }
 
+/// A planned round, before it is sent.
+struct Prepared {
+    start: RoundStart,
+    codec: Codec,
+    plan: Option<DpPlan>,
+    privacy: Option<LedgerEntry>,
+    round_config: Arc<RoundConfig>,
+}
+
 /// The coordinator of one federation, without I/O.
 pub struct CoordinatorMachine {
     config: FederationConfig,
@@ -92,6 +101,8 @@ pub struct CoordinatorMachine {
     global: Vec<f32>,
     strategy: Box<dyn AggregationStrategy>,
     next_round: u64,
+    /// Rounds that ended (completed or aborted); one interrupted by a restart did not.
+    rounds_ended: u64,
     connected: BTreeSet<SiteId>,
     ledger: Option<Ledger>,
     /// The coordinator's own noise (central DP only).
@@ -121,14 +132,14 @@ impl CoordinatorMachine {
             path: config.checkpoint.clone(),
             problem,
         };
-        let (next_round, global, ledger) = match checkpoint {
+        let (next_round, rounds_ended, global, ledger) = match checkpoint {
             Some(bytes) => {
                 let ck = Checkpoint::decode(bytes).map_err(problem)?;
                 ck.check_resume(&settings).map_err(problem)?;
                 strategy.restore(ck.strategy_state);
-                (ck.next_round, ck.global, ck.ledger)
+                (ck.next_round, ck.rounds_ended, ck.global, ck.ledger)
             }
-            None => (1, initial, None),
+            None => (1, 0, initial, None),
         };
         let ledger = ledger.or_else(|| fresh_ledger(&config));
         Ok(Self {
@@ -138,6 +149,7 @@ impl CoordinatorMachine {
             global,
             strategy,
             next_round,
+            rounds_ended,
             connected: BTreeSet::new(),
             ledger,
             rng: ChaCha20Rng::from_seed(noise_seed),
@@ -160,8 +172,14 @@ impl CoordinatorMachine {
         &self.global
     }
 
+    /// The number the next round will carry.
     pub fn next_round(&self) -> u64 {
         self.next_round
+    }
+
+    /// Rounds that ended, completed or aborted (a round interrupted by a restart did not).
+    pub fn rounds_ended(&self) -> u64 {
+        self.rounds_ended
     }
 
     /// The privacy ledger so far (None without DP).
@@ -196,46 +214,19 @@ impl CoordinatorMachine {
         }
         let round = self.next_round;
         let participants = self.select(round);
-        let (threshold, graph) = plan(&self.config, round, participants.len())?;
-        let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Config {
-            key: "bits",
-            message: e.to_string(),
-        })?;
-        let dim = self.layout.len();
-        let (spec, plan) = codec_spec(
-            &self.config,
-            dim,
-            round,
-            participants.len(),
-            threshold,
-            modulus,
-        )?;
-        let codec = spec.codec()?;
-        let privacy = match &plan {
-            Some(plan) => Some(self.charge(round, plan)?),
-            None => None,
-        };
-        let params = RoundParams {
-            session: SessionId(self.config.session),
-            round: Round(round),
-            participants: participants.clone(),
-            vector_len: codec.encoded_len() as u32,
-            modulus,
-            threshold,
-            graph,
-        };
-        let round_config = RoundConfig::new(params.clone())?;
-        let mut training = self.config.training.clone();
-        training.proximal_mu = self.config.strategy.proximal_mu();
-        training.seed = training.seed.wrapping_add(round);
-        let start = ToSite::RoundStart(Box::new(RoundStart {
-            params,
-            codec: spec,
-            training,
-            strategy: self.config.strategy.clone(),
-            global: self.global.clone(),
-            secure: self.config.protocol.is_secure(),
-        }));
+        let Prepared {
+            start,
+            codec,
+            plan,
+            privacy,
+            round_config,
+        } = self.prepare(round, &participants)?;
+        let modulus = round_config.modulus();
+        // The round number is spent before anything is sent: a coordinator restarted
+        // mid-round starts the next number (sites answer each number once).
+        self.next_round = round + 1;
+        self.persist()?;
+        let start = ToSite::RoundStart(Box::new(start));
         // The model is encoded once and shared by every site's send.
         let start: Arc<[u8]> = wire::encode(&start)?.into();
         for &to in &participants {
@@ -272,6 +263,56 @@ impl CoordinatorMachine {
             collect,
         });
         self.progress()
+    }
+
+    /// Plans the round, charges its privacy cost, and builds what the sites receive,
+    /// with the context digest bound into the round parameters.
+    fn prepare(&mut self, round: u64, participants: &[SiteId]) -> Result<Prepared, FlError> {
+        let n = participants.len();
+        let (threshold, graph) = plan(&self.config, round, n)?;
+        let modulus = Modulus::new(self.config.bits).map_err(|e| FlError::Config {
+            key: "bits",
+            message: e.to_string(),
+        })?;
+        let dim = self.layout.len();
+        let (spec, plan) = codec_spec(&self.config, dim, round, n, threshold, modulus)?;
+        let codec = spec.codec()?;
+        let privacy = match &plan {
+            Some(plan) => Some(self.charge(round, plan)?),
+            None => None,
+        };
+        let mut training = self.config.training.clone();
+        training.proximal_mu = self.config.strategy.proximal_mu();
+        training.seed = training.seed.wrapping_add(round);
+        let secure = self.config.protocol.is_secure();
+        let strategy = self.config.strategy.clone();
+        let context = wire::context_digest(&spec, &training, &strategy, secure, &self.global)?;
+        let params = RoundParams {
+            session: SessionId(self.config.session),
+            round: Round(round),
+            participants: participants.to_vec(),
+            vector_len: codec.encoded_len() as u32,
+            modulus,
+            threshold,
+            graph,
+            context,
+        };
+        let round_config = RoundConfig::new(params.clone())?;
+        let start = RoundStart {
+            params,
+            codec: spec,
+            training,
+            strategy,
+            global: self.global.clone(),
+            secure,
+        };
+        Ok(Prepared {
+            start,
+            codec,
+            plan,
+            privacy,
+            round_config,
+        })
     }
 
     /// Tells every connected site to stop.
@@ -499,7 +540,7 @@ impl CoordinatorMachine {
             let bytes: Arc<[u8]> = wire::encode(&end)?.into();
             self.actions.push_back(Action::Send { to: site, bytes });
         }
-        self.next_round = run.round + 1;
+        self.rounds_ended += 1;
         self.persist()?;
         self.actions.push_back(Action::Report(Box::new(RoundReport {
             round: run.round,
@@ -548,6 +589,7 @@ impl CoordinatorMachine {
         let ck = Checkpoint {
             settings: ResumeSettings::of(&self.config, self.layout.len()),
             next_round: self.next_round,
+            rounds_ended: self.rounds_ended,
             global: self.global.clone(),
             strategy_state: self.strategy.state(),
             ledger: self.ledger.clone(),
@@ -598,7 +640,8 @@ impl CoordinatorMachine {
         if k == all.len() {
             return all;
         }
-        let mut rng = ChaCha20Rng::from_seed(public_seed(&self.config, Purpose::Selection, round));
+        let mut rng =
+            ChaCha20Rng::from_seed(public_seed(&self.config.session, Purpose::Selection, round));
         for i in (1..all.len()).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             all.swap(i, j);

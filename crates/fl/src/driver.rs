@@ -99,6 +99,11 @@ impl Coordinator {
         self.machine.next_round()
     }
 
+    /// Rounds that ended, completed or aborted.
+    pub fn rounds_ended(&self) -> u64 {
+        self.machine.rounds_ended()
+    }
+
     pub fn ledger(&self) -> Option<&Ledger> {
         self.machine.ledger()
     }
@@ -291,13 +296,69 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), FlError> {
     tessera_core::atomic::write_atomic(path, bytes).map_err(FlError::io(path))
 }
 
+/// Rounds a site has answered, per session (hex), kept in a small JSON file so that a
+/// restarted site refuses them too.
+pub fn load_answered(path: &Path) -> Result<BTreeMap<[u8; 16], u64>, FlError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(FlError::io(path)(e)),
+    };
+    let bad = |message: String| FlError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let raw: BTreeMap<String, u64> =
+        serde_json::from_str(&text).map_err(|e| bad(format!("unreadable: {e}")))?;
+    raw.into_iter()
+        .map(|(hex, round)| {
+            let mut session = [0u8; 16];
+            let ok = hex.len() == 32
+                && session.iter_mut().enumerate().all(|(i, b)| {
+                    u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                        .map(|v| *b = v)
+                        .is_ok()
+                });
+            if ok {
+                Ok((session, round))
+            } else {
+                Err(bad(format!("\"{hex}\" is not a session id")))
+            }
+        })
+        .collect()
+}
+
+fn store_answered(path: &Path, answered: &BTreeMap<[u8; 16], u64>) -> Result<(), FlError> {
+    let raw: BTreeMap<String, u64> = answered
+        .iter()
+        .map(|(s, r)| (s.iter().map(|b| format!("{b:02x}")).collect(), *r))
+        .collect();
+    let text = serde_json::to_vec_pretty(&raw).map_err(|e| FlError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    write(path, &text)
+}
+
 /// Runs a site until the coordinator says `Shutdown` or its link is gone for good.
+/// With `answered`, every round the site takes part in is persisted there (file and
+/// directory synced) before anything is sent for it.
 pub async fn run_site<T: LocalTrainer>(
-    mut machine: SiteMachine,
+    machine: SiteMachine,
     trainer: &mut T,
     mut egress: Egress,
     mut inbox: SiteInbox,
+    answered: Option<&Path>,
 ) -> Result<SiteSummary, FlError> {
+    let mut rounds = match answered {
+        Some(path) => load_answered(path)?,
+        None => BTreeMap::new(),
+    };
+    let mut machine = if rounds.is_empty() {
+        machine
+    } else {
+        machine.with_answered(rounds.clone())
+    };
     let mut busy = Duration::ZERO;
     let summary = |machine: &SiteMachine, busy: Duration| SiteSummary {
         busy,
@@ -320,6 +381,15 @@ pub async fn run_site<T: LocalTrainer>(
                     Err(FlError::Disconnected) => {}
                     Err(e) => return Err(e),
                 },
+                SiteAction::Answer { session, round } => {
+                    rounds.insert(session, round);
+                    if let Some(path) = answered {
+                        store_answered(path, &rounds)?;
+                    }
+                }
+                SiteAction::Refuse { round, refusal } => {
+                    egress.record_refusal(round, &refusal)?;
+                }
                 SiteAction::Stop => return Ok(summary(&machine, busy + working.elapsed())),
             }
         }

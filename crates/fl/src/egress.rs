@@ -11,6 +11,7 @@ use tessera_net::transcript::TranscriptWriter;
 use tokio::sync::mpsc;
 
 use crate::error::FlError;
+use crate::policy::Refusal;
 use crate::wire::{self, ToCoordinator};
 
 /// A site's end of its link: messages from the coordinator, and a sender that only
@@ -50,6 +51,14 @@ impl Egress {
             transcript,
         };
         (egress, SiteInbox(link.inbox))
+    }
+
+    /// Records a refused round in the transcript. Nothing is sent: a `refusal` record
+    /// stands for no bytes on the wire (its size is the reason's, for the auditor).
+    pub(crate) fn record_refusal(&mut self, round: u64, refusal: &Refusal) -> Result<(), FlError> {
+        self.transcript
+            .append("refusal", round, refusal.key, refusal.reason.as_bytes())?;
+        Ok(())
     }
 
     pub(crate) async fn send(&mut self, msg: &ToCoordinator) -> Result<(), FlError> {

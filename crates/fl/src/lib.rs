@@ -32,6 +32,7 @@ pub mod links;
 pub mod loopback;
 pub mod memory;
 mod planning;
+pub mod policy;
 mod report;
 pub mod sim;
 pub mod site;
@@ -45,6 +46,7 @@ pub use error::FlError;
 pub use known::KnownUpdateTrainer;
 pub use links::{LinkEvent, Traffic, accept_sites, open_link, reconnecting_link};
 pub use planning::{Preflight, preflight};
+pub use policy::{Refusal, SitePolicy};
 pub use report::{AbortCause, RejectReason, Rejection, RoundReport};
 pub use site::{
     SiteAction, SiteEvent, SiteFailure, SiteIdentity, SiteMachine, SiteProblem, SiteSummary,

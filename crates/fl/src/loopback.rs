@@ -143,7 +143,7 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
         let (link, _) = reconnecting_link(ep, addr, "coordinator".into(), Duration::from_secs(30));
         let (egress, inbox) = Egress::open(link, transcript);
         sites.push(tokio::spawn(async move {
-            run_site(machine, &mut trainer, egress, inbox).await
+            run_site(machine, &mut trainer, egress, inbox, None).await
         }));
     }
     let noise = root.derive(Purpose::CentralNoise, SeedContext::session(session));

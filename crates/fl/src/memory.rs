@@ -87,7 +87,7 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
         let machine = SiteMachine::simulated(who, trainer.layout().clone(), &root, dropouts);
         let (egress, inbox) = Egress::open(link, transcript);
         sites.push(tokio::spawn(async move {
-            run_site(machine, &mut trainer, egress, inbox).await
+            run_site(machine, &mut trainer, egress, inbox, None).await
         }));
     }
     let noise = root.derive(Purpose::CentralNoise, SeedContext::session(session));

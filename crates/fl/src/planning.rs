@@ -11,9 +11,10 @@ use tessera_secagg::{FixedPoint, GraphSpec, Modulus};
 use crate::config::{FederationConfig, Protocol};
 use crate::error::FlError;
 
-/// Public per-round randomness for `purpose`.
-pub(crate) fn public_seed(config: &FederationConfig, purpose: Purpose, round: u64) -> [u8; 32] {
-    RootSeed::PUBLIC.derive(purpose, SeedContext::session(config.session).round(round))
+/// Public per-round randomness for `purpose`: anyone who knows the session can derive
+/// it, and sites check the coordinator used it.
+pub(crate) fn public_seed(session: &[u8; 16], purpose: Purpose, round: u64) -> [u8; 32] {
+    RootSeed::PUBLIC.derive(purpose, SeedContext::session(*session).round(round))
 }
 
 /// The threshold and graph for `n` participants.
@@ -31,7 +32,7 @@ pub(crate) fn plan(
         // Public round randomness (see the secagg crate's notes on who may choose it).
         Some(k) => GraphSpec::RandomRegular {
             degree: k as u32,
-            seed: public_seed(config, Purpose::Graph, round),
+            seed: public_seed(&config.session, Purpose::Graph, round),
         },
         None => GraphSpec::Complete,
     };
@@ -80,7 +81,7 @@ pub(crate) fn codec_spec(
         dim,
         max_sites: n,
         max_weight: c.max_weight,
-        rotation_seed: public_seed(config, Purpose::Rotation, round),
+        rotation_seed: public_seed(&config.session, Purpose::Rotation, round),
         site_noise: plan.site_noise,
     };
     Ok((CodecSpec::Private(spec), Some(plan)))

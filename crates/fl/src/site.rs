@@ -20,6 +20,7 @@ use tessera_secagg::{
 };
 use thiserror::Error;
 
+use crate::policy::{Refusal, SitePolicy};
 use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WireError, WithdrawReason};
 
 /// Who a site is: its id, identity key and the roster it checks peers against.
@@ -60,6 +61,17 @@ pub enum SiteEvent<'a> {
 /// What the driver must do.
 #[derive(Debug)]
 pub enum SiteAction {
+    /// Persist that this site answers `round` of `session` (before anything is sent),
+    /// so that a restarted site refuses it too.
+    Answer {
+        session: [u8; 16],
+        round: u64,
+    },
+    /// Record the refusal in the transcript; nothing is sent for the round.
+    Refuse {
+        round: u64,
+        refusal: Refusal,
+    },
     Train(TrainRequest),
     /// Send through the egress (which records it in the transcript first).
     Send(ToCoordinator),
@@ -82,6 +94,8 @@ pub enum SiteFailure {
     Params(ConfigError),
     #[error("secure aggregation: {0}")]
     Protocol(SiteError),
+    #[error("{0}")]
+    Refused(Refusal),
 }
 
 /// A failure, with the round it happened in.
@@ -100,6 +114,8 @@ pub struct SiteSummary {
     pub rounds_contributed: u64,
     /// Rounds that completed (with or without this site).
     pub rounds_completed: u64,
+    /// Rounds this site's policy refused.
+    pub rounds_refused: u64,
     pub problems: Vec<SiteProblem>,
     /// Whether the coordinator ended the federation (rather than going away).
     pub shut_down: bool,
@@ -129,18 +145,24 @@ pub struct SiteMachine {
     /// Fault injection for tests and simulations: in each listed round, the site
     /// withdraws from the given phase on, as if its connection had dropped.
     silent: BTreeMap<u64, Phase>,
+    policy: SitePolicy,
+    /// The last round answered, per session.
+    answered: BTreeMap<[u8; 16], u64>,
     state: State,
     summary: SiteSummary,
     actions: VecDeque<SiteAction>,
 }
 
 impl SiteMachine {
+    /// A site under the default (strict) [`SitePolicy`].
     pub fn new(who: SiteIdentity, layout: ParamLayout, root: RootSeed) -> Self {
         Self {
             who,
             layout,
             root,
             silent: BTreeMap::new(),
+            policy: SitePolicy::default(),
+            answered: BTreeMap::new(),
             state: State::Idle,
             summary: SiteSummary::default(),
             actions: VecDeque::new(),
@@ -157,7 +179,19 @@ impl SiteMachine {
     ) -> Self {
         let id = who.id;
         Self::new(who, layout, experiment.site_root(id.0))
+            .with_policy(SitePolicy::permissive())
             .with_dropouts(dropouts.get(&id).cloned().unwrap_or_default())
+    }
+
+    pub fn with_policy(mut self, policy: SitePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Rounds already answered (per session), e.g. as persisted before a restart.
+    pub fn with_answered(mut self, answered: BTreeMap<[u8; 16], u64>) -> Self {
+        self.answered = answered;
+        self
     }
 
     /// Simulated dropouts: per round, the phase from which the site withdraws.
@@ -208,7 +242,9 @@ impl SiteMachine {
             SiteFailure::Encoding(e) => WithdrawReason::Encoding(e.to_string()),
             SiteFailure::Training(_) | SiteFailure::Model(_) => WithdrawReason::Training,
             SiteFailure::Params(_) => WithdrawReason::Params,
-            SiteFailure::Protocol(_) | SiteFailure::Wire(_) => WithdrawReason::Protocol,
+            SiteFailure::Protocol(_) | SiteFailure::Wire(_) | SiteFailure::Refused(_) => {
+                WithdrawReason::Protocol
+            }
         };
         self.problem(Some(round), failure);
         self.state = State::Waiting;
@@ -234,6 +270,18 @@ impl SiteMachine {
             ToSite::RoundStart(start) => {
                 self.summary.rounds_started += 1;
                 let round = start.params.round.0;
+                if let Err(refusal) = self.admit(&start) {
+                    self.summary.rounds_refused += 1;
+                    self.problem(Some(round), SiteFailure::Refused(refusal.clone()));
+                    self.actions
+                        .push_back(SiteAction::Refuse { round, refusal });
+                    self.state = State::Idle;
+                    return;
+                }
+                let session = start.params.session.0;
+                self.answered.insert(session, round);
+                self.actions
+                    .push_back(SiteAction::Answer { session, round });
                 if let Err(e) = self.layout.check(&start.global) {
                     return self.abandon(round, SiteFailure::Model(e));
                 }
@@ -274,6 +322,25 @@ impl SiteMachine {
                 self.state = State::Stopped;
                 self.actions.push_back(SiteAction::Stop);
             }
+        }
+    }
+
+    /// The site's policy, and the context digest the parameters carry.
+    fn admit(&self, start: &RoundStart) -> Result<(), Refusal> {
+        let answered = self.answered.get(&start.params.session.0).copied();
+        self.policy.check(start, answered)?;
+        match start.context_matches() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Refusal {
+                key: "context",
+                reason: "the round's parameters carry another context than the codec, model, \
+                         training and strategy this site received (split views?)"
+                    .into(),
+            }),
+            Err(e) => Err(Refusal {
+                key: "context",
+                reason: e.to_string(),
+            }),
         }
     }
 

@@ -90,6 +90,49 @@ impl ToCoordinator {
     }
 }
 
+/// The digest of everything in a [`RoundStart`] that shapes what a site sends, beside
+/// the round parameters: codec (clip, scale, noise), training settings, strategy,
+/// whether the round is secure, and the global model. The coordinator puts it into the
+/// round parameters, which every signature covers; each site recomputes it from what it
+/// received and refuses a mismatch. Sites shown different views therefore either
+/// refuse or sign different parameters, and the round fails without leaking.
+pub fn context_digest(
+    codec: &CodecSpec,
+    training: &LocalTrainingConfig,
+    strategy: &Strategy,
+    secure: bool,
+    global: &[f32],
+) -> Result<[u8; 32], WireError> {
+    let settings = postcard::to_allocvec(&(codec, training, strategy, secure))
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"tessera/round-context/v1");
+    ctx.update(&(settings.len() as u64).to_le_bytes());
+    ctx.update(&settings);
+    ctx.update(&(global.len() as u64).to_le_bytes());
+    for chunk in global.chunks(1 << 14) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        ctx.update(&bytes);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Ok(out)
+}
+
+impl RoundStart {
+    /// Whether the parameters carry this round's context digest.
+    pub fn context_matches(&self) -> Result<bool, WireError> {
+        let digest = context_digest(
+            &self.codec,
+            &self.training,
+            &self.strategy,
+            self.secure,
+            &self.global,
+        )?;
+        Ok(digest == self.params.context)
+    }
+}
+
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("undecodable message: {0}")]
@@ -163,6 +206,7 @@ mod tests {
                         modulus: Modulus::new(16).unwrap(),
                         threshold: 2,
                         graph,
+                        context: [0; 32],
                     },
                     codec: CodecSpec::FixedPoint(FixedPointSpec {
                         bits: 16,

@@ -1,171 +1,18 @@
 //! The coordinator's logic driven by hand, with no runtime, clock or timer: every
 //! event is delivered explicitly, and a deadline passes only when a test says so.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
-use std::sync::Arc;
-use tessera_core::seed::RootSeed;
 use tessera_core::{LocalTrainer, Strategy};
 use tessera_dp::{DpConfig, Mechanism};
 use tessera_fl::wire::{self, ToCoordinator, WithdrawReason};
 use tessera_fl::{
-    AbortCause, Action, CoordinatorMachine, Event, FederationConfig, KnownUpdateTrainer, Protocol,
-    RejectReason, RoundReport, SiteAction, SiteEvent, SiteIdentity, SiteMachine, TimerId, memory,
+    AbortCause, Action, Event, FederationConfig, Protocol, RejectReason, SiteAction, SiteEvent,
+    memory,
 };
 use tessera_secagg::{Phase, SiteId};
 
-const DIM: usize = 4;
-const SESSION: [u8; 16] = [6; 16];
+mod common;
 
-fn step(i: u32) -> f32 {
-    0.01 * (i as f32 + 1.0)
-}
-
-fn weight(i: u32) -> u64 {
-    10 + u64::from(i)
-}
-
-fn config() -> FederationConfig {
-    FederationConfig::builder(SESSION, "machine-checkpoint.bin")
-        .codec(32, 1.0, 100)
-        .build()
-        .unwrap()
-}
-
-/// A coordinator and `n` sites, connected by queues the test drains by hand.
-struct Harness {
-    coordinator: CoordinatorMachine,
-    sites: Vec<(SiteMachine, KnownUpdateTrainer)>,
-    inboxes: Vec<VecDeque<Arc<[u8]>>>,
-    /// Sites whose messages vanish (a site that hangs without closing its link).
-    black_holes: Vec<u32>,
-    timer: Option<TimerId>,
-    writes: BTreeMap<PathBuf, Vec<u8>>,
-    /// Every action in order, for tests about ordering.
-    log: Vec<&'static str>,
-    reports: Vec<RoundReport>,
-}
-
-impl Harness {
-    fn new(
-        cfg: FederationConfig,
-        n: u32,
-        dropouts: &memory::Dropouts,
-        checkpoint: Option<&[u8]>,
-    ) -> Self {
-        let ids: Vec<SiteId> = (0..n).map(SiteId).collect();
-        let root = RootSeed::from_experiment(4);
-        let (keys, roster) = memory::identities(&root, SESSION, &ids).unwrap();
-        let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
-        let mut coordinator = CoordinatorMachine::new(
-            cfg,
-            roster.clone(),
-            layout.clone(),
-            vec![0.0; DIM],
-            checkpoint,
-            [1; 32],
-        )
-        .unwrap();
-        let sites = ids
-            .iter()
-            .zip(keys)
-            .map(|(&id, identity)| {
-                let who = SiteIdentity {
-                    id,
-                    identity,
-                    roster: roster.clone(),
-                };
-                let machine = SiteMachine::simulated(who, layout.clone(), &root, dropouts);
-                let trainer = KnownUpdateTrainer::new(DIM, step(id.0), weight(id.0)).unwrap();
-                coordinator.handle(Event::LinkOpened(id)).unwrap();
-                (machine, trainer)
-            })
-            .collect();
-        Self {
-            coordinator,
-            sites,
-            inboxes: vec![VecDeque::new(); n as usize],
-            black_holes: Vec::new(),
-            timer: None,
-            writes: BTreeMap::new(),
-            log: Vec::new(),
-            reports: Vec::new(),
-        }
-    }
-
-    /// Delivers messages until nothing moves.
-    fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            while let Some(action) = self.coordinator.poll_action() {
-                moved = true;
-                match action {
-                    Action::Send { to, bytes } => {
-                        self.log.push("send");
-                        self.inboxes[to.0 as usize].push_back(bytes);
-                    }
-                    Action::SetTimer { timer, .. } => self.timer = Some(timer),
-                    Action::PhaseStarted(_) => self.log.push("phase"),
-                    Action::Write { path, bytes } => {
-                        self.log.push("write");
-                        self.writes.insert(path, bytes);
-                    }
-                    Action::Report(r) => self.reports.push(*r),
-                }
-            }
-            for i in 0..self.sites.len() {
-                while let Some(bytes) = self.inboxes[i].pop_front() {
-                    moved = true;
-                    self.sites[i].0.handle(SiteEvent::Message(&bytes));
-                    self.run_site(i);
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    fn run_site(&mut self, i: usize) {
-        let (machine, trainer) = &mut self.sites[i];
-        while let Some(action) = machine.poll_action() {
-            match action {
-                SiteAction::Train(req) => {
-                    let result = req.run(trainer).map_err(|e| e.to_string());
-                    machine.handle(SiteEvent::Trained(result));
-                }
-                SiteAction::Send(msg) => {
-                    if self.black_holes.contains(&(i as u32)) {
-                        continue;
-                    }
-                    let bytes = wire::encode(&msg).unwrap();
-                    let from = SiteId(i as u32);
-                    self.coordinator
-                        .handle(Event::Message { from, bytes })
-                        .unwrap();
-                }
-                SiteAction::Stop => {}
-            }
-        }
-    }
-
-    /// Runs one round to its report, firing no deadline.
-    fn round(&mut self) -> RoundReport {
-        let before = self.reports.len();
-        self.coordinator.start_round().unwrap();
-        self.settle();
-        assert_eq!(
-            self.reports.len(),
-            before + 1,
-            "the round did not end by itself"
-        );
-        self.reports.last().unwrap().clone()
-    }
-
-    fn mean(&self) -> f32 {
-        self.coordinator.global()[0]
-    }
-}
+use common::*;
 
 fn weighted(sites: &[u32]) -> f32 {
     let w: u64 = sites.iter().map(|&i| weight(i)).sum();

@@ -57,10 +57,11 @@ fn spawn_honest_site(dir: &Path, identities: &Arc<Roster>, addr: SocketAddr, i: 
             roster: identities,
         };
         let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
-        let machine = SiteMachine::new(who, layout, RootSeed::from_experiment(u64::from(i)));
+        let machine = SiteMachine::new(who, layout, RootSeed::from_experiment(u64::from(i)))
+            .with_policy(tessera_fl::SitePolicy::permissive());
         let mut trainer = KnownUpdateTrainer::new(DIM, 0.01, 10).unwrap();
         let (egress, inbox) = Egress::open(link, transcript);
-        run_site(machine, &mut trainer, egress, inbox)
+        run_site(machine, &mut trainer, egress, inbox, None)
             .await
             .unwrap();
     });

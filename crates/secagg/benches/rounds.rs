@@ -95,6 +95,7 @@ fn measure(graph_name: &'static str, n: usize, m: usize, dropout: f64) -> Measur
         modulus,
         threshold: plan.threshold as u32,
         graph,
+        context: [0; 32],
     })
     .unwrap();
     let (identities, roster) = test_identities(&ids, [2; 32]);

@@ -39,6 +39,11 @@ pub struct RoundParams {
     /// neighbours and itself.
     pub threshold: u32,
     pub graph: GraphSpec,
+    /// Digest of everything else that shapes what a site sends (computed by the layer
+    /// above: codec, noise, model, training, strategy). It is part of the parameters'
+    /// digest, so sites that were shown different contexts cannot verify each other's
+    /// signatures and the round fails instead of leaking. Zeros when unused.
+    pub context: [u8; 32],
 }
 
 /// Largest supported vector (2^28 elements, 1 GiB as `u32`).
@@ -292,6 +297,7 @@ mod tests {
             modulus: Modulus::new(16).unwrap(),
             threshold,
             graph,
+            context: [0; 32],
         }
     }
 

@@ -26,6 +26,7 @@ fn params(round: u64, threshold: u32) -> RoundParams {
         modulus: Modulus::new(16).unwrap(),
         threshold,
         graph: GraphSpec::Complete,
+        context: [0; 32],
     }
 }
 

@@ -39,6 +39,7 @@ fn setup(n: u32, t: u32, m: u32, bits: u8, graph: GraphSpec, seed: u64) -> Setup
         modulus,
         threshold: t,
         graph,
+        context: [0; 32],
     })
     .unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(seed);

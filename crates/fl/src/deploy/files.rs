@@ -120,6 +120,24 @@ pub struct SiteFile {
     /// system: for reproducible experiments only, never in a deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Where the rounds this site answered are kept (default: beside the transcript,
+    /// `<transcript>.rounds.json`); a restarted site refuses them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds_file: Option<PathBuf>,
+    /// What the site takes part in (see [`crate::SitePolicy`]; every key optional).
+    #[serde(default)]
+    pub policy: crate::SitePolicy,
+}
+
+impl SiteFile {
+    /// The file of rounds answered.
+    pub fn rounds_path(&self) -> PathBuf {
+        self.rounds_file.clone().unwrap_or_else(|| {
+            let mut name = self.transcript.as_os_str().to_owned();
+            name.push(".rounds.json");
+            PathBuf::from(name)
+        })
+    }
 }
 
 fn all_sites() -> f64 {
@@ -296,6 +314,7 @@ impl SiteFile {
             message: e.to_string(),
         };
         resolve("coordinator", &file.coordinator).map_err(in_file)?;
+        file.policy.validate().map_err(in_file)?;
         seconds("connect_timeout_s", file.connect_timeout_s).map_err(in_file)?;
         let missing = |key: &'static str, model: &str| {
             in_file(FlError::Config {

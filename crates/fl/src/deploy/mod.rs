@@ -107,7 +107,7 @@ pub enum Note {
     },
     Ledger(PathBuf),
     GlobalMean {
-        after_round: u64,
+        rounds_ended: u64,
         mean: f64,
     },
     Exported(Vec<PathBuf>),
@@ -189,7 +189,7 @@ pub async fn run_coordinator(
         events,
         noise,
     )?;
-    if coordinator.next_round() > file.rounds {
+    if coordinator.rounds_ended() >= file.rounds {
         note(Note::AlreadyFinished {
             rounds: file.rounds,
             checkpoint: file.checkpoint.clone(),
@@ -200,7 +200,7 @@ pub async fn run_coordinator(
             aborted: 0,
         });
     }
-    if coordinator.next_round() > 1 {
+    if coordinator.rounds_ended() > 0 {
         note(Note::Resuming {
             round: coordinator.next_round(),
         });
@@ -237,7 +237,7 @@ pub async fn run_coordinator(
     }
     let g = coordinator.global().to_vec();
     note(Note::GlobalMean {
-        after_round: coordinator.next_round() - 1,
+        rounds_ended: coordinator.rounds_ended(),
         mean: g.iter().map(|v| f64::from(*v)).sum::<f64>() / g.len().max(1) as f64,
     });
     let written = model
@@ -284,7 +284,7 @@ async fn run_rounds(
         completed: 0,
         aborted: 0,
     };
-    while coordinator.next_round() <= rounds {
+    while coordinator.rounds_ended() < rounds {
         let (up0, down0) = coordinator.traffic().snapshot();
         let start = Instant::now();
         let report = coordinator.run_round().await?;
@@ -405,12 +405,14 @@ pub async fn run_site_process<T: LocalTrainer>(
         identity,
         roster: Arc::new(roster.identities()?),
     };
-    let machine = SiteMachine::new(who, trainer.layout().clone(), root);
+    let machine =
+        SiteMachine::new(who, trainer.layout().clone(), root).with_policy(cfg.policy.clone());
     let endpoint = client(&creds, cfg.keylog)?;
     note(Note::Connecting { addr });
     let (link, failure) = reconnecting_link(endpoint, addr, "coordinator".into(), retry_for);
     let (egress, inbox) = Egress::open(link, transcript);
-    let summary = run_site(machine, &mut trainer, egress, inbox).await?;
+    let rounds = cfg.rounds_path();
+    let summary = run_site(machine, &mut trainer, egress, inbox, Some(&rounds)).await?;
     let reason = failure
         .lock()
         .ok()

@@ -1,0 +1,224 @@
+//! A malicious coordinator against sites under the default (deployment) policy. Each
+//! test is an attack that would expose one site's update if the site obeyed; it
+//! passes only because the site refuses. With `SitePolicy::permissive()` (or without
+//! the context digest) each of these tests fails.
+
+mod common;
+
+use common::*;
+use tessera_dp::{CodecSpec, FixedPointSpec};
+use tessera_fl::wire::{self, ToSite};
+use tessera_fl::{AbortCause, Event, FederationConfig, Protocol, SitePolicy, memory};
+use tessera_secagg::{GraphSpec, SiteId};
+
+fn strict(cfg: FederationConfig, n: u32) -> Harness {
+    Harness::with_policy(
+        cfg,
+        n,
+        &memory::Dropouts::new(),
+        None,
+        SitePolicy::default(),
+    )
+}
+
+/// Rewrites the round start sent to the sites `to`.
+fn rewrite(to: Vec<SiteId>, mut change: impl FnMut(&mut wire::RoundStart) + 'static) -> Tamper {
+    Box::new(move |site, bytes| match wire::decode::<ToSite>(bytes) {
+        Ok(ToSite::RoundStart(mut start)) if to.contains(&site) => {
+            change(&mut start);
+            wire::encode(&ToSite::RoundStart(start)).unwrap()
+        }
+        _ => bytes.to_vec(),
+    })
+}
+
+fn keys(h: &Harness) -> Vec<&'static str> {
+    h.refusals.iter().map(|(_, r)| r.key).collect()
+}
+
+/// The coordinator asks for updates in the clear: every site refuses and nothing
+/// leaves any of them.
+#[test]
+fn attack_downgrade_refused() {
+    let cfg = FederationConfig {
+        protocol: Protocol::Plaintext,
+        ..config()
+    };
+    let mut h = strict(cfg, 3);
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["require_secure"; 3]);
+    assert!(h.sent.is_empty(), "{:?}", h.sent);
+    h.coordinator
+        .handle(Event::Timeout(h.timer.unwrap()))
+        .unwrap();
+    h.settle();
+    assert_eq!(h.reports[0].aborted, Some(AbortCause::NoUpdates));
+}
+
+/// Split views: every site but the victim is told to clip its update to nothing, so
+/// that the sum would be the victim's update alone. The others see that the context in
+/// the parameters is not what they received and refuse; the victim's masked input never
+/// leaves it and the round aborts.
+#[test]
+fn attack_split_views_abort_with_nothing_learned() {
+    let mut h = strict(config(), 4);
+    h.tamper = Some(rewrite(vec![SiteId(1), SiteId(2), SiteId(3)], |start| {
+        if let CodecSpec::FixedPoint(FixedPointSpec { clip, .. }) = &mut start.codec {
+            *clip = 1e-30;
+        }
+    }));
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["context"; 3]);
+    h.coordinator
+        .handle(Event::Timeout(h.timer.unwrap()))
+        .unwrap();
+    h.settle();
+    assert!(matches!(h.reports[0].aborted, Some(AbortCause::SecAgg(_))));
+    assert!(
+        !h.sent.iter().any(|(_, kind)| *kind == "masked-input"),
+        "{:?}",
+        h.sent
+    );
+}
+
+/// The same, with the context digest recomputed for the altered view: the others now
+/// accept, but they sign other round parameters than the victim, so no advertisement
+/// verifies across the two views and the victim's masked input never leaves it.
+#[test]
+fn attack_split_views_with_recomputed_context_abort() {
+    let mut h = strict(config(), 4);
+    h.tamper = Some(rewrite(vec![SiteId(1), SiteId(2), SiteId(3)], |start| {
+        if let CodecSpec::FixedPoint(FixedPointSpec { clip, .. }) = &mut start.codec {
+            *clip = 1e-30;
+        }
+        start.params.context = wire::context_digest(
+            &start.codec,
+            &start.training,
+            &start.strategy,
+            start.secure,
+            &start.global,
+        )
+        .unwrap();
+    }));
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    if h.reports.is_empty() {
+        h.coordinator
+            .handle(Event::Timeout(h.timer.unwrap()))
+            .unwrap();
+        h.settle();
+    }
+    let victim_masked = h
+        .sent
+        .iter()
+        .any(|(site, kind)| *site == SiteId(0) && *kind == "masked-input");
+    assert!(!victim_masked, "{:?}", h.sent);
+    assert!(
+        h.reports
+            .iter()
+            .all(|r| !r.contributors.contains(&SiteId(0)))
+    );
+}
+
+/// Two sites (one of them the coordinator's accomplice) are too few to hide anyone.
+#[test]
+fn attack_tiny_cohort_refused() {
+    let mut h = strict(config(), 2);
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["min_sites"; 2]);
+    assert!(h.sent.is_empty());
+    // A threshold that one colluder and the coordinator could meet is refused too.
+    let policy = SitePolicy {
+        max_corrupt: 1,
+        ..SitePolicy::default()
+    };
+    let mut h = Harness::with_policy(config(), 3, &memory::Dropouts::new(), None, policy);
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["max_corrupt"; 3]);
+}
+
+/// A SecAgg+ graph drawn from a seed of the coordinator's choosing (to place the
+/// victim among accomplices) is refused: sites derive the seed themselves.
+#[test]
+fn attack_foreign_graph_seed_refused() {
+    let cfg = FederationConfig {
+        protocol: Protocol::SecaggPlus,
+        ..config()
+    };
+    // Enough sites for a sparse graph (with few, SecAgg+ plans the complete one).
+    let n = 60;
+    let mut h = strict(cfg, n);
+    h.tamper = Some(rewrite(
+        (0..n).map(SiteId).collect(),
+        |start| match &mut start.params.graph {
+            GraphSpec::RandomRegular { seed, .. } => seed[0] ^= 1,
+            GraphSpec::Complete => panic!("the planner chose the complete graph"),
+        },
+    ));
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["graph_seed"; n as usize]);
+    assert!(h.sent.is_empty());
+}
+
+/// A coordinator that runs a round number again (to difference two sums over different
+/// sets) is refused: each site answers a round at most once.
+#[test]
+fn attack_repeated_round_refused() {
+    let mut h = strict(config(), 3);
+    assert!(h.round().completed());
+    // The coordinator "forgets" (or rolls back) and starts round 1 again.
+    let ids: Vec<SiteId> = (0..3).map(SiteId).collect();
+    let (_, roster) = memory::identities(
+        &tessera_core::seed::RootSeed::from_experiment(4),
+        SESSION,
+        &ids,
+    )
+    .unwrap();
+    h.coordinator = tessera_fl::CoordinatorMachine::new(
+        config(),
+        roster,
+        tessera_fl::KnownUpdateTrainer::layout_for(DIM).unwrap(),
+        vec![0.0; DIM],
+        None,
+        [1; 32],
+    )
+    .unwrap();
+    for i in 0..3 {
+        h.coordinator.handle(Event::LinkOpened(SiteId(i))).unwrap();
+    }
+    let before = h.sent.len();
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["round"; 3]);
+    assert_eq!(h.sent.len(), before, "nothing sent for the repeated round");
+}
+
+/// The policy refuses contradictions, naming the key.
+#[test]
+fn contradictory_policies_are_refused() {
+    let bad = |p: SitePolicy| match p.validate() {
+        Err(tessera_fl::FlError::Config { key, .. }) => key,
+        other => panic!("{other:?}"),
+    };
+    assert!(SitePolicy::default().validate().is_ok());
+    assert!(SitePolicy::permissive().validate().is_ok());
+    let mut p = SitePolicy::default();
+    p.protocols.push(Protocol::Plaintext);
+    assert_eq!(bad(p), "policy.protocols");
+    let p = SitePolicy {
+        max_corrupt: 2,
+        min_sites: 3,
+        ..SitePolicy::default()
+    };
+    assert_eq!(bad(p), "policy.max_corrupt");
+    let p = SitePolicy {
+        strategies: vec!["fedsgd".into()],
+        ..SitePolicy::default()
+    };
+    assert_eq!(bad(p), "policy.strategies");
+}
