@@ -46,10 +46,11 @@ fn the_example_configs_parse() {
         let with = format!("{coordinator}\n{}", lines[0]);
         toml::from_str::<CoordinatorFile>(&with).unwrap_or_else(|e| panic!("{key}: {e}"));
     }
-    for key in ["data", "seed"] {
+    for key in ["data", "seed", "rounds_file", "policy"] {
         let lines = alternatives(&site, key);
         assert_eq!(lines.len(), 1, "{key}");
-        toml::from_str::<SiteFile>(&format!("{site}\n{}", lines[0]))
+        let file = toml::from_str::<SiteFile>(&format!("{site}\n{}", lines[0]))
             .unwrap_or_else(|e| panic!("{key}: {e}"));
+        file.policy.validate().unwrap();
     }
 }

@@ -200,7 +200,7 @@ pub async fn run_coordinator(
             aborted: 0,
         });
     }
-    if coordinator.rounds_ended() > 0 {
+    if coordinator.next_round() > 1 {
         note(Note::Resuming {
             round: coordinator.next_round(),
         });
