@@ -36,6 +36,27 @@ impl Protocol {
     }
 }
 
+/// Whom the threshold (and SecAgg+ degree) is planned against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Threat {
+    /// The coordinator follows the protocol but may collude with corrupt sites.
+    #[default]
+    SemiHonest,
+    /// The coordinator may deviate (equivocate, forge survivor sets): thresholds with
+    /// 2t > holders + c and t ≥ c + 2.
+    ActiveServer,
+}
+
+impl From<Threat> for tessera_secagg::plan::ThreatModel {
+    fn from(t: Threat) -> Self {
+        match t {
+            Threat::SemiHonest => tessera_secagg::plan::ThreatModel::SemiHonest,
+            Threat::ActiveServer => tessera_secagg::plan::ThreatModel::ActiveServer,
+        }
+    }
+}
+
 /// How the coordinator runs rounds. Build it with [`FederationConfig::builder`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +68,9 @@ pub struct FederationConfig {
     /// Expected dropout and corruption rates, for choosing the threshold (and degree).
     pub dropout_rate: f64,
     pub corruption_rate: f64,
+    /// The threat model the threshold is planned for.
+    #[serde(default)]
+    pub threat: Threat,
     pub bits: u8,
     /// Clipping range of each coordinate of a site's parameter change.
     pub clip: f32,
@@ -87,6 +111,7 @@ impl FederationConfig {
             protocol: Protocol::Secagg,
             dropout_rate: 0.05,
             corruption_rate: 0.0,
+            threat: Threat::SemiHonest,
             bits: 24,
             clip: 1.0,
             max_weight: 1000,
@@ -187,6 +212,11 @@ impl FederationBuilder {
     pub fn rates(mut self, dropout: f64, corruption: f64) -> Self {
         self.0.dropout_rate = dropout;
         self.0.corruption_rate = corruption;
+        self
+    }
+
+    pub fn threat(mut self, threat: Threat) -> Self {
+        self.0.threat = threat;
         self
     }
 

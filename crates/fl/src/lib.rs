@@ -38,7 +38,7 @@ pub mod sim;
 pub mod site;
 pub mod wire;
 
-pub use config::{FederationBuilder, FederationConfig, Protocol, ledger_path};
+pub use config::{FederationBuilder, FederationConfig, Protocol, Threat, ledger_path};
 pub use coordinator::{Action, CoordinatorMachine, Event, TimerId};
 pub use driver::{Coordinator, run_site};
 pub use egress::{Egress, SiteInbox, SiteLink};

@@ -23,7 +23,8 @@ pub(crate) fn plan(
     round: u64,
     n: usize,
 ) -> Result<(u32, GraphSpec), FlError> {
-    let request = PlanRequest::new(n, config.dropout_rate, config.corruption_rate);
+    let mut request = PlanRequest::new(n, config.dropout_rate, config.corruption_rate);
+    request.threat = config.threat.into();
     let plan = match config.protocol {
         Protocol::Secagg | Protocol::Plaintext => plan_secagg(&request)?,
         Protocol::SecaggPlus => plan_secagg_plus(&request)?,
@@ -121,4 +122,27 @@ pub fn preflight(
         threshold,
         degree,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Threat;
+
+    #[test]
+    fn the_active_threat_model_plans_higher_thresholds() {
+        let semi = FederationConfig::builder([0; 16], "ck")
+            .rates(0.05, 0.1)
+            .build()
+            .unwrap();
+        let active = FederationConfig {
+            threat: Threat::ActiveServer,
+            ..semi.clone()
+        };
+        let a = preflight(&semi, 20, 100).unwrap();
+        let b = preflight(&active, 20, 100).unwrap();
+        // 20 sites, c = 2 corrupt: the active bound needs 2t > 20 + 2
+        assert!(b.threshold > a.threshold, "{a:?} {b:?}");
+        assert!(2 * b.threshold as usize > 20 + 2);
+    }
 }

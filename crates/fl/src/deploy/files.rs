@@ -84,6 +84,9 @@ pub struct CoordinatorFile {
     pub protocol: Protocol,
     pub dropout_rate: f64,
     pub corruption_rate: f64,
+    /// "semi-honest" (default) or "active-server".
+    #[serde(default)]
+    pub threat: crate::Threat,
     pub bits: u8,
     pub clip: f32,
     pub max_weight: u64,
@@ -277,6 +280,7 @@ impl CoordinatorPlan {
             .training(training)
             .protocol(file.protocol)
             .rates(file.dropout_rate, file.corruption_rate)
+            .threat(file.threat)
             .codec(file.bits, file.clip, file.max_weight)
             .sample_fraction(file.sample_fraction)
             .timeouts(
