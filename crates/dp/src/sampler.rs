@@ -21,11 +21,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DpError;
 
-/// A positive rational number `num / den`.
+/// A positive rational number `num / den`. Decoding checks it like [`Ratio::new`], so a
+/// peer cannot hand a site a zero denominator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawRatio")]
 pub struct Ratio {
     num: u64,
     den: u64,
+}
+
+#[derive(Deserialize)]
+struct RawRatio {
+    num: u64,
+    den: u64,
+}
+
+impl TryFrom<RawRatio> for Ratio {
+    type Error = DpError;
+
+    fn try_from(r: RawRatio) -> Result<Self, DpError> {
+        Ratio::new(r.num, r.den)
+    }
 }
 
 impl Ratio {

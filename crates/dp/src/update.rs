@@ -59,8 +59,21 @@ pub enum Codec {
     Private(Box<PrivateCodec>),
 }
 
+/// Largest update a codec is built for (as the ring's largest vector).
+pub const MAX_DIM: usize = 1 << 28;
+
 impl CodecSpec {
+    /// Builds the codec; a dimension outside 1..=[`MAX_DIM`] is refused before anything
+    /// is allocated.
     pub fn codec(&self) -> Result<Codec, DpError> {
+        let dim = self.dim();
+        if dim == 0 || dim > MAX_DIM {
+            return Err(DpError::BadParameter {
+                name: "codec.dim",
+                value: dim as f64,
+                expected: "between 1 and 2^28",
+            });
+        }
         Ok(match self {
             CodecSpec::FixedPoint(spec) => Codec::FixedPoint(spec.codec()?),
             CodecSpec::Private(spec) => Codec::Private(Box::new(PrivateCodec::new(spec.clone())?)),

@@ -329,6 +329,22 @@ impl SiteMachine {
     fn admit(&self, start: &RoundStart) -> Result<(), Refusal> {
         let answered = self.answered.get(&start.params.session.0).copied();
         self.policy.check(start, answered)?;
+        if start.params.participants.len() > 1 << 20 {
+            return Err(Refusal {
+                key: "params",
+                reason: format!("{} participants", start.params.participants.len()),
+            });
+        }
+        if start.codec.dim() != start.global.len() {
+            return Err(Refusal {
+                key: "codec",
+                reason: format!(
+                    "the codec is for {} values but the model has {}",
+                    start.codec.dim(),
+                    start.global.len()
+                ),
+            });
+        }
         match start.context_matches() {
             Ok(true) => Ok(()),
             Ok(false) => Err(Refusal {

@@ -231,6 +231,18 @@ mod tests {
             }
         }
         assert!(decode::<ToSite>(&[9, 0]).is_err());
+        // A noise scale with a zero denominator does not decode (it would divide by zero).
+        let zero = postcard::to_allocvec(&Versioned {
+            version: WIRE_VERSION,
+            body: (0u64, 0u64),
+        })
+        .unwrap();
+        assert!(decode::<tessera_dp::Ratio>(&zero).is_err());
+        let ratio = tessera_dp::Ratio::new(3, 2).unwrap();
+        assert_eq!(
+            decode::<tessera_dp::Ratio>(&encode(&ratio).unwrap()).unwrap(),
+            ratio
+        );
         let mut bytes = encode(&ToSite::Shutdown).unwrap();
         bytes.push(0);
         assert_eq!(decode::<ToSite>(&bytes), Err(WireError::Trailing(1)));

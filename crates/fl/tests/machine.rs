@@ -194,6 +194,11 @@ fn fedprox_mu_reaches_the_sites() {
         }
     }
     let (site, trainer) = &mut h.sites[0];
+    // The site first records that it answers the round, then asks for training.
+    assert!(matches!(
+        site.poll_action(),
+        Some(SiteAction::Answer { round: 1, .. })
+    ));
     let Some(SiteAction::Train(req)) = site.poll_action() else {
         panic!("no training request");
     };
