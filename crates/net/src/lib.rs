@@ -11,6 +11,7 @@
 //! The orchestration that runs federated rounds over these connections is not built
 //! yet; this crate knows nothing of models or protocols beyond bytes and identities.
 
+pub mod enrol;
 pub mod frame;
 pub mod pki;
 pub mod quic;

@@ -42,7 +42,7 @@ pub enum PkiError {
     Certificate(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
         path: path.to_owned(),
         source,
@@ -58,16 +58,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), PkiEr
     }
 }
 
-fn read(path: &Path) -> Result<String, PkiError> {
+pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(io(path))
 }
 
-fn cert_error(e: rcgen::Error) -> PkiError {
+pub(crate) fn cert_error(e: rcgen::Error) -> PkiError {
     PkiError::Certificate(e.to_string())
 }
 
 /// The CA's fixed parameters: issuing later only needs these and its key.
-fn ca_params() -> Result<CertificateParams, PkiError> {
+pub(crate) fn ca_params() -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "Tessera federation CA");
@@ -81,7 +81,7 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
     Ok(params)
 }
 
-fn check_name(name: &str) -> Result<(), PkiError> {
+pub(crate) fn check_name(name: &str) -> Result<(), PkiError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -118,7 +118,43 @@ pub enum Role {
     Site(SiteId),
 }
 
-/// Issues a certificate (and, for a site, an identity key and a roster entry).
+/// A participant's certificate: its name, the one usage its role needs (a site is a
+/// TLS client, the coordinator a server), valid from yesterday for two years.
+pub(crate) fn leaf_params(name: &str, role: Role) -> Result<CertificateParams, PkiError> {
+    use rcgen::ExtendedKeyUsagePurpose;
+    let mut params = CertificateParams::new(vec![name.to_string()]).map_err(cert_error)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![match role {
+        Role::Coordinator => ExtendedKeyUsagePurpose::ServerAuth,
+        Role::Site(_) => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    let (y, m, d) = today();
+    params.not_before = rcgen::date_time_ymd(y, m, d) - std::time::Duration::from_secs(86_400);
+    params.not_after = rcgen::date_time_ymd(y + 2, m, d.min(28));
+    Ok(params)
+}
+
+/// Today's date (UTC) from the system clock, as (year, month, day).
+fn today() -> (i32, u8, u8) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+/// Issues a certificate (and, for a site, an identity key and a roster entry) with
+/// every key generated here, in the CA's folder: for tests and simulations. A
+/// deployment enrols with [`crate::enrol`], so that no site secret ever exists there.
 pub fn issue(dir: &Path, name: &str, role: Role) -> Result<(), PkiError> {
     check_name(name)?;
     let ca_key_path = dir.join("ca.key");
@@ -135,8 +171,7 @@ pub fn issue(dir: &Path, name: &str, role: Role) -> Result<(), PkiError> {
     if cert_path.exists() {
         return Err(PkiError::Exists { path: cert_path });
     }
-    let mut params = CertificateParams::new(vec![name.to_string()]).map_err(cert_error)?;
-    params.distinguished_name.push(DnType::CommonName, name);
+    let params = leaf_params(name, role)?;
     let key = KeyPair::generate().map_err(cert_error)?;
     let issuer = Issuer::new(ca_params()?, &ca_key);
     let cert = params.signed_by(&key, &issuer).map_err(cert_error)?;
@@ -182,11 +217,11 @@ pub fn load_identity(path: &Path) -> Result<IdentityKeyPair, PkiError> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != 2 * N {
         return None;
     }
@@ -228,7 +263,7 @@ fn canonical(entries: &[RosterEntry]) -> Vec<u8> {
 }
 
 impl SignedRoster {
-    fn sign(mut entries: Vec<RosterEntry>, ca_key: &KeyPair) -> Result<Self, PkiError> {
+    pub(crate) fn sign(mut entries: Vec<RosterEntry>, ca_key: &KeyPair) -> Result<Self, PkiError> {
         entries.sort_by_key(|e| e.site);
         let rng = ring::rand::SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(
@@ -246,7 +281,7 @@ impl SignedRoster {
         })
     }
 
-    fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
