@@ -24,6 +24,8 @@ use crate::site::{SiteIdentity, SiteMachine, SiteSummary};
 pub struct MemoryFederation {
     pub coordinator: Coordinator,
     pub sites: Vec<JoinHandle<Result<SiteSummary, FlError>>>,
+    /// The coordinator's link events, to open links by hand (tests of misbehaving links).
+    pub links: mpsc::Sender<LinkEvent>,
 }
 
 /// Per site, the rounds in which it drops out and from which phase.
@@ -95,7 +97,11 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
     coordinator
         .wait_for_sites(ids.len(), std::time::Duration::from_secs(60))
         .await;
-    Ok(MemoryFederation { coordinator, sites })
+    Ok(MemoryFederation {
+        coordinator,
+        sites,
+        links: events,
+    })
 }
 
 /// One site's channels: its messages become the coordinator's events.

@@ -222,3 +222,67 @@ fn contradictory_policies_are_refused() {
     };
     assert_eq!(bad(p), "policy.strategies");
 }
+
+/// A site that stops reading (malicious or stuck) fills its bounded queue and is
+/// dropped; the coordinator never waits on it, and every round completes with the
+/// others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_stalled_site_does_not_block_the_others() {
+    use std::time::Duration;
+    use tessera_fl::{KnownUpdateTrainer, LinkEvent};
+    let dir = std::env::temp_dir().join(format!("tessera-stalled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = FederationConfig {
+        training_timeout: Duration::from_millis(150),
+        phase_timeout: Duration::from_millis(150),
+        checkpoint: dir.join("checkpoint.bin"),
+        ..config()
+    };
+    let trainers = (0..4)
+        .map(|i| KnownUpdateTrainer::new(DIM, step(i), weight(i)).unwrap())
+        .collect();
+    let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
+    let root = tessera_core::seed::RootSeed::from_experiment(4);
+    let mut fed = memory::start(
+        cfg,
+        layout,
+        vec![0.0; DIM],
+        trainers,
+        &memory::Dropouts::new(),
+        &dir,
+        root,
+    )
+    .await
+    .unwrap();
+    // Site 3's link is replaced by one whose other end is never read.
+    let (to_site, _never_read) = tokio::sync::mpsc::channel(tessera_fl::links::SITE_QUEUE);
+    fed.links
+        .send(LinkEvent::Opened {
+            site: SiteId(3),
+            link: 99,
+            to_site,
+        })
+        .await
+        .unwrap();
+    let mut dropped_after = None;
+    for r in 1..=45u64 {
+        let report = tokio::time::timeout(Duration::from_secs(30), fed.coordinator.run_round())
+            .await
+            .expect("the coordinator is not blocked")
+            .unwrap();
+        assert!(report.completed(), "{report:?}");
+        assert!(
+            report
+                .contributors
+                .starts_with(&[SiteId(0), SiteId(1), SiteId(2)])
+        );
+        if dropped_after.is_none() && !fed.coordinator.machine().connected().contains(&SiteId(3)) {
+            dropped_after = Some(r);
+        }
+    }
+    assert!(
+        dropped_after.is_some(),
+        "the stalled site was never dropped"
+    );
+    fed.coordinator.shutdown().await.unwrap();
+}
