@@ -10,6 +10,8 @@ if ! command -v ip > /dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get 
 fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz targets must build (running them needs nightly and cargo-fuzz: see README).
+cargo build --manifest-path fuzz/Cargo.toml --locked --quiet
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

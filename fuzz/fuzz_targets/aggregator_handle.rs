@@ -19,6 +19,7 @@ static SETUP: LazyLock<(Arc<RoundConfig>, Arc<Roster>)> = LazyLock::new(|| {
         modulus: Modulus::new(16).unwrap(),
         threshold: 2,
         graph: GraphSpec::Complete,
+        context: [0; 32],
     })
     .unwrap();
     (config, test_identities(&ids, [0; 32]).1)

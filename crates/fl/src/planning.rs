@@ -62,9 +62,11 @@ pub(crate) fn codec_spec(
         return Ok((CodecSpec::FixedPoint(spec), None));
     }
     // Without secure aggregation nothing guarantees contributors; central noise does
-    // not depend on them.
+    // not depend on them. With it, at least t sites contribute, but up to c of them may
+    // collude with the coordinator and subtract their own noise: only t − c count.
+    let corrupt = (c.corruption_rate * n as f64).ceil() as usize;
     let guaranteed = if c.protocol.is_secure() {
-        threshold as usize
+        (threshold as usize).saturating_sub(corrupt).max(1)
     } else {
         1
     };
@@ -128,6 +130,38 @@ pub fn preflight(
 mod tests {
     use super::*;
     use crate::config::Threat;
+
+    /// Colluding sites do not count as noise sources: planning for corrupt sites needs
+    /// more noise per site for the same ε.
+    #[test]
+    fn corrupt_sites_are_not_counted_as_noise_sources() {
+        let dp = tessera_dp::DpConfig {
+            mechanism: tessera_dp::Mechanism::Ddg,
+            epsilon: 5.0,
+            delta: 1e-5,
+            rounds: 10,
+            l2_clip: 1.0,
+        };
+        let honest = FederationConfig::builder([0; 16], "ck")
+            .codec(24, 1.0, 100)
+            .dp(dp)
+            .build()
+            .unwrap();
+        let colluding = FederationConfig {
+            corruption_rate: 0.2,
+            ..honest.clone()
+        };
+        let m = Modulus::new(24).unwrap();
+        let (_, a) = codec_spec(&honest, 100, 1, 10, 6, m).unwrap();
+        let (_, b) = codec_spec(&colluding, 100, 1, 10, 6, m).unwrap();
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!((a.guaranteed, b.guaranteed), (6, 4));
+        let sigma = |p: &DpPlan| match p.site_noise {
+            tessera_dp::SiteNoise::DiscreteGaussian { sigma } => sigma.to_f64(),
+            other => panic!("{other:?}"),
+        };
+        assert!(sigma(&b) > sigma(&a), "{} vs {}", sigma(&b), sigma(&a));
+    }
 
     #[test]
     fn the_active_threat_model_plans_higher_thresholds() {
