@@ -81,6 +81,12 @@ impl Purpose {
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootSeed([u8; 32]);
 
+impl zeroize::Zeroize for RootSeed {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
 impl std::fmt::Debug for RootSeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RootSeed(…)")

@@ -49,6 +49,6 @@ pub use planning::{Preflight, preflight};
 pub use policy::{Refusal, SitePolicy};
 pub use report::{AbortCause, RejectReason, Rejection, RoundReport};
 pub use site::{
-    SiteAction, SiteEvent, SiteFailure, SiteIdentity, SiteMachine, SiteProblem, SiteSummary,
-    TrainRequest,
+    EntropySource, SiteAction, SiteEvent, SiteFailure, SiteIdentity, SiteMachine, SiteProblem,
+    SiteSummary, TrainRequest,
 };

@@ -23,6 +23,18 @@ use thiserror::Error;
 use crate::policy::{Refusal, SitePolicy};
 use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WireError, WithdrawReason};
 
+/// Where a site draws fresh randomness (32 bytes a call; `None` when none is to be had).
+pub type EntropySource = Box<dyn FnMut() -> Option<[u8; 32]> + Send>;
+
+/// Fresh randomness from the operating system.
+pub fn os_entropy() -> EntropySource {
+    Box::new(|| {
+        RootSeed::from_os()
+            .ok()
+            .map(|r| r.derive(Purpose::SiteRoot, SeedContext::session([0; 16])))
+    })
+}
+
 /// Who a site is: its id, identity key and the roster it checks peers against.
 #[derive(Clone)]
 pub struct SiteIdentity {
@@ -146,6 +158,8 @@ pub struct SiteMachine {
     /// withdraws from the given phase on, as if its connection had dropped.
     silent: BTreeMap<u64, Phase>,
     policy: SitePolicy,
+    /// Fresh randomness for each round's secrets (deployments).
+    fresh: Option<EntropySource>,
     /// The last round answered, per session.
     answered: BTreeMap<[u8; 16], u64>,
     state: State,
@@ -162,6 +176,7 @@ impl SiteMachine {
             root,
             silent: BTreeMap::new(),
             policy: SitePolicy::default(),
+            fresh: None,
             answered: BTreeMap::new(),
             state: State::Idle,
             summary: SiteSummary::default(),
@@ -192,6 +207,22 @@ impl SiteMachine {
     pub fn with_answered(mut self, answered: BTreeMap<[u8; 16], u64>) -> Self {
         self.answered = answered;
         self
+    }
+
+    /// Draws every round's secrets (keys, rounding, noise) from `source` instead of the
+    /// site's root seed, so that no long-lived secret regenerates a past round's: a
+    /// deployment's choice. `source` returning `None` makes the site leave the round.
+    pub fn with_fresh_randomness(mut self, source: EntropySource) -> Self {
+        self.fresh = Some(source);
+        self
+    }
+
+    /// The root of this round's randomness: fresh, or the site's own.
+    fn round_root(&mut self) -> Option<zeroize::Zeroizing<RootSeed>> {
+        match self.fresh.as_mut() {
+            Some(source) => source().map(|b| zeroize::Zeroizing::new(RootSeed::from_bytes(b))),
+            None => Some(zeroize::Zeroizing::new(self.root)),
+        }
     }
 
     /// Simulated dropouts: per round, the phase from which the site withdraws.
@@ -386,7 +417,11 @@ impl SiteMachine {
         let ctx = SeedContext::session(start.params.session.0)
             .site(self.who.id.0)
             .round(round);
-        let mut encoding = ChaCha20Rng::from_seed(self.root.derive(Purpose::Encoding, ctx));
+        let Some(root) = self.round_root() else {
+            let e = "the operating system gave no randomness".to_string();
+            return self.abandon(round, SiteFailure::Training(e));
+        };
+        let mut encoding = ChaCha20Rng::from_seed(root.derive(Purpose::Encoding, ctx));
         let input = match start
             .codec
             .codec()
@@ -410,7 +445,8 @@ impl SiteMachine {
             Ok(c) => c,
             Err(e) => return self.abandon(round, SiteFailure::Params(e)),
         };
-        let mut rng = ChaCha20Rng::from_seed(self.root.derive(Purpose::SecAgg, ctx));
+        let mut rng = ChaCha20Rng::from_seed(root.derive(Purpose::SecAgg, ctx));
+        drop(root);
         let who = &self.who;
         match Site::new(
             config,

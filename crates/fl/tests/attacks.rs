@@ -286,3 +286,22 @@ async fn attack_stalled_site_does_not_block_the_others() {
     );
     fed.coordinator.shutdown().await.unwrap();
 }
+
+/// With fresh randomness (a deployment), a site's round secrets do not follow from any
+/// long-lived seed: two sites with the same root answer the same round with different
+/// keys and rounding, where simulated sites (deterministic by design) answer alike.
+#[test]
+fn fresh_randomness_gives_each_round_new_secrets() {
+    let first_message = |fresh: bool| {
+        let h = Harness::new(config(), 3, &memory::Dropouts::new(), None);
+        let mut h = if fresh { h.fresh_randomness() } else { h };
+        h.round();
+        h.messages
+            .iter()
+            .find(|(site, _)| *site == SiteId(0))
+            .map(|(_, bytes)| bytes.clone())
+            .unwrap()
+    };
+    assert_eq!(first_message(false), first_message(false));
+    assert_ne!(first_message(true), first_message(true));
+}

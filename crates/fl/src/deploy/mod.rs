@@ -396,17 +396,21 @@ pub async fn run_site_process<T: LocalTrainer>(
     )?);
     let creds = Credentials::load(&cfg.pki, &cfg.name)?;
     let transcript = TranscriptWriter::open(&cfg.transcript, identity.clone())?;
-    let root = match cfg.seed {
-        Some(seed) => RootSeed::from_experiment(seed).site_root(id.0),
-        None => RootSeed::from_os().map_err(|_| FlError::Randomness)?,
+    let (root, fresh) = match cfg.seed {
+        Some(seed) => (RootSeed::from_experiment(seed).site_root(id.0), false),
+        None => (RootSeed::from_os().map_err(|_| FlError::Randomness)?, true),
     };
     let who = SiteIdentity {
         id,
         identity,
         roster: Arc::new(roster.identities()?),
     };
-    let machine =
+    let mut machine =
         SiteMachine::new(who, trainer.layout().clone(), root).with_policy(cfg.policy.clone());
+    if fresh {
+        // A deployment: every round's secrets from fresh OS randomness.
+        machine = machine.with_fresh_randomness(crate::site::os_entropy());
+    }
     let endpoint = client(&creds, cfg.keylog)?;
     note(Note::Connecting { addr });
     let (link, failure) = reconnecting_link(endpoint, addr, "coordinator".into(), retry_for);

@@ -52,6 +52,8 @@ pub struct Harness {
     /// What each site sent, by message kind, in order.
     pub sent: Vec<(SiteId, &'static str)>,
     pub refusals: Vec<(SiteId, Refusal)>,
+    /// Every message the sites sent, encoded.
+    pub messages: Vec<(SiteId, Vec<u8>)>,
 }
 
 impl Harness {
@@ -113,7 +115,17 @@ impl Harness {
             tamper: None,
             sent: Vec::new(),
             refusals: Vec::new(),
+            messages: Vec::new(),
         }
+    }
+
+    /// Every site draws each round's secrets from fresh OS randomness.
+    pub fn fresh_randomness(mut self) -> Self {
+        self.sites = std::mem::take(&mut self.sites)
+            .into_iter()
+            .map(|(m, t)| (m.with_fresh_randomness(tessera_fl::site::os_entropy()), t))
+            .collect();
+        self
     }
 
     /// Delivers messages until nothing moves.
@@ -172,6 +184,7 @@ impl Harness {
                     }
                     let bytes = wire::encode(&msg).unwrap();
                     let from = SiteId(i as u32);
+                    self.messages.push((from, bytes.clone()));
                     self.coordinator
                         .handle(Event::Message { from, bytes })
                         .unwrap();
