@@ -39,6 +39,10 @@ fn attack_ca_folder_holds_no_site_secret() {
             "--id",
             &i.to_string(),
         ]);
+        if i == 0 {
+            // An older signed roster, kept for the roll-back check below.
+            std::fs::copy(ca.join("roster.json"), dir.join("old-roster.json")).unwrap();
+        }
     }
     // The CA's folder: its own key, certificates and the roster; no participant secret.
     for entry in std::fs::read_dir(&ca).unwrap() {
@@ -97,4 +101,13 @@ fn attack_ca_folder_holds_no_site_secret() {
         let (code, out) = output(child);
         assert_eq!(code, Some(0), "{out}");
     }
+    // A site that has seen the current roster refuses a rolled-back one at start.
+    let own = dir.join("site-a");
+    std::fs::copy(dir.join("old-roster.json"), own.join("roster.json")).unwrap();
+    let (code, out) = output(spawn(&["site", "--config", &s(&own.join("site.toml"))]));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("older than version") && out.contains("rolled-back"),
+        "{out}"
+    );
 }

@@ -127,14 +127,14 @@ pub fn sign(ca_dir: &Path, request_path: &Path, site: Option<SiteId>) -> Result<
             )));
         }
         roster.entries.push(entry);
-        roster = SignedRoster::sign(roster.entries, &ca_key)?;
+        roster = SignedRoster::sign(roster.entries, roster.version + 1, &ca_key)?;
     } else if req.identity.is_some() {
         return Err(invalid("a site's request: give its id".into()));
     }
     let issuer = Issuer::new(ca_params()?, &ca_key);
     let cert = csr.signed_by(&issuer).map_err(cert_error)?;
     write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
-    write_atomic(&roster_path, &roster.to_json(), false)?;
+    write_atomic(&roster_path, &roster.to_json()?, false)?;
     Ok(cert_path)
 }
 

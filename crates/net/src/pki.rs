@@ -107,8 +107,8 @@ pub fn init(dir: &Path) -> Result<(), PkiError> {
     let cert = ca_params()?.self_signed(&key).map_err(cert_error)?;
     write_atomic(&key_path, key.serialize_pem().as_bytes(), true)?;
     write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
-    let roster = SignedRoster::sign(Vec::new(), &key)?;
-    write_atomic(&dir.join("roster.json"), &roster.to_json(), false)
+    let roster = SignedRoster::sign(Vec::new(), 1, &key)?;
+    write_atomic(&dir.join("roster.json"), &roster.to_json()?, false)
 }
 
 /// What a certificate is for.
@@ -197,11 +197,11 @@ pub fn issue(dir: &Path, name: &str, role: Role) -> Result<(), PkiError> {
             site: site.0,
             identity: hex(&identity.public().0),
         });
-        roster = SignedRoster::sign(roster.entries, &ca_key)?;
+        roster = SignedRoster::sign(roster.entries, roster.version + 1, &ca_key)?;
     }
     write_atomic(&key_path, key.serialize_pem().as_bytes(), true)?;
     write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
-    write_atomic(&roster_path, &roster.to_json(), false)
+    write_atomic(&roster_path, &roster.to_json()?, false)
 }
 
 /// Reads a site's identity key written by [`issue`].
@@ -247,15 +247,18 @@ pub struct RosterEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedRoster {
+    /// Increases with every signing, so that a participant can refuse an older roster
+    /// (one without a site added since, or with a key replaced since).
+    pub version: u64,
     pub entries: Vec<RosterEntry>,
     /// Hex of the ASN.1 ECDSA signature.
     pub signature: String,
 }
 
-fn canonical(entries: &[RosterEntry]) -> Vec<u8> {
+fn canonical(version: u64, entries: &[RosterEntry]) -> Vec<u8> {
     let mut sorted = entries.to_vec();
     sorted.sort_by_key(|e| e.site);
-    let mut out = b"tessera/roster/v1\n".to_vec();
+    let mut out = format!("tessera/roster/v2\nversion\t{version}\n").into_bytes();
     for e in sorted {
         out.extend_from_slice(format!("{}\t{}\t{}\n", e.site, e.name, e.identity).as_bytes());
     }
@@ -263,7 +266,12 @@ fn canonical(entries: &[RosterEntry]) -> Vec<u8> {
 }
 
 impl SignedRoster {
-    pub(crate) fn sign(mut entries: Vec<RosterEntry>, ca_key: &KeyPair) -> Result<Self, PkiError> {
+    /// Signs `entries` as the given version.
+    pub(crate) fn sign(
+        mut entries: Vec<RosterEntry>,
+        version: u64,
+        ca_key: &KeyPair,
+    ) -> Result<Self, PkiError> {
         entries.sort_by_key(|e| e.site);
         let rng = ring::rand::SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(
@@ -273,16 +281,18 @@ impl SignedRoster {
         )
         .map_err(|e| PkiError::Certificate(format!("CA key is not ECDSA P-256: {e}")))?;
         let sig = pair
-            .sign(&rng, &canonical(&entries))
+            .sign(&rng, &canonical(version, &entries))
             .map_err(|e| PkiError::Certificate(e.to_string()))?;
         Ok(Self {
+            version,
             entries,
             signature: hex(sig.as_ref()),
         })
     }
 
-    pub(crate) fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+    pub(crate) fn to_json(&self) -> Result<Vec<u8>, PkiError> {
+        serde_json::to_vec_pretty(self)
+            .map_err(|e| PkiError::Certificate(format!("the roster does not serialise: {e}")))
     }
 
     /// Reads a roster and verifies its signature against the CA certificate.
@@ -309,7 +319,7 @@ impl SignedRoster {
         let sig = hex_vec(&self.signature)
             .ok_or_else(|| PkiError::RosterSignature(ca_cert.to_owned()))?;
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key)
-            .verify(&canonical(&self.entries), &sig)
+            .verify(&canonical(self.version, &self.entries), &sig)
             .map_err(|_| PkiError::RosterSignature(ca_cert.to_owned()))
     }
 

@@ -133,6 +133,13 @@ pub struct SiteFile {
 }
 
 impl SiteFile {
+    /// Where the newest roster version this site has seen is kept.
+    pub fn roster_version_path(&self) -> PathBuf {
+        let mut name = self.transcript.as_os_str().to_owned();
+        name.push(".roster-version");
+        PathBuf::from(name)
+    }
+
     /// The file of rounds answered.
     pub fn rounds_path(&self) -> PathBuf {
         self.rounds_file.clone().unwrap_or_else(|| {

@@ -360,6 +360,39 @@ pub enum SiteEnd {
     NeverContributed { started: u64 },
 }
 
+/// Refuses a roster older than one this site has already seen (a rolled-back roster
+/// could carry a replaced key or omit a site), and remembers the newest.
+fn check_roster_version(
+    cfg: &SiteFile,
+    roster: &tessera_net::pki::SignedRoster,
+) -> Result<(), FlError> {
+    let path = cfg.roster_version_path();
+    let seen = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|e| FlError::File {
+            path: path.clone(),
+            message: format!("not a roster version: {e}"),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(FlError::io(&path)(e)),
+    };
+    if roster.version < seen {
+        return Err(FlError::Config {
+            key: "pki",
+            message: format!(
+                "{} is roster version {}, older than version {seen} this site has seen; \
+                 refusing a rolled-back roster",
+                cfg.pki.join("roster.json").display(),
+                roster.version
+            ),
+        });
+    }
+    if roster.version > seen {
+        tessera_core::atomic::write_atomic(&path, roster.version.to_string().as_bytes())
+            .map_err(FlError::io(&path))?;
+    }
+    Ok(())
+}
+
 /// The known-update trainer a site file describes.
 pub fn known_trainer(cfg: &SiteFile) -> Result<KnownUpdateTrainer, FlError> {
     let ModelConfig::KnownUpdate { dim } = cfg.model else {
@@ -383,6 +416,7 @@ pub async fn run_site_process<T: LocalTrainer>(
     let addr = files::resolve("coordinator", &cfg.coordinator)?;
     let retry_for = files::seconds("connect_timeout_s", cfg.connect_timeout_s)?;
     let roster = roster_in(&cfg.pki)?;
+    check_roster_version(cfg, &roster)?;
     let id = roster.site_of(&cfg.name).ok_or_else(|| FlError::Config {
         key: "name",
         message: format!(
