@@ -5,6 +5,7 @@
 //! frames, and the coordinator names each connection by its CA-verified certificate and
 //! the CA-signed roster, never by anything the peer says.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -72,14 +73,22 @@ pub fn accept_sites(
     let (endpoint, roster) = (endpoint.clone(), roster.clone());
     tokio::spawn(async move {
         let ids = Arc::new(AtomicU64::new(0));
+        let open: Arc<std::sync::Mutex<BTreeMap<SiteId, usize>>> = Arc::default();
         while let Some(incoming) = endpoint.accept().await {
             let (events, roster, ids) = (events.clone(), roster.clone(), ids.clone());
+            let open = open.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address().to_string();
-                match accept_one(incoming, &roster).await {
+                let accepted = accept_one(incoming, &roster)
+                    .await
+                    .and_then(|(site, conn)| admit(&open, site, conn));
+                match accepted {
                     Ok((site, conn)) => {
                         let link = ids.fetch_add(1, Ordering::Relaxed);
                         serve(conn, site, link, events).await;
+                        if let Ok(mut o) = open.lock() {
+                            o.entry(site).and_modify(|n| *n = n.saturating_sub(1));
+                        }
                     }
                     Err(reason) => {
                         let _ = events
@@ -94,6 +103,29 @@ pub fn accept_sites(
         }
     });
     rx
+}
+
+/// Connections one site may hold at once: its current one and a reconnection.
+pub const MAX_LINKS_PER_SITE: usize = 2;
+
+/// Counts a site's open connections and refuses one past [`MAX_LINKS_PER_SITE`].
+fn admit(
+    open: &std::sync::Mutex<BTreeMap<SiteId, usize>>,
+    site: SiteId,
+    conn: quinn::Connection,
+) -> Result<(SiteId, quinn::Connection), String> {
+    let mut open = open
+        .lock()
+        .map_err(|_| "connection table poisoned".to_string())?;
+    let n = open.entry(site).or_default();
+    if *n >= MAX_LINKS_PER_SITE {
+        conn.close(2u32.into(), b"too many connections for this site");
+        return Err(format!(
+            "{site} already has {MAX_LINKS_PER_SITE} connections open"
+        ));
+    }
+    *n += 1;
+    Ok((site, conn))
 }
 
 /// Completes the handshake (bounded in time) and names the peer through the roster.

@@ -275,3 +275,37 @@ async fn a_paper_sized_model_crosses_quic() {
     fed.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One site may not hold more than two connections (its link and a reconnection): a
+/// third is refused and reported, so no site can exhaust the coordinator with links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_may_not_open_many_connections() {
+    let (dir, roster, _identities, endpoint) = federation("many", 2);
+    let addr = endpoint.local_addr().unwrap();
+    let mut events = accept_sites(&endpoint, &roster);
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let ep = client(&Credentials::load(&dir, "site-0").unwrap(), false).unwrap();
+        let conn = connect(&ep, addr, "coordinator").await.unwrap();
+        if let Ok((mut send, _recv)) = conn.open_bi().await {
+            let _ = write_message(&mut send, b"").await;
+            conns.push((ep, conn, send));
+        }
+    }
+    let (mut opened, mut refused) = (0, Vec::new());
+    while opened + refused.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(tessera_fl::LinkEvent::Opened { .. })) => opened += 1,
+            Ok(Some(tessera_fl::LinkEvent::Refused { reason, .. })) => refused.push(reason),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    assert_eq!(opened, 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("already has 2 connections")),
+        "{refused:?}"
+    );
+}
