@@ -309,3 +309,33 @@ async fn a_site_may_not_open_many_connections() {
         "{refused:?}"
     );
 }
+
+/// A peer that completes its handshake but never opens its stream (30 s allowed) does
+/// not hold up another site joining: connections are served concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_does_not_hold_up_joins() {
+    let (dir, roster, _identities, endpoint) = federation("silent-join", 2);
+    let addr = endpoint.local_addr().unwrap();
+    let mut events = accept_sites(&endpoint, &roster);
+    let silent_ep = client(&Credentials::load(&dir, "site-0").unwrap(), false).unwrap();
+    let _silent = connect(&silent_ep, addr, "coordinator").await.unwrap();
+    let ep = client(&Credentials::load(&dir, "site-1").unwrap(), false).unwrap();
+    let conn = connect(&ep, addr, "coordinator").await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    write_message(&mut send, b"").await.unwrap();
+    let start = std::time::Instant::now();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("site-1 joined while site-0 stayed silent");
+    assert!(
+        matches!(
+            event,
+            Some(tessera_fl::LinkEvent::Opened {
+                site: SiteId(1),
+                ..
+            })
+        ),
+        "after {:?}",
+        start.elapsed()
+    );
+}
