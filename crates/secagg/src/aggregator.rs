@@ -169,6 +169,22 @@ impl Aggregator {
                     ));
                 }
                 protocol::verify_advertisement(&self.config, &self.roster, &ad)?;
+                // A low-order or copied key would make honest sites abandon the round:
+                // refuse it here, so that only its sender is left out.
+                if ad.share_key.is_low_order() || ad.mask_key.is_low_order() {
+                    return Err(Self::malformed(from, "advertise-keys", "a low-order key"));
+                }
+                let copied = self.adverts.values().any(|o| {
+                    [o.share_key, o.mask_key].contains(&ad.share_key)
+                        || [o.share_key, o.mask_key].contains(&ad.mask_key)
+                }) || ad.share_key == ad.mask_key;
+                if copied {
+                    return Err(Self::malformed(
+                        from,
+                        "advertise-keys",
+                        "a key another site already advertised",
+                    ));
+                }
                 self.adverts.insert(from, ad);
             }
             Body::ShareKeys(list) => {
@@ -521,17 +537,28 @@ impl Aggregator {
         let mut dropped_secrets: BTreeMap<SiteId, AgreementSecret> = BTreeMap::new();
         let mut dropped_keys = Vec::with_capacity(dropped.len());
         for &owner in &dropped {
-            let secret = match reconstruct(&mut interpolator, &self.mask_key_shares, owner, t) {
-                Ok(secret) => secret,
+            let advertised = self.adverts[&owner].mask_key;
+            let config = self.config.clone();
+            let matches = |s: &Scalar| {
+                protocol::mask_key_from_secret(&config, owner, s).public() == advertised
+            };
+            let secret = match shamir::reconstruct_owner(
+                &mut interpolator,
+                &self.mask_key_shares,
+                owner,
+                t,
+                matches,
+            ) {
+                Ok(Some(secret)) => secret,
+                Ok(None) => {
+                    return self.abort(AbortReason::InconsistentShares {
+                        owner,
+                        what: "mask key",
+                    });
+                }
                 Err(reason) => return self.abort(reason),
             };
             let key = protocol::mask_key_from_secret(&self.config, owner, &secret);
-            if key.public() != self.adverts[&owner].mask_key {
-                return self.abort(AbortReason::InconsistentShares {
-                    owner,
-                    what: "mask key",
-                });
-            }
             for peer in self.neighbours_in(owner, &masked) {
                 dropped_keys.push((owner, peer));
             }
@@ -539,18 +566,26 @@ impl Aggregator {
         }
         let mut jobs = Vec::with_capacity(dropped_keys.len() + masked.len());
         for &owner in &masked {
-            let secret = match reconstruct(&mut interpolator, &self.self_mask_shares, owner, t) {
-                Ok(secret) => secret,
+            let committed = self.adverts[&owner].self_mask_commitment;
+            let config = self.config.clone();
+            let matches =
+                |s: &Scalar| protocol::self_mask_commitment(&config, owner, s) == committed;
+            let secret = match shamir::reconstruct_owner(
+                &mut interpolator,
+                &self.self_mask_shares,
+                owner,
+                t,
+                matches,
+            ) {
+                Ok(Some(secret)) => secret,
+                Ok(None) => {
+                    return self.abort(AbortReason::InconsistentShares {
+                        owner,
+                        what: "self-mask seed",
+                    });
+                }
                 Err(reason) => return self.abort(reason),
             };
-            if protocol::self_mask_commitment(&self.config, owner, &secret)
-                != self.adverts[&owner].self_mask_commitment
-            {
-                return self.abort(AbortReason::InconsistentShares {
-                    owner,
-                    what: "self-mask seed",
-                });
-            }
             jobs.push(MaskJob {
                 seed: protocol::self_mask_seed(&self.config, owner, &secret),
                 sign: MaskSign::Sub,
@@ -589,22 +624,4 @@ impl Aggregator {
         });
         self.status = Status::Finished;
     }
-}
-
-/// `owner`'s secret from the first t shares revealed to the aggregator.
-fn reconstruct(
-    interpolator: &mut shamir::Interpolator,
-    revealed: &BTreeMap<SiteId, Vec<(SiteId, Scalar)>>,
-    owner: SiteId,
-    t: usize,
-) -> Result<Scalar, AbortReason> {
-    let shares = revealed.get(&owner).map(Vec::as_slice).unwrap_or_default();
-    interpolator
-        .reconstruct(shares)
-        .map_err(|_| AbortReason::TooFewHolders {
-            phase: Phase::Unmasking,
-            owner,
-            have: shares.len(),
-            need: t,
-        })
 }

@@ -246,6 +246,15 @@ impl<'de> Deserialize<'de> for Signature {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AgreementPublicKey(pub [u8; 32]);
 
+impl AgreementPublicKey {
+    /// Whether every agreement with this key would give the all-zero secret: a
+    /// low-order point (clamped scalars are multiples of the cofactor, so one test
+    /// scalar decides it for all).
+    pub fn is_low_order(&self) -> bool {
+        AgreementSecret([1u8; 32]).agree(self).is_err()
+    }
+}
+
 /// An X25519 secret key; zeroized on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct AgreementSecret([u8; 32]);

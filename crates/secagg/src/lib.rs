@@ -57,7 +57,7 @@ pub mod simulation;
 mod site;
 
 pub use aggregator::{AggregateSum, Aggregator, Outgoing, Status};
-pub use crypto::{IdentityKeyPair, IdentityPublicKey, Signature};
+pub use crypto::{AgreementPublicKey, IdentityKeyPair, IdentityPublicKey, Signature};
 pub use encoding::{EncodingError, FixedPoint, WeightDigits, WeightedMean};
 pub use error::{AbortReason, AggregatorError, MessageError, SiteError};
 pub use ids::{Party, Phase, Round, SessionId, SiteId, SiteSet};

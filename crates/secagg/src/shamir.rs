@@ -6,12 +6,13 @@
 
 use curve25519_dalek::scalar::Scalar;
 use rand_core::CryptoRng;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use thiserror::Error;
 use zeroize::Zeroize;
 
 use crate::crypto::random_scalar;
-use crate::ids::SiteId;
+use crate::error::AbortReason;
+use crate::ids::{Phase, SiteId};
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ShamirError {
@@ -81,6 +82,37 @@ impl Interpolator {
         }
     }
 
+    /// f(0) from the first `threshold` shares whose result `check` accepts: the first
+    /// t shares, then other t-subsets (at most `max_tries` in all), so that a few wrong
+    /// shares cannot spoil a reconstruction that t honest shares make. `Ok(None)` when
+    /// no subset tried passes.
+    pub fn reconstruct_checked(
+        &mut self,
+        shares: &[(SiteId, Scalar)],
+        max_tries: usize,
+        check: impl Fn(&Scalar) -> bool,
+    ) -> Result<Option<Scalar>, ShamirError> {
+        let t = self.threshold;
+        if shares.len() < t || t == 0 {
+            return Err(ShamirError::TooFewShares {
+                have: shares.len(),
+                threshold: t,
+            });
+        }
+        let mut pick: Vec<usize> = (0..t).collect();
+        for _ in 0..max_tries {
+            let subset: Vec<(SiteId, Scalar)> = pick.iter().map(|&i| shares[i]).collect();
+            let secret = self.reconstruct(&subset)?;
+            if check(&secret) {
+                return Ok(Some(secret));
+            }
+            if !next_combination(&mut pick, shares.len()) {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     /// f(0) from the first `threshold` shares.
     pub fn reconstruct(&mut self, shares: &[(SiteId, Scalar)]) -> Result<Scalar, ShamirError> {
         let t = self.threshold;
@@ -104,6 +136,21 @@ impl Interpolator {
             .zip(lambdas)
             .fold(Scalar::ZERO, |acc, ((_, y), l)| acc + y * l))
     }
+}
+
+/// The next t-subset of 0..n in lexicographic order; false after the last.
+fn next_combination(pick: &mut [usize], n: usize) -> bool {
+    let t = pick.len();
+    for i in (0..t).rev() {
+        if pick[i] < n - t + i {
+            pick[i] += 1;
+            for j in i + 1..t {
+                pick[j] = pick[j - 1] + 1;
+            }
+            return true;
+        }
+    }
+    false
 }
 
 /// λ_j = Π_{m≠j} x_m / (x_m − x_j) for distinct holders.
@@ -135,6 +182,31 @@ fn lagrange_at_zero(holders: &[SiteId]) -> Result<Vec<Scalar>, ShamirError> {
         .zip(&denominators)
         .map(|(n, d)| n * d)
         .collect())
+}
+
+/// Subsets of revealed shares tried per secret before giving up: enough to route around
+/// a few wrong shares, bounded so that a flood of them cannot stall the aggregator.
+pub(crate) const MAX_SUBSETS: usize = 256;
+
+/// `owner`'s secret from t revealed shares that `check` (its commitment) accepts: the
+/// first t, then other t-subsets, so one site revealing a wrong share cannot abort a
+/// round that t honest holders can finish. `Ok(None)` when no subset tried passes.
+pub(crate) fn reconstruct_owner(
+    interpolator: &mut Interpolator,
+    revealed: &BTreeMap<SiteId, Vec<(SiteId, Scalar)>>,
+    owner: SiteId,
+    t: usize,
+    check: impl Fn(&Scalar) -> bool,
+) -> Result<Option<Scalar>, AbortReason> {
+    let shares = revealed.get(&owner).map(Vec::as_slice).unwrap_or_default();
+    interpolator
+        .reconstruct_checked(shares, MAX_SUBSETS, check)
+        .map_err(|_| AbortReason::TooFewHolders {
+            phase: Phase::Unmasking,
+            owner,
+            have: shares.len(),
+            need: t,
+        })
 }
 
 #[cfg(test)]

@@ -153,6 +153,32 @@ pub fn run_round(
     Ok(outcome)
 }
 
+/// An advertisement of chosen keys, validly signed by `site`'s identity: what a
+/// misbehaving site can send (tests of the aggregator's key checks).
+pub fn signed_advertisement(
+    config: &RoundConfig,
+    site: SiteId,
+    identity: &IdentityKeyPair,
+    share_key: crate::crypto::AgreementPublicKey,
+    mask_key: crate::crypto::AgreementPublicKey,
+    self_mask_commitment: [u8; 32],
+) -> crate::messages::KeyAdvertisement {
+    let message = crate::protocol::advertisement_message(
+        config,
+        site,
+        &share_key,
+        &mask_key,
+        &self_mask_commitment,
+    );
+    crate::messages::KeyAdvertisement {
+        site,
+        share_key,
+        mask_key,
+        self_mask_commitment,
+        signature: identity.sign(&message),
+    }
+}
+
 /// The randomness of one simulated site: ChaCha20 seeded from the run seed and its id.
 pub fn site_rng(seed: [u8; 32], id: SiteId) -> ChaCha20Rng {
     let mut rng = ChaCha20Rng::from_seed(seed);

@@ -518,3 +518,136 @@ proptest! {
         }
     }
 }
+
+/// Replaces `site`'s queued advertisement with one of its own signing whose keys `f`
+/// chooses (from the others' advertisements).
+fn readvertise(
+    h: &mut Harness,
+    site: SiteId,
+    f: impl FnOnce(
+        &[tessera_secagg::KeyAdvertisement],
+    ) -> (
+        tessera_secagg::AgreementPublicKey,
+        tessera_secagg::AgreementPublicKey,
+    ),
+) {
+    let others: Vec<tessera_secagg::KeyAdvertisement> = h
+        .uplink
+        .iter()
+        .filter_map(|(_, env)| match &env.body {
+            Body::AdvertiseKeys(ad) => Some(ad.clone()),
+            _ => None,
+        })
+        .collect();
+    let (share_key, mask_key) = f(&others);
+    let identity = h.identities[site.0 as usize].clone();
+    let (_, env) = h.uplink.iter_mut().find(|(s, _)| *s == site).unwrap();
+    let Body::AdvertiseKeys(ad) = &mut env.body else {
+        panic!("not an advertisement")
+    };
+    *ad = tessera_secagg::simulation::signed_advertisement(
+        &h.config,
+        site,
+        &identity,
+        share_key,
+        mask_key,
+        ad.self_mask_commitment,
+    );
+}
+
+fn sum_of(sites: &[u32]) -> PlainVector {
+    let mut expected = PlainVector::zeros(Modulus::new(16).unwrap(), M as usize);
+    for &i in sites {
+        expected.add_assign(&input(SiteId(i)));
+    }
+    expected
+}
+
+/// Drives the round to its end with every site answering, `bad` left out when the
+/// aggregator refuses it.
+fn finish(h: &mut Harness) {
+    loop {
+        let Status::Collecting(_) = h.aggregator.status() else {
+            return;
+        };
+        let phase = match h.aggregator.status() {
+            Status::Collecting(p) => *p,
+            _ => return,
+        };
+        for (from, env) in std::mem::take(&mut h.uplink) {
+            let _ = h.aggregator.handle(from, env);
+        }
+        if h.aggregator.status() == &Status::Collecting(phase) {
+            h.aggregator.close_phase().unwrap();
+        }
+        let out = h.aggregator.take_outgoing();
+        for o in out {
+            let (site, rng) = h.sites.get_mut(&o.to).unwrap();
+            if let Ok(reply) = site.handle(o.envelope, rng) {
+                h.uplink.push((o.to, reply));
+            }
+        }
+    }
+}
+
+/// A site advertising a low-order key (which would make every honest site's key
+/// agreement fail) is refused by the aggregator and left out; the round completes.
+#[test]
+fn a_low_order_key_leaves_only_its_sender_out() {
+    let mut h = Harness::new(2);
+    readvertise(&mut h, SiteId(4), |others| {
+        (
+            tessera_secagg::AgreementPublicKey([0; 32]),
+            others[0].mask_key,
+        )
+    });
+    let (from, env) = h.uplink.pop().unwrap();
+    assert!(matches!(
+        h.aggregator.handle(from, env),
+        Err(AggregatorError::Message(MessageError::Malformed { .. }))
+    ));
+    finish(&mut h);
+    assert_eq!(h.aggregator.result().unwrap().sum, sum_of(&[0, 1, 2, 3]));
+}
+
+/// A site copying another's key (a reflection attack) is refused; the round completes.
+#[test]
+fn a_copied_key_leaves_only_its_sender_out() {
+    let mut h = Harness::new(3);
+    readvertise(&mut h, SiteId(4), |others| {
+        (others[0].share_key, others[4].mask_key)
+    });
+    // site 4's own mask key, site 0's share key
+    finish(&mut h);
+    let result = h.aggregator.result().expect("the round completes");
+    assert_eq!(
+        result.contributors,
+        vec![SiteId(0), SiteId(1), SiteId(2), SiteId(3)]
+    );
+    assert_eq!(result.sum, sum_of(&[0, 1, 2, 3]));
+}
+
+/// A survivor revealing wrong shares cannot abort the round: the aggregator finds t
+/// shares that match each commitment among the others.
+#[test]
+fn wrong_revealed_shares_do_not_abort_the_round() {
+    let mut h = Harness::new(4);
+    let out = h.run_until(Phase::Unmasking, &[]);
+    h.reply(out);
+    let (_, env) = h.uplink.iter_mut().find(|(s, _)| *s == SiteId(1)).unwrap();
+    let Body::UnmaskShares(shares) = &mut env.body else {
+        panic!("not unmask shares")
+    };
+    assert!(shares.self_mask.len() >= 2);
+    let (a, b) = (shares.self_mask[0].value, shares.self_mask[1].value);
+    shares.self_mask[0].value = b;
+    shares.self_mask[1].value = a;
+    h.deliver(&[]);
+    assert_eq!(
+        h.aggregator.status(),
+        &Status::Finished,
+        "{:?}",
+        h.aggregator.status()
+    );
+    assert_eq!(h.aggregator.result().unwrap().sum, sum_of(&[0, 1, 2, 3, 4]));
+}

@@ -26,8 +26,10 @@ use crate::checkpoint::{Checkpoint, ResumeSettings};
 use crate::config::FederationConfig;
 use crate::error::FlError;
 use crate::planning::{codec_spec, plan, public_seed};
-use crate::report::{AbortCause, RejectReason, Rejection, RoundReport};
-use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WithdrawReason};
+use crate::report::{AbortCause, Rejection, RoundReport};
+use crate::wire::{self, RoundStart, ToSite, WithdrawReason};
+
+mod collect;
 
 /// Identifies an armed deadline; a stale one is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,153 +354,6 @@ impl CoordinatorMachine {
                 }
                 _ => Ok(()),
             },
-        }
-    }
-
-    fn reject(&mut self, from: SiteId, reason: RejectReason) {
-        let rejection = Rejection { from, reason };
-        match &mut self.running {
-            Some(run) => run.rejected.push(rejection),
-            None => self.between_rounds.push(rejection),
-        }
-    }
-
-    fn message(&mut self, from: SiteId, bytes: &[u8]) -> Result<(), FlError> {
-        let msg = match wire::decode::<ToCoordinator>(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                self.reject(from, RejectReason::Wire(e));
-                return Ok(());
-            }
-        };
-        let Some(run) = self.running.as_mut() else {
-            self.reject(from, RejectReason::NoRound);
-            return Ok(());
-        };
-        if !run.participants.contains(&from) {
-            self.reject(from, RejectReason::NotParticipant);
-            return Ok(());
-        }
-        let current = run.round;
-        match (msg, &mut run.collect) {
-            (ToCoordinator::Withdraw { round, reason }, _) if round == current => {
-                run.withdrawals.push((from, reason));
-                self.leave(from)
-            }
-            (ToCoordinator::Withdraw { round, .. }, _) => {
-                self.reject(
-                    from,
-                    RejectReason::WrongRound {
-                        got: round,
-                        expected: current,
-                    },
-                );
-                Ok(())
-            }
-            (ToCoordinator::SecAgg(env), Collect::Secure(agg)) => {
-                if let Err(e) = agg.handle(from, env) {
-                    self.reject(from, RejectReason::Aggregator(e));
-                }
-                self.progress()
-            }
-            (ToCoordinator::Plain { round, update }, Collect::Plain { sum, received }) => {
-                let reason = if round != current {
-                    Some(RejectReason::WrongRound {
-                        got: round,
-                        expected: current,
-                    })
-                } else if update.len() != sum.len() || update.modulus() != sum.modulus() {
-                    Some(RejectReason::BadShape)
-                } else if !received.insert(from) {
-                    Some(RejectReason::Duplicate)
-                } else {
-                    sum.add_assign(&update);
-                    None
-                };
-                if let Some(reason) = reason {
-                    self.reject(from, reason);
-                }
-                self.progress()
-            }
-            (msg, _) => {
-                self.reject(from, RejectReason::WrongKind(msg.kind()));
-                Ok(())
-            }
-        }
-    }
-
-    /// A participant is gone (link closed or withdrew): drop it from the round now.
-    fn leave(&mut self, site: SiteId) -> Result<(), FlError> {
-        let Some(run) = self.running.as_mut() else {
-            return Ok(());
-        };
-        if !run.participants.contains(&site) || !run.left.insert(site) {
-            return Ok(());
-        }
-        if let Collect::Secure(agg) = &mut run.collect
-            && matches!(agg.status(), Status::Collecting(_))
-        {
-            agg.mark_dropped(site)?;
-        }
-        self.progress()
-    }
-
-    /// Acts on where the round stands: sends the next phase's messages and arms its
-    /// deadline, or finishes the round.
-    fn progress(&mut self) -> Result<(), FlError> {
-        loop {
-            let Some(run) = self.running.as_mut() else {
-                return Ok(());
-            };
-            let status = match &mut run.collect {
-                Collect::Plain { received, .. } => {
-                    let waiting = run
-                        .participants
-                        .iter()
-                        .any(|s| !received.contains(s) && !run.left.contains(s));
-                    if waiting {
-                        return Ok(());
-                    }
-                    return self.finish();
-                }
-                Collect::Secure(agg) => agg.status().clone(),
-            };
-            let Status::Collecting(phase) = status else {
-                return self.finish();
-            };
-            if run.phase == Some(phase) {
-                return Ok(());
-            }
-            let first = run.phase.is_none();
-            run.phase = Some(phase);
-            let Collect::Secure(agg) = &mut run.collect else {
-                return Ok(());
-            };
-            let mut sends = Vec::new();
-            for out in agg.take_outgoing() {
-                if !run.left.contains(&out.to) {
-                    sends.push((out.to, ToSite::SecAgg(Box::new(out.envelope))));
-                }
-            }
-            // Sites that left stay out of every later phase.
-            for &site in &run.left {
-                if !matches!(agg.status(), Status::Collecting(_)) {
-                    break;
-                }
-                agg.mark_dropped(site)?;
-            }
-            if !first {
-                self.actions.push_back(Action::PhaseStarted(phase));
-                let after = self.config.phase_timeout;
-                let timer = self.arm(after);
-                if let Some(run) = self.running.as_mut() {
-                    run.timer = timer;
-                }
-            }
-            for (to, msg) in sends {
-                let bytes: Arc<[u8]> = wire::encode(&msg)?.into();
-                self.actions.push_back(Action::Send { to, bytes });
-            }
         }
     }
 
