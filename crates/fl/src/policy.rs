@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use tessera_core::seed::Purpose;
+use tessera_dp::{CodecSpec, Mechanism, SiteNoise};
 use tessera_secagg::GraphSpec;
 use thiserror::Error;
 
@@ -40,6 +41,12 @@ pub struct SitePolicy {
     pub max_rounds: u64,
     /// Largest model, in parameters.
     pub max_parameters: usize,
+    /// Differential privacy the site insists on adding itself: "ddg" or "skellam"
+    /// (default: none required).
+    pub require_mechanism: Option<Mechanism>,
+    /// Smallest standard deviation of the site's own noise share per unit of L2 clip
+    /// (needs `require_mechanism`).
+    pub min_noise_per_clip: f64,
 }
 
 impl Default for SitePolicy {
@@ -57,6 +64,8 @@ impl Default for SitePolicy {
                 .to_vec(),
             max_rounds: u64::MAX,
             max_parameters: 1 << 28,
+            require_mechanism: None,
+            min_noise_per_clip: 0.0,
         }
     }
 }
@@ -126,6 +135,68 @@ impl SitePolicy {
         if self.strategies.is_empty() {
             return bad("policy.strategies", "lists no strategy".into());
         }
+        match self.require_mechanism {
+            Some(Mechanism::None | Mechanism::Central) => {
+                return bad(
+                    "policy.require_mechanism",
+                    "a site can only require noise it adds itself: \"ddg\" or \"skellam\"".into(),
+                );
+            }
+            None if self.min_noise_per_clip > 0.0 => {
+                return bad(
+                    "policy.min_noise_per_clip",
+                    "a noise floor needs policy.require_mechanism".into(),
+                );
+            }
+            _ => {}
+        }
+        if !(self.min_noise_per_clip.is_finite() && self.min_noise_per_clip >= 0.0) {
+            return bad(
+                "policy.min_noise_per_clip",
+                format!("{} must be ≥ 0", self.min_noise_per_clip),
+            );
+        }
+        Ok(())
+    }
+
+    /// The site's own noise: the mechanism the codec asks for, and its standard
+    /// deviation per unit of L2 clip.
+    fn check_noise(&self, start: &RoundStart) -> Result<(), Refusal> {
+        let Some(required) = self.require_mechanism else {
+            return Ok(());
+        };
+        let (mechanism, std) = match &start.codec {
+            CodecSpec::Private(spec) => match spec.site_noise {
+                SiteNoise::DiscreteGaussian { sigma } => {
+                    (Mechanism::Ddg, sigma.to_f64() * spec.gamma / spec.l2_clip)
+                }
+                SiteNoise::Skellam { mu } => (
+                    Mechanism::Skellam,
+                    (2.0 * mu).sqrt() * spec.gamma / spec.l2_clip,
+                ),
+                SiteNoise::None => (Mechanism::None, 0.0),
+            },
+            CodecSpec::FixedPoint(_) => (Mechanism::None, 0.0),
+        };
+        if mechanism != required {
+            return refuse(
+                "require_mechanism",
+                format!(
+                    "the round asks for \"{}\" noise at this site, not \"{}\"",
+                    mechanism.name(),
+                    required.name()
+                ),
+            );
+        }
+        if !(std >= self.min_noise_per_clip) {
+            return refuse(
+                "min_noise_per_clip",
+                format!(
+                    "noise of {std:.4} per unit of clip, below {}",
+                    self.min_noise_per_clip
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -168,6 +239,7 @@ impl SitePolicy {
             );
         }
         self.check_cohort(start)?;
+        self.check_noise(start)?;
         if !self.strategies.iter().any(|s| s == start.strategy.name()) {
             return refuse(
                 "strategies",

@@ -221,6 +221,16 @@ fn contradictory_policies_are_refused() {
         ..SitePolicy::default()
     };
     assert_eq!(bad(p), "policy.strategies");
+    let p = SitePolicy {
+        min_noise_per_clip: 1.0,
+        ..SitePolicy::default()
+    };
+    assert_eq!(bad(p), "policy.min_noise_per_clip");
+    let p = SitePolicy {
+        require_mechanism: Some(tessera_dp::Mechanism::Central),
+        ..SitePolicy::default()
+    };
+    assert_eq!(bad(p), "policy.require_mechanism");
 }
 
 /// A site that stops reading (malicious or stuck) fills its bounded queue and is
@@ -304,4 +314,46 @@ fn fresh_randomness_gives_each_round_new_secrets() {
     };
     assert_eq!(first_message(false), first_message(false));
     assert_ne!(first_message(true), first_message(true));
+}
+
+/// A coordinator that asks a DP site for less noise than its policy's floor (or none at
+/// all) is refused.
+#[test]
+fn attack_weaker_noise_refused() {
+    use tessera_dp::{DpConfig, Mechanism};
+    let dp = |epsilon: f64| FederationConfig {
+        dp: DpConfig {
+            mechanism: Mechanism::Ddg,
+            epsilon,
+            delta: 1e-5,
+            rounds: 3,
+            l2_clip: 1.0,
+        },
+        ..config()
+    };
+    let policy = SitePolicy {
+        require_mechanism: Some(Mechanism::Ddg),
+        min_noise_per_clip: 0.5,
+        ..SitePolicy::default()
+    };
+    // Enough noise (ε = 3 over 3 rounds): the round goes ahead.
+    let mut h = Harness::with_policy(dp(3.0), 4, &memory::Dropouts::new(), None, policy.clone());
+    assert!(h.round().completed());
+    assert!(h.refusals.is_empty(), "{:?}", h.refusals);
+    // Far less (ε = 1000): refused.
+    let mut h = Harness::with_policy(
+        dp(1000.0),
+        4,
+        &memory::Dropouts::new(),
+        None,
+        policy.clone(),
+    );
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["min_noise_per_clip"; 4]);
+    // No DP at all: refused.
+    let mut h = Harness::with_policy(config(), 4, &memory::Dropouts::new(), None, policy);
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["require_mechanism"; 4]);
 }
