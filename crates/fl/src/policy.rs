@@ -188,7 +188,7 @@ impl SitePolicy {
                 ),
             );
         }
-        if !(std >= self.min_noise_per_clip) {
+        if std.is_nan() || std < self.min_noise_per_clip {
             return refuse(
                 "min_noise_per_clip",
                 format!(
