@@ -542,20 +542,16 @@ impl Aggregator {
             let matches = |s: &Scalar| {
                 protocol::mask_key_from_secret(&config, owner, s).public() == advertised
             };
+            let shares = &self.mask_key_shares;
             let secret = match shamir::reconstruct_owner(
                 &mut interpolator,
-                &self.mask_key_shares,
+                shares,
                 owner,
                 t,
+                "mask key",
                 matches,
             ) {
-                Ok(Some(secret)) => secret,
-                Ok(None) => {
-                    return self.abort(AbortReason::InconsistentShares {
-                        owner,
-                        what: "mask key",
-                    });
-                }
+                Ok(secret) => secret,
                 Err(reason) => return self.abort(reason),
             };
             let key = protocol::mask_key_from_secret(&self.config, owner, &secret);
@@ -570,20 +566,16 @@ impl Aggregator {
             let config = self.config.clone();
             let matches =
                 |s: &Scalar| protocol::self_mask_commitment(&config, owner, s) == committed;
+            let shares = &self.self_mask_shares;
             let secret = match shamir::reconstruct_owner(
                 &mut interpolator,
-                &self.self_mask_shares,
+                shares,
                 owner,
                 t,
+                "self-mask seed",
                 matches,
             ) {
-                Ok(Some(secret)) => secret,
-                Ok(None) => {
-                    return self.abort(AbortReason::InconsistentShares {
-                        owner,
-                        what: "self-mask seed",
-                    });
-                }
+                Ok(secret) => secret,
                 Err(reason) => return self.abort(reason),
             };
             jobs.push(MaskJob {

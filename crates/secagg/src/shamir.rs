@@ -190,14 +190,16 @@ pub(crate) const MAX_SUBSETS: usize = 256;
 
 /// `owner`'s secret from t revealed shares that `check` (its commitment) accepts: the
 /// first t, then other t-subsets, so one site revealing a wrong share cannot abort a
-/// round that t honest holders can finish. `Ok(None)` when no subset tried passes.
+/// round that t honest holders can finish; `InconsistentShares` when no subset tried
+/// passes.
 pub(crate) fn reconstruct_owner(
     interpolator: &mut Interpolator,
     revealed: &BTreeMap<SiteId, Vec<(SiteId, Scalar)>>,
     owner: SiteId,
     t: usize,
+    what: &'static str,
     check: impl Fn(&Scalar) -> bool,
-) -> Result<Option<Scalar>, AbortReason> {
+) -> Result<Scalar, AbortReason> {
     let shares = revealed.get(&owner).map(Vec::as_slice).unwrap_or_default();
     interpolator
         .reconstruct_checked(shares, MAX_SUBSETS, check)
@@ -206,7 +208,8 @@ pub(crate) fn reconstruct_owner(
             owner,
             have: shares.len(),
             need: t,
-        })
+        })?
+        .ok_or(AbortReason::InconsistentShares { owner, what })
 }
 
 #[cfg(test)]
