@@ -173,6 +173,11 @@ impl PrivateCodec {
         self.rotation.padded() + self.weights.len()
     }
 
+    /// Coordinates after padding for the rotation (the noise's dimension).
+    pub fn padded_dim(&self) -> usize {
+        self.rotation.padded()
+    }
+
     pub fn sensitivity(&self) -> Sensitivity {
         sensitivity(self.spec.l2_clip / self.spec.gamma, self.rotation.padded())
     }

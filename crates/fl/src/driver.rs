@@ -328,6 +328,20 @@ pub fn load_answered(path: &Path) -> Result<BTreeMap<[u8; 16], u64>, FlError> {
         .collect()
 }
 
+/// A site's persisted privacy ledger, if there is one.
+fn load_ledger(path: &Path) -> Result<Option<Ledger>, FlError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| FlError::File {
+                path: path.to_owned(),
+                message: format!("unreadable ledger: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FlError::io(path)(e)),
+    }
+}
+
 fn store_answered(path: &Path, answered: &BTreeMap<[u8; 16], u64>) -> Result<(), FlError> {
     let raw: BTreeMap<String, u64> = answered
         .iter()
@@ -340,18 +354,26 @@ fn store_answered(path: &Path, answered: &BTreeMap<[u8; 16], u64>) -> Result<(),
     write(path, &text)
 }
 
+/// Where a site keeps what must survive a restart: the rounds it answered and its
+/// privacy ledger.
+#[derive(Clone, Debug)]
+pub struct SiteFiles {
+    pub rounds: std::path::PathBuf,
+    pub ledger: std::path::PathBuf,
+}
+
 /// Runs a site until the coordinator says `Shutdown` or its link is gone for good.
-/// With `answered`, every round the site takes part in is persisted there (file and
-/// directory synced) before anything is sent for it.
+/// With `files`, every round the site takes part in (and its ledger, when it keeps one)
+/// is persisted there, file and directory synced, before anything is sent for it.
 pub async fn run_site<T: LocalTrainer>(
     machine: SiteMachine,
     trainer: &mut T,
     mut egress: Egress,
     mut inbox: SiteInbox,
-    answered: Option<&Path>,
+    files: Option<&SiteFiles>,
 ) -> Result<SiteSummary, FlError> {
-    let mut rounds = match answered {
-        Some(path) => load_answered(path)?,
+    let mut rounds = match files {
+        Some(f) => load_answered(&f.rounds)?,
         None => BTreeMap::new(),
     };
     let mut machine = if rounds.is_empty() {
@@ -359,6 +381,12 @@ pub async fn run_site<T: LocalTrainer>(
     } else {
         machine.with_answered(rounds.clone())
     };
+    if let Some(f) = files
+        && machine.ledger().is_some()
+        && let Some(ledger) = load_ledger(&f.ledger)?
+    {
+        machine = machine.with_ledger(ledger);
+    }
     let mut busy = Duration::ZERO;
     let summary = |machine: &SiteMachine, busy: Duration| SiteSummary {
         busy,
@@ -381,10 +409,22 @@ pub async fn run_site<T: LocalTrainer>(
                     Err(FlError::Disconnected) => {}
                     Err(e) => return Err(e),
                 },
-                SiteAction::Answer { session, round } => {
+                SiteAction::Answer {
+                    session,
+                    round,
+                    ledger,
+                } => {
                     rounds.insert(session, round);
-                    if let Some(path) = answered {
-                        store_answered(path, &rounds)?;
+                    if let Some(f) = files {
+                        if let Some(ledger) = ledger {
+                            let json =
+                                serde_json::to_vec_pretty(&ledger).map_err(|e| FlError::File {
+                                    path: f.ledger.clone(),
+                                    message: e.to_string(),
+                                })?;
+                            write(&f.ledger, &json)?;
+                        }
+                        store_answered(&f.rounds, &rounds)?;
                     }
                 }
                 SiteAction::Refuse { round, refusal } => {

@@ -40,7 +40,7 @@ pub mod wire;
 
 pub use config::{FederationBuilder, FederationConfig, Protocol, Threat, ledger_path};
 pub use coordinator::{Action, CoordinatorMachine, Event, TimerId};
-pub use driver::{Coordinator, run_site};
+pub use driver::{Coordinator, SiteFiles, run_site};
 pub use egress::{Egress, SiteInbox, SiteLink};
 pub use error::FlError;
 pub use known::KnownUpdateTrainer;

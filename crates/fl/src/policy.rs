@@ -11,7 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 use tessera_core::seed::Purpose;
-use tessera_dp::{CodecSpec, Mechanism, SiteNoise};
+use tessera_dp::accounting::{ddg_rho, skellam_rho};
+use tessera_dp::{CodecSpec, Ledger, Mechanism, SiteNoise};
 use tessera_secagg::GraphSpec;
 use thiserror::Error;
 
@@ -47,6 +48,12 @@ pub struct SitePolicy {
     /// Smallest standard deviation of the site's own noise share per unit of L2 clip
     /// (needs `require_mechanism`).
     pub min_noise_per_clip: f64,
+    /// The site's own privacy budget: it accounts every round it answers in its own
+    /// ledger (counting t − max_corrupt noise sources) and refuses a round that would
+    /// take ε past this (needs `require_mechanism`).
+    pub max_epsilon: Option<f64>,
+    /// δ of the site's budget.
+    pub delta: f64,
 }
 
 impl Default for SitePolicy {
@@ -66,6 +73,8 @@ impl Default for SitePolicy {
             max_parameters: 1 << 28,
             require_mechanism: None,
             min_noise_per_clip: 0.0,
+            max_epsilon: None,
+            delta: 1e-5,
         }
     }
 }
@@ -150,6 +159,20 @@ impl SitePolicy {
             }
             _ => {}
         }
+        if let Some(eps) = self.max_epsilon {
+            if self.require_mechanism.is_none() {
+                return bad(
+                    "policy.max_epsilon",
+                    "a privacy budget needs policy.require_mechanism".into(),
+                );
+            }
+            if !(eps.is_finite() && eps > 0.0) {
+                return bad("policy.max_epsilon", format!("{eps} must be positive"));
+            }
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return bad("policy.delta", format!("{} must be in (0, 1)", self.delta));
+        }
         if !(self.min_noise_per_clip.is_finite() && self.min_noise_per_clip >= 0.0) {
             return bad(
                 "policy.min_noise_per_clip",
@@ -157,6 +180,51 @@ impl SitePolicy {
             );
         }
         Ok(())
+    }
+
+    /// A fresh ledger for the site's budget, if it has one.
+    pub fn ledger(&self) -> Option<Ledger> {
+        let (eps, m) = (self.max_epsilon?, self.require_mechanism?);
+        Some(Ledger::new(
+            m.name(),
+            eps,
+            self.delta,
+            m != Mechanism::Skellam,
+        ))
+    }
+
+    /// ρ of a round as this site accounts it: its codec's sensitivity, its noise share,
+    /// and t − max_corrupt noise sources.
+    pub fn round_rho(&self, start: &RoundStart) -> Result<(f64, usize, f64), Refusal> {
+        let refuse_with = |key: &'static str, reason: String| Refusal { key, reason };
+        let CodecSpec::Private(spec) = &start.codec else {
+            return Err(refuse_with(
+                "require_mechanism",
+                "the round adds no noise".into(),
+            ));
+        };
+        let codec = tessera_dp::PrivateCodec::new(spec.clone())
+            .map_err(|e| refuse_with("codec", e.to_string()))?;
+        let n = (start.params.threshold as usize)
+            .saturating_sub(self.max_corrupt)
+            .max(1);
+        let sens = codec.sensitivity();
+        let (noise, rho) = match spec.site_noise {
+            SiteNoise::DiscreteGaussian { sigma } => {
+                let sigma = sigma.to_f64();
+                let rho = ddg_rho(sens, sigma, n, codec.padded_dim())
+                    .map_err(|e| refuse_with("codec", e.to_string()))?;
+                (sigma, rho)
+            }
+            SiteNoise::Skellam { mu } => (mu, skellam_rho(sens, mu * n as f64)),
+            SiteNoise::None => {
+                return Err(refuse_with(
+                    "require_mechanism",
+                    "the round adds no noise".into(),
+                ));
+            }
+        };
+        Ok((noise, n, rho))
     }
 
     /// The site's own noise: the mechanism the codec asks for, and its standard

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tessera_core::Strategy;
 use tessera_core::seed::{Purpose, RootSeed, SeedContext};
 use tessera_core::{LayoutError, LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
-use tessera_dp::DpError;
+use tessera_dp::{DpError, Ledger};
 use tessera_secagg::{
     ConfigError, IdentityKeyPair, MessageError, Phase, Roster, RoundConfig, Site, SiteError, SiteId,
 };
@@ -73,11 +73,13 @@ pub enum SiteEvent<'a> {
 /// What the driver must do.
 #[derive(Debug)]
 pub enum SiteAction {
-    /// Persist that this site answers `round` of `session` (before anything is sent),
-    /// so that a restarted site refuses it too.
+    /// Persist that this site answers `round` of `session`, and its ledger with the
+    /// round charged (before anything is sent), so that a restarted site refuses the
+    /// round too and forgets no charge.
     Answer {
         session: [u8; 16],
         round: u64,
+        ledger: Option<Ledger>,
     },
     /// Record the refusal in the transcript; nothing is sent for the round.
     Refuse {
@@ -158,6 +160,8 @@ pub struct SiteMachine {
     /// withdraws from the given phase on, as if its connection had dropped.
     silent: BTreeMap<u64, Phase>,
     policy: SitePolicy,
+    /// The site's own privacy ledger (with `policy.max_epsilon`).
+    ledger: Option<Ledger>,
     /// Fresh randomness for each round's secrets (deployments).
     fresh: Option<EntropySource>,
     /// The last round answered, per session.
@@ -176,6 +180,7 @@ impl SiteMachine {
             root,
             silent: BTreeMap::new(),
             policy: SitePolicy::default(),
+            ledger: None,
             fresh: None,
             answered: BTreeMap::new(),
             state: State::Idle,
@@ -199,6 +204,7 @@ impl SiteMachine {
     }
 
     pub fn with_policy(mut self, policy: SitePolicy) -> Self {
+        self.ledger = policy.ledger();
         self.policy = policy;
         self
     }
@@ -301,7 +307,7 @@ impl SiteMachine {
             ToSite::RoundStart(start) => {
                 self.summary.rounds_started += 1;
                 let round = start.params.round.0;
-                if let Err(refusal) = self.admit(&start) {
+                if let Err(refusal) = self.admit(&start).and_then(|()| self.charge(&start)) {
                     self.summary.rounds_refused += 1;
                     self.problem(Some(round), SiteFailure::Refused(refusal.clone()));
                     self.actions
@@ -311,8 +317,12 @@ impl SiteMachine {
                 }
                 let session = start.params.session.0;
                 self.answered.insert(session, round);
-                self.actions
-                    .push_back(SiteAction::Answer { session, round });
+                let ledger = self.ledger.clone();
+                self.actions.push_back(SiteAction::Answer {
+                    session,
+                    round,
+                    ledger,
+                });
                 if let Err(e) = self.layout.check(&start.global) {
                     return self.abandon(round, SiteFailure::Model(e));
                 }
@@ -354,6 +364,33 @@ impl SiteMachine {
                 self.actions.push_back(SiteAction::Stop);
             }
         }
+    }
+
+    /// Charges the round to the site's own privacy ledger, when it keeps one; a round
+    /// past its budget is refused before anything is sent.
+    fn charge(&mut self, start: &RoundStart) -> Result<(), Refusal> {
+        let Some(ledger) = self.ledger.as_mut() else {
+            return Ok(());
+        };
+        let (noise, n, rho) = self.policy.round_rho(start)?;
+        ledger
+            .charge(start.params.round.0, n, noise, rho)
+            .map(|_| ())
+            .map_err(|e| Refusal {
+                key: "max_epsilon",
+                reason: e.to_string(),
+            })
+    }
+
+    /// The site's privacy ledger (with `policy.max_epsilon`).
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
+    /// Restores the ledger persisted before a restart.
+    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// The site's policy, and the context digest the parameters carry.

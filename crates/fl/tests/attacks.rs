@@ -357,3 +357,62 @@ fn attack_weaker_noise_refused() {
     h.settle();
     assert_eq!(keys(&h), vec!["require_mechanism"; 4]);
 }
+
+/// A site keeps its own privacy ledger: it accounts every round it answers exactly as
+/// the coordinator plans it (with no colluders assumed), and refuses the round that
+/// would take its ε past its own budget, whatever the coordinator's budget says.
+#[test]
+fn a_site_refuses_rounds_past_its_own_budget() {
+    use tessera_dp::{DpConfig, Mechanism};
+    let cfg = FederationConfig {
+        dp: DpConfig {
+            mechanism: Mechanism::Ddg,
+            epsilon: 50.0,
+            delta: 1e-5,
+            rounds: 3,
+            l2_clip: 1.0,
+        },
+        ..config()
+    };
+    let policy = |max: f64| SitePolicy {
+        require_mechanism: Some(Mechanism::Ddg),
+        max_epsilon: Some(max),
+        ..SitePolicy::default()
+    };
+    // With a budget the coordinator's plan fits in, the site's ε tracks the coordinator's.
+    let mut h = Harness::with_policy(cfg.clone(), 4, &memory::Dropouts::new(), None, policy(1e6));
+    h.round();
+    h.round();
+    let site = h.sites[0].0.ledger().unwrap().clone();
+    let coordinator = h.coordinator.ledger().unwrap().clone();
+    assert_eq!(site.entries.len(), 2);
+    for (s, c) in site.entries.iter().zip(&coordinator.entries) {
+        assert!(
+            (s.rho - c.rho).abs() <= 1e-9 * c.rho,
+            "{} vs {}",
+            s.rho,
+            c.rho
+        );
+    }
+    let (e1, e2) = (
+        site.entries[0].cumulative_epsilon,
+        site.entries[1].cumulative_epsilon,
+    );
+    // A site whose budget lies between: the first round, then a refusal.
+    let mut h = Harness::with_policy(
+        cfg,
+        4,
+        &memory::Dropouts::new(),
+        None,
+        policy((e1 + e2) / 2.0),
+    );
+    assert!(h.round().completed());
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["max_epsilon"; 4]);
+    assert_eq!(
+        h.sites[0].0.ledger().unwrap().entries.len(),
+        1,
+        "a refused round is not charged"
+    );
+}

@@ -133,6 +133,13 @@ pub struct SiteFile {
 }
 
 impl SiteFile {
+    /// Where the site's own privacy ledger is kept (with `policy.max_epsilon`).
+    pub fn ledger_path(&self) -> PathBuf {
+        let mut name = self.transcript.as_os_str().to_owned();
+        name.push(".ledger.json");
+        PathBuf::from(name)
+    }
+
     /// Where the newest roster version this site has seen is kept.
     pub fn roster_version_path(&self) -> PathBuf {
         let mut name = self.transcript.as_os_str().to_owned();

@@ -449,8 +449,11 @@ pub async fn run_site_process<T: LocalTrainer>(
     note(Note::Connecting { addr });
     let (link, failure) = reconnecting_link(endpoint, addr, "coordinator".into(), retry_for);
     let (egress, inbox) = Egress::open(link, transcript);
-    let rounds = cfg.rounds_path();
-    let summary = run_site(machine, &mut trainer, egress, inbox, Some(&rounds)).await?;
+    let files = crate::driver::SiteFiles {
+        rounds: cfg.rounds_path(),
+        ledger: cfg.ledger_path(),
+    };
+    let summary = run_site(machine, &mut trainer, egress, inbox, Some(&files)).await?;
     let reason = failure
         .lock()
         .ok()
