@@ -307,11 +307,11 @@ impl CoordinatorPlan {
         let listen = resolve("listen", &file.listen)?;
         let output = match &file.output {
             Some(dir) => dir.clone(),
-            None => file
-                .checkpoint
-                .parent()
-                .map(Path::to_owned)
-                .unwrap_or_default(),
+            // Beside the checkpoint ("." for a bare file name).
+            None => match file.checkpoint.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            },
         };
         Ok(Self {
             file,

@@ -401,8 +401,12 @@ pub fn known_trainer(cfg: &SiteFile) -> Result<KnownUpdateTrainer, FlError> {
             message: "is not \"known-update\"".into(),
         });
     };
-    let step = cfg.step.unwrap_or_default();
-    let samples = cfg.samples.unwrap_or_default();
+    let missing = |key: &'static str| FlError::Config {
+        key,
+        message: "is required with model kind \"known-update\"".into(),
+    };
+    let step = cfg.step.ok_or_else(|| missing("step"))?;
+    let samples = cfg.samples.ok_or_else(|| missing("samples"))?;
     Ok(KnownUpdateTrainer::new(dim, step, samples)?)
 }
 
