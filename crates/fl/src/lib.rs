@@ -14,6 +14,10 @@
 //! [`Egress`], which records every message in the signed transcript first; a
 //! [`SiteLink`]'s sending half cannot be reached any other way.
 //!
+//! Every round start passes the site's own [`SitePolicy`] and a context-digest check
+//! before the site trains or sends anything, so a misbehaving coordinator cannot
+//! downgrade, shrink, re-run or split a round to expose one site's update.
+//!
 //! The coordinator closes each phase when every remaining participant has answered,
 //! when a site's link closes or it withdraws (at once), or at the phase's deadline; it
 //! decodes the weighted mean change, applies the strategy, and checkpoints the global
