@@ -11,7 +11,7 @@ use tessera_core::Strategy;
 use tessera_dp::{DpConfig, Ledger};
 use thiserror::Error;
 
-use crate::config::{FederationConfig, Protocol};
+use crate::config::{FederationConfig, Protocol, session_hex};
 
 const MAGIC: &[u8; 4] = b"TSCK";
 const VERSION: u8 = 3;
@@ -45,7 +45,11 @@ impl ResumeSettings {
     /// The first setting that differs, as (key, checkpoint's value, configured value).
     fn first_difference(&self, now: &Self) -> Option<(&'static str, String, String)> {
         let pairs: [(&'static str, String, String); 7] = [
-            ("session", hex(&self.session), hex(&now.session)),
+            (
+                "session",
+                session_hex(&self.session),
+                session_hex(&now.session),
+            ),
             (
                 "strategy",
                 format!("{:?}", self.strategy),
@@ -63,10 +67,6 @@ impl ResumeSettings {
         ];
         pairs.into_iter().find(|(_, a, b)| a != b)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Everything the coordinator needs to carry on after the last completed round.

@@ -187,6 +187,23 @@ impl FederationConfig {
     }
 }
 
+/// Hex of a session id (as config files and state files write it).
+pub fn session_hex(session: &[u8; 16]) -> String {
+    session.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A session id from 32 hexadecimal digits.
+pub fn parse_session(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The ledger file that belongs to a checkpoint.
 pub fn ledger_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_extension("ledger.json")
@@ -294,5 +311,14 @@ mod tests {
             ..DpConfig::default()
         };
         assert_eq!(key_of(b().dp(bad_dp).build()), "dp");
+    }
+
+    #[test]
+    fn session_ids_round_trip_and_bad_text_is_refused() {
+        let s = [0xab; 16];
+        assert_eq!(parse_session(&session_hex(&s)), Some(s));
+        assert_eq!(parse_session("zz"), None);
+        // 32 bytes, not ASCII: refused, never sliced inside a character
+        assert_eq!(parse_session("éééééééééééééééé"), None);
     }
 }

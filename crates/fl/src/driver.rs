@@ -311,19 +311,9 @@ pub fn load_answered(path: &Path) -> Result<BTreeMap<[u8; 16], u64>, FlError> {
     let raw: BTreeMap<String, u64> =
         serde_json::from_str(&text).map_err(|e| bad(format!("unreadable: {e}")))?;
     raw.into_iter()
-        .map(|(hex, round)| {
-            let mut session = [0u8; 16];
-            let ok = hex.len() == 32
-                && session.iter_mut().enumerate().all(|(i, b)| {
-                    u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                        .map(|v| *b = v)
-                        .is_ok()
-                });
-            if ok {
-                Ok((session, round))
-            } else {
-                Err(bad(format!("\"{hex}\" is not a session id")))
-            }
+        .map(|(hex, round)| match crate::config::parse_session(&hex) {
+            Some(session) => Ok((session, round)),
+            None => Err(bad(format!("\"{hex}\" is not a session id"))),
         })
         .collect()
 }
@@ -345,7 +335,7 @@ fn load_ledger(path: &Path) -> Result<Option<Ledger>, FlError> {
 fn store_answered(path: &Path, answered: &BTreeMap<[u8; 16], u64>) -> Result<(), FlError> {
     let raw: BTreeMap<String, u64> = answered
         .iter()
-        .map(|(s, r)| (s.iter().map(|b| format!("{b:02x}")).collect(), *r))
+        .map(|(s, r)| (crate::config::session_hex(s), *r))
         .collect();
     let text = serde_json::to_vec_pretty(&raw).map_err(|e| FlError::File {
         path: path.to_owned(),

@@ -208,24 +208,11 @@ pub fn session_of(roster: &SignedRoster) -> [u8; 16] {
     session
 }
 
-fn parse_session(hex: &str) -> Result<[u8; 16], FlError> {
-    let bad = || FlError::Config {
+fn session_from(hex: &str) -> Result<[u8; 16], FlError> {
+    crate::config::parse_session(hex).ok_or_else(|| FlError::Config {
         key: "session",
         message: format!("\"{hex}\" is not 32 hexadecimal digits"),
-    };
-    if hex.len() != 32 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
-}
-
-/// Hex of a session id, as `session` takes it.
-pub fn session_hex(session: &[u8; 16]) -> String {
-    session.iter().map(|b| format!("{b:02x}")).collect()
+    })
 }
 
 /// The PKI folder layout.
@@ -286,7 +273,7 @@ impl CoordinatorPlan {
             None => default,
         };
         let session = match &file.session {
-            Some(hex) => parse_session(hex)?,
+            Some(hex) => session_from(hex)?,
             None => session_of(&roster),
         };
         let federation = FederationConfig::builder(session, file.checkpoint.clone())

@@ -21,6 +21,7 @@ use tessera_net::quic::{Credentials, client, server};
 use tessera_net::transcript::TranscriptWriter;
 use tessera_secagg::SiteId;
 
+pub use crate::config::session_hex;
 use crate::driver::{Coordinator, RefusedPeer, run_site};
 use crate::egress::Egress;
 use crate::error::FlError;
@@ -30,7 +31,7 @@ use crate::report::RoundReport;
 use crate::site::{SiteIdentity, SiteMachine, SiteSummary};
 pub use files::{
     CohortRef, CoordinatorFile, CoordinatorPlan, ModelConfig, SiteFile, TrainingFile, roster_in,
-    session_hex, session_of,
+    session_of,
 };
 
 /// The coordinator's side of a model.
