@@ -364,3 +364,42 @@ fn coordinator_configs_name_bad_keys_and_busy_ports() {
     );
     drop(busy);
 }
+
+/// A site whose policy the round breaks refuses it: it sends nothing, records the
+/// refusal in its transcript, says which key the round broke and exits 3; the others
+/// finish the round without it and persist the round they answered.
+#[test]
+fn a_refused_round_is_recorded_and_the_others_go_on() {
+    let (dir, port) = setup("policy");
+    let config = coordinator_config(&dir, port, 1);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("training_timeout_s = 20", "training_timeout_s = 3");
+    std::fs::write(&config, text).unwrap();
+    let site_a = dir.join("site-a.toml");
+    let text = std::fs::read_to_string(&site_a).unwrap();
+    std::fs::write(&site_a, format!("{text}policy = {{ min_sites = 5 }}\n")).unwrap();
+    let coordinator = spawn(&["coordinator", "--config", config.to_str().unwrap()]);
+    let sites = spawn_sites(&dir);
+    let (ok, out) = finish(coordinator, Duration::from_secs(120));
+    assert!(ok, "{out}");
+    assert!(out.contains("round 1: 2 of 3 sites contributed"), "{out}");
+    let mut sites = sites.into_iter();
+    let (code, out) = common::output(sites.next().unwrap());
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("refused (policy.min_sites)"), "{out}");
+    for s in sites {
+        let (code, out) = common::output(s);
+        assert_eq!(code, Some(0), "{out}");
+    }
+    // The refusal is in site-a's verified transcript, and nothing else is.
+    let key = load_identity(&dir.join("pki/site-a.identity"))
+        .unwrap()
+        .public();
+    let summary = verify(&dir.join("site-a.transcript"), &key).unwrap();
+    assert_eq!(summary.by_kind.keys().collect::<Vec<_>>(), vec!["refusal"]);
+    // site-b persisted the round it answered; site-a answered none.
+    let rounds = std::fs::read_to_string(dir.join("site-b.transcript.rounds.json")).unwrap();
+    assert!(rounds.contains(": 1"), "{rounds}");
+    assert!(!dir.join("site-a.transcript.rounds.json").exists());
+}
