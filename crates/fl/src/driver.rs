@@ -372,10 +372,14 @@ pub async fn run_site<T: LocalTrainer>(
         machine.with_answered(rounds.clone())
     };
     if let Some(f) = files
-        && machine.ledger().is_some()
-        && let Some(ledger) = load_ledger(&f.ledger)?
+        && let Some(saved) = load_ledger(&f.ledger)?
     {
-        machine = machine.with_ledger(ledger);
+        machine = machine
+            .with_saved_ledger(saved)
+            .map_err(|r| FlError::Config {
+                key: r.key,
+                message: format!("{}: {}", f.ledger.display(), r.reason),
+            })?;
     }
     let mut busy = Duration::ZERO;
     let summary = |machine: &SiteMachine, busy: Duration| SiteSummary {

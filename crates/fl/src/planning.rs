@@ -18,6 +18,11 @@ pub(crate) fn public_seed(session: &[u8; 16], purpose: Purpose, round: u64) -> [
 }
 
 /// The threshold and graph for `n` participants.
+/// The corruption bound c for `n` sites: the expected corrupt fraction, rounded up.
+pub(crate) fn corrupt_sites(config: &FederationConfig, n: usize) -> usize {
+    (config.corruption_rate * n as f64).ceil() as usize
+}
+
 pub(crate) fn plan(
     config: &FederationConfig,
     round: u64,
@@ -64,7 +69,7 @@ pub(crate) fn codec_spec(
     // Without secure aggregation nothing guarantees contributors; central noise does
     // not depend on them. With it, at least t sites contribute, but up to c of them may
     // collude with the coordinator and subtract their own noise: only t − c count.
-    let corrupt = (c.corruption_rate * n as f64).ceil() as usize;
+    let corrupt = corrupt_sites(c, n);
     let guaranteed = if c.protocol.is_secure() {
         (threshold as usize).saturating_sub(corrupt).max(1)
     } else {

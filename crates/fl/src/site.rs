@@ -387,10 +387,44 @@ impl SiteMachine {
         self.ledger.as_ref()
     }
 
-    /// Restores the ledger persisted before a restart.
-    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
-        self.ledger = Some(ledger);
-        self
+    /// Restores the ledger persisted before a restart. What was spent stays spent: a
+    /// saved ledger is refused when the policy now keeps none, or keeps one with another
+    /// mechanism or δ (the key named). A changed `max_epsilon` is the site's own choice
+    /// and applies from now on, against everything already spent.
+    pub fn with_saved_ledger(mut self, saved: Ledger) -> Result<Self, Refusal> {
+        let Some(current) = self.ledger.as_ref() else {
+            return Err(Refusal {
+                key: "max_epsilon",
+                reason: format!(
+                    "a privacy ledger from an earlier run has spent ε = {:.4}, but the policy keeps no ledger now",
+                    saved.spent()
+                ),
+            });
+        };
+        if saved.mechanism != current.mechanism {
+            return Err(Refusal {
+                key: "require_mechanism",
+                reason: format!(
+                    "the saved ledger accounts {}, the policy now requires {}",
+                    saved.mechanism, current.mechanism
+                ),
+            });
+        }
+        if saved.delta != current.delta {
+            return Err(Refusal {
+                key: "delta",
+                reason: format!(
+                    "the saved ledger is at δ = {}, the policy now says {}",
+                    saved.delta, current.delta
+                ),
+            });
+        }
+        let target_epsilon = current.target_epsilon;
+        self.ledger = Some(Ledger {
+            target_epsilon,
+            ..saved
+        });
+        Ok(self)
     }
 
     /// The site's policy, and the context digest the parameters carry.

@@ -416,3 +416,61 @@ fn a_site_refuses_rounds_past_its_own_budget() {
         "a refused round is not charged"
     );
 }
+
+/// A site's spent budget survives a restart whatever its policy now says: a saved
+/// ledger is refused when the policy keeps no ledger, or one with another mechanism or
+/// δ; a changed budget applies against everything already spent.
+#[test]
+fn attack_ledger_reset_by_a_weaker_policy_refused() {
+    use tessera_dp::{DpConfig, Mechanism};
+    let cfg = FederationConfig {
+        dp: DpConfig {
+            mechanism: Mechanism::Ddg,
+            epsilon: 50.0,
+            delta: 1e-5,
+            rounds: 3,
+            l2_clip: 1.0,
+        },
+        ..config()
+    };
+    let policy = |m: Mechanism, max: Option<f64>, delta: f64| SitePolicy {
+        require_mechanism: Some(m),
+        max_epsilon: max,
+        delta,
+        ..SitePolicy::default()
+    };
+    let mut h = Harness::with_policy(
+        cfg.clone(),
+        4,
+        &memory::Dropouts::new(),
+        None,
+        policy(Mechanism::Ddg, Some(1e6), 1e-5),
+    );
+    assert!(h.round().completed());
+    let saved = h.sites[0].0.ledger().unwrap().clone();
+    assert!(saved.spent() > 0.0);
+    let machine = |p: SitePolicy| {
+        Harness::with_policy(cfg.clone(), 4, &memory::Dropouts::new(), None, p)
+            .sites
+            .remove(0)
+            .0
+    };
+    for (p, key) in [
+        (policy(Mechanism::Ddg, None, 1e-5), "max_epsilon"),
+        (
+            policy(Mechanism::Skellam, Some(1e6), 1e-5),
+            "require_mechanism",
+        ),
+        (policy(Mechanism::Ddg, Some(1e6), 1e-6), "delta"),
+    ] {
+        let refused = machine(p).with_saved_ledger(saved.clone()).err();
+        assert_eq!(refused.map(|r| r.key), Some(key));
+    }
+    let budget = saved.spent() * 1.5;
+    let resumed = machine(policy(Mechanism::Ddg, Some(budget), 1e-5))
+        .with_saved_ledger(saved.clone())
+        .unwrap();
+    let ledger = resumed.ledger().unwrap();
+    assert_eq!(ledger.entries, saved.entries);
+    assert_eq!(ledger.target_epsilon, budget);
+}

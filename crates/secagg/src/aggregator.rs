@@ -14,8 +14,8 @@ use crate::crypto::{self, AgreementSecret, MaskJob};
 use crate::error::{AbortReason, AggregatorError, MessageError};
 use crate::ids::{Party, Phase, SiteId, SiteSet};
 use crate::messages::{
-    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, UnmaskRequest,
-    UnmaskShares,
+    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, MaskedUpload, PROTOCOL_VERSION,
+    UnmaskRequest, UnmaskShares,
 };
 use crate::params::RoundConfig;
 use crate::protocol::{self, Roster};
@@ -67,6 +67,14 @@ pub struct Aggregator {
     adverts: BTreeMap<SiteId, KeyAdvertisement>,
     /// Ciphertexts by sender, then recipient.
     shares: BTreeMap<SiteId, Vec<EncryptedShares>>,
+    /// Masked inputs of this phase, summed once it closes: an accusation that arrives
+    /// later may still exclude a sender.
+    uploads: BTreeMap<SiteId, MaskedVector>,
+    /// Accuser → the neighbours whose share ciphertexts did not open for it (accusers
+    /// in U3 only, once the masked-input phase has closed).
+    accusations: BTreeMap<SiteId, Vec<SiteId>>,
+    /// Accusations one site may make before it is excluded itself.
+    tolerated: usize,
     masked_sum: Vec<u32>,
     signatures: BTreeMap<SiteId, Signature>,
     /// What each site was asked to reveal (self-mask owners, mask-key owners).
@@ -96,6 +104,9 @@ impl Aggregator {
             survivors: Survivors::default(),
             adverts: BTreeMap::new(),
             shares: BTreeMap::new(),
+            uploads: BTreeMap::new(),
+            accusations: BTreeMap::new(),
+            tolerated: 1,
             masked_sum: vec![0; len],
             signatures: BTreeMap::new(),
             requests: BTreeMap::new(),
@@ -104,6 +115,15 @@ impl Aggregator {
             outgoing: Vec::new(),
             result: None,
         })
+    }
+
+    /// How many neighbours one site may accuse of sending share ciphertexts that do not
+    /// open (default 1). Each accused site is excluded from the round; a site accusing
+    /// more is excluded itself and its accusations ignored. An honest site accuses only
+    /// misbehaving neighbours, so set this to the corruption bound c.
+    pub fn tolerate_accusations(mut self, k: usize) -> Self {
+        self.tolerated = k.max(1);
+        self
     }
 
     pub fn status(&self) -> &Status {
@@ -209,7 +229,7 @@ impl Aggregator {
                 }
                 self.shares.insert(from, list);
             }
-            Body::MaskedInput(v) => self.add_masked(v)?,
+            Body::MaskedInput(upload) => self.add_masked(from, upload)?,
             Body::ConsistencySignature(sig) => {
                 let survivors: Vec<SiteId> = self.survivors.masked.iter().copied().collect();
                 let key = self
@@ -231,7 +251,8 @@ impl Aggregator {
         Ok(&self.status)
     }
 
-    fn add_masked(&mut self, v: MaskedVector) -> Result<(), AggregatorError> {
+    fn add_masked(&mut self, from: SiteId, upload: MaskedUpload) -> Result<(), AggregatorError> {
+        let MaskedUpload { vector: v, accused } = upload;
         let m = self.config.modulus();
         if v.modulus() != m {
             return Err(MessageError::WrongModulus {
@@ -247,10 +268,72 @@ impl Aggregator {
             }
             .into());
         }
-        for (acc, x) in self.masked_sum.iter_mut().zip(v.as_slice()) {
-            *acc = acc.wrapping_add(*x);
+        let neighbours = self.neighbours_in(from, &self.survivors.shared);
+        if !protocol::strictly_increasing(&accused)
+            || accused.iter().any(|a| neighbours.binary_search(a).is_err())
+        {
+            return Err(Self::malformed(
+                from,
+                "masked-input",
+                "accuses sites that are not its neighbours, or not in increasing order",
+            ));
         }
+        if !accused.is_empty() {
+            self.accusations.insert(from, accused);
+        }
+        self.uploads.insert(from, v);
         Ok(())
+    }
+
+    /// Whether `accuser` holds no valid shares of `owner` (and left their mask out).
+    fn accuses(&self, accuser: SiteId, owner: SiteId) -> bool {
+        self.accusations
+            .get(&accuser)
+            .is_some_and(|list| list.binary_search(&owner).is_ok())
+    }
+
+    /// Settles the accusations among `responded` and returns U3: an accuser past the
+    /// tolerance is excluded (its accusations ignored), then every accused site is.
+    fn settle_accusations(&mut self, mut responded: SiteSet) -> SiteSet {
+        let tolerated = self.tolerated;
+        let (over, within): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.accusations)
+                .into_iter()
+                .filter(|(a, _)| responded.contains(a))
+                .partition(|(_, list)| list.len() > tolerated);
+        for accuser in over.keys() {
+            responded.remove(accuser);
+        }
+        for accused in within.values().flatten() {
+            responded.remove(accused);
+        }
+        self.accusations = within
+            .into_iter()
+            .filter(|(a, _)| responded.contains(a))
+            .collect();
+        responded
+    }
+
+    /// Sums the masked inputs of `u3` (the others are discarded).
+    fn sum_uploads(&mut self, u3: &SiteSet) {
+        let uploads = std::mem::take(&mut self.uploads);
+        let vectors: Vec<&MaskedVector> = uploads
+            .iter()
+            .filter(|(s, _)| u3.contains(s))
+            .map(|(_, v)| v)
+            .collect();
+        self.masked_sum
+            .par_chunks_mut(1 << 14)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let start = i << 14;
+                for v in &vectors {
+                    let part = &v.as_slice()[start..start + chunk.len()];
+                    for (acc, x) in chunk.iter_mut().zip(part) {
+                        *acc = acc.wrapping_add(*x);
+                    }
+                }
+            });
     }
 
     fn accept_shares(&mut self, from: SiteId, reply: UnmaskShares) -> Result<(), AggregatorError> {
@@ -327,6 +410,24 @@ impl Aggregator {
             .count()
     }
 
+    /// Holders of `owner`'s shares in `set` that did not accuse it.
+    fn valid_holders_in(&self, owner: SiteId, set: &SiteSet) -> usize {
+        self.config
+            .graph()
+            .holders(owner)
+            .iter()
+            .filter(|s| set.contains(s) && !self.accuses(**s, owner))
+            .count()
+    }
+
+    /// Survivors whose masked input carries a pairwise mask with the dropped `owner`.
+    fn masked_with(&self, owner: SiteId) -> Vec<SiteId> {
+        self.neighbours_in(owner, &self.survivors.masked)
+            .into_iter()
+            .filter(|p| !self.accuses(*p, owner))
+            .collect()
+    }
+
     fn abort(&mut self, reason: AbortReason) {
         self.status = Status::Aborted(reason);
         self.outgoing.clear();
@@ -364,12 +465,19 @@ impl Aggregator {
         true
     }
 
-    /// Aborts unless every site whose masks are in play keeps t holders in `holders`.
+    /// Aborts unless every site whose masks are in play keeps t valid holders in
+    /// `holders`: survivors (self-masks) and dropped sites some survivor masked with.
     fn require_recoverable(&mut self, phase: Phase, holders: &SiteSet) -> bool {
         let t = self.config.threshold();
-        let owners: Vec<SiteId> = self.survivors.shared.iter().copied().collect();
+        let owners: Vec<SiteId> = self
+            .survivors
+            .shared
+            .iter()
+            .copied()
+            .filter(|o| self.survivors.masked.contains(o) || !self.masked_with(*o).is_empty())
+            .collect();
         for owner in owners {
-            let have = self.holders_in(owner, holders);
+            let have = self.valid_holders_in(owner, holders);
             if have < t {
                 self.abort(AbortReason::TooFewHolders {
                     phase,
@@ -463,15 +571,16 @@ impl Aggregator {
                 self.begin(Phase::MaskedInput, u2);
             }
             Phase::MaskedInput => {
-                let u3 = responded;
+                let u3 = self.settle_accusations(responded);
+                self.survivors.masked = u3.clone();
                 if !self.require_quorum(phase, &u3) || !self.require_recoverable(phase, &u3) {
                     return;
                 }
+                self.sum_uploads(&u3);
                 let list: Vec<SiteId> = u3.iter().copied().collect();
                 for &site in &u3 {
                     self.send(site, Body::SurvivorSet(list.clone()));
                 }
-                self.survivors.masked = u3.clone();
                 self.begin(Phase::ConsistencyCheck, u3);
             }
             Phase::ConsistencyCheck => {
@@ -508,7 +617,7 @@ impl Aggregator {
                     let reveal_mask_key: Vec<SiteId> = holders
                         .iter()
                         .copied()
-                        .filter(|h| dropped.contains(h))
+                        .filter(|h| dropped.contains(h) && !self.accuses(site, *h))
                         .collect();
                     self.requests
                         .insert(site, (reveal_self_mask.clone(), reveal_mask_key.clone()));
@@ -537,6 +646,10 @@ impl Aggregator {
         let mut dropped_secrets: BTreeMap<SiteId, AgreementSecret> = BTreeMap::new();
         let mut dropped_keys = Vec::with_capacity(dropped.len());
         for &owner in &dropped {
+            let peers = self.masked_with(owner);
+            if peers.is_empty() {
+                continue;
+            }
             let advertised = self.adverts[&owner].mask_key;
             let config = self.config.clone();
             let matches = |s: &Scalar| {
@@ -555,7 +668,7 @@ impl Aggregator {
                 Err(reason) => return self.abort(reason),
             };
             let key = protocol::mask_key_from_secret(&self.config, owner, &secret);
-            for peer in self.neighbours_in(owner, &masked) {
+            for peer in peers {
                 dropped_keys.push((owner, peer));
             }
             dropped_secrets.insert(owner, key);

@@ -80,8 +80,6 @@ pub enum SiteError {
     RepeatedKey { peer: SiteId },
     #[error("key agreement with {peer} failed: {source}")]
     Agreement { peer: SiteId, source: CryptoError },
-    #[error("shares from {peer} do not decrypt: forged or corrupted")]
-    ShareDecryption { peer: SiteId },
     #[error("the survivor set omits this site")]
     NotASurvivor,
     #[error("survivor set names {0}, which never sent its shares to this site")]

@@ -18,7 +18,10 @@
 //!    (t-of-holders, over the Curve25519 scalar field) among its neighbours, encrypting
 //!    each pair of shares with ChaCha20-Poly1305 under an X25519 + HKDF key.
 //! 3. **Masked input.** y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u)} ±PRG(s_uv) mod 2^b, where the
-//!    PRG is the ChaCha20 keystream under the full 256-bit HKDF-derived seed.
+//!    PRG is the ChaCha20 keystream under the full 256-bit HKDF-derived seed. A
+//!    neighbour whose share ciphertext does not open is left out of the sum and named
+//!    (accused); the aggregator excludes accused sites, so one site sending garbage
+//!    cannot make honest sites abandon the round.
 //! 4. **Consistency check.** Each site signs the set of sites whose masked input the
 //!    aggregator holds; a site only continues when t of its holders signed the same set.
 //! 5. **Unmasking.** For each surviving peer a site reveals its share of b; for each
@@ -62,8 +65,8 @@ pub use encoding::{EncodingError, FixedPoint, WeightDigits, WeightedMean};
 pub use error::{AbortReason, AggregatorError, MessageError, SiteError};
 pub use ids::{Party, Phase, Round, SessionId, SiteId, SiteSet};
 pub use messages::{
-    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, RevealedShare,
-    ShareValue, UnmaskRequest, UnmaskShares,
+    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, MaskedUpload, PROTOCOL_VERSION,
+    RevealedShare, ShareValue, UnmaskRequest, UnmaskShares,
 };
 pub use params::{
     CommunicationGraph, ConfigError, GraphSpec, MAX_VECTOR_LEN, RoundConfig, RoundParams,

@@ -12,7 +12,7 @@ use crate::ids::{Party, Phase, Round, SessionId, SiteId};
 use crate::ring::MaskedVector;
 
 /// Version of this wire format and protocol.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -43,6 +43,17 @@ pub struct EncryptedShares {
     pub peer: SiteId,
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
+}
+
+/// A site's masked input, with the neighbours whose forwarded share ciphertexts did not
+/// open. The site left its pairwise masks with those neighbours out of `vector`, holds
+/// none of their shares, and expects the aggregator to exclude them (see
+/// [`crate::Aggregator`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedUpload {
+    pub vector: MaskedVector,
+    /// Strictly increasing.
+    pub accused: Vec<SiteId>,
 }
 
 /// The value of one Shamir share; always a canonical scalar.
@@ -100,7 +111,7 @@ pub enum Body {
     /// Aggregator → site: ciphertexts addressed to it (`peer` = sender).
     ForwardedShares(Vec<EncryptedShares>),
     /// Site → aggregator.
-    MaskedInput(MaskedVector),
+    MaskedInput(MaskedUpload),
     /// Aggregator → site: the sites whose masked input it holds, ascending.
     SurvivorSet(Vec<SiteId>),
     /// Site → aggregator: signature over the survivor set.

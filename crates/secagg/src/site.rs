@@ -10,8 +10,8 @@ use crate::crypto::{self, AgreementSecret, IdentityKeyPair, MaskJob, random_scal
 use crate::error::{MessageError, SiteError};
 use crate::ids::{Party, Phase, SiteId};
 use crate::messages::{
-    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, PROTOCOL_VERSION, RevealedShare,
-    ShareValue, UnmaskRequest, UnmaskShares,
+    Body, EncryptedShares, Envelope, Header, KeyAdvertisement, MaskedUpload, PROTOCOL_VERSION,
+    RevealedShare, ShareValue, UnmaskRequest, UnmaskShares,
 };
 use crate::params::RoundConfig;
 use crate::protocol::{self, Roster};
@@ -311,6 +311,7 @@ impl Site {
         shares: Vec<EncryptedShares>,
     ) -> Result<(State, Body), SiteError> {
         let mut held = BTreeMap::new();
+        let mut accused = Vec::new();
         for EncryptedShares { peer, ciphertext } in shares {
             let Some(ad) = neighbours.get(&peer) else {
                 return Err(self.malformed(
@@ -318,31 +319,19 @@ impl Site {
                     format!("{peer} is not a neighbour with keys"),
                 ));
             };
-            if held.contains_key(&peer) {
+            if held.contains_key(&peer) || accused.contains(&peer) {
                 return Err(self.malformed("forwarded-shares", format!("{peer} appears twice")));
             }
-            let shared = secrets
-                .share_key
-                .agree(&ad.share_key)
-                .map_err(|source| SiteError::Agreement { peer, source })?;
-            let plain =
-                crypto::open_shares(&shared, self.config.digest(), peer, self.id, &ciphertext)
-                    .map_err(|_| SiteError::ShareDecryption { peer })?;
-            let scalar = |bytes: &[u8]| {
-                let arr: [u8; 32] = bytes
-                    .try_into()
-                    .expect("32-byte half of a 64-byte plaintext");
-                Option::<Scalar>::from(Scalar::from_canonical_bytes(arr))
-                    .ok_or(SiteError::ShareDecryption { peer })
-            };
-            held.insert(
-                peer,
-                HeldShares {
-                    mask_secret: scalar(&plain[..32])?,
-                    self_mask: scalar(&plain[32..])?,
-                },
-            );
+            match self.open_shares(secrets, peer, ad, &ciphertext)? {
+                Some(shares) => {
+                    held.insert(peer, shares);
+                }
+                // A ciphertext that does not open: hold nothing of `peer`, leave its
+                // pairwise mask out, and name it so that the aggregator excludes it.
+                None => accused.push(peer),
+            }
         }
+        accused.sort_unstable();
         let t = self.config.threshold();
         if held.len() + 1 < t {
             return Err(SiteError::TooFewHolders {
@@ -375,8 +364,41 @@ impl Site {
         held.insert(self.id, own);
         Ok((
             State::AwaitingSurvivors { held },
-            Body::MaskedInput(MaskedVector::from_masked_words(modulus, words)),
+            Body::MaskedInput(MaskedUpload {
+                vector: MaskedVector::from_masked_words(modulus, words),
+                accused,
+            }),
         ))
+    }
+
+    /// Opens `peer`'s ciphertext; `None` when it is forged, corrupted or not canonical.
+    fn open_shares(
+        &self,
+        secrets: &Secrets,
+        peer: SiteId,
+        ad: &KeyAdvertisement,
+        ciphertext: &[u8],
+    ) -> Result<Option<HeldShares>, SiteError> {
+        let shared = secrets
+            .share_key
+            .agree(&ad.share_key)
+            .map_err(|source| SiteError::Agreement { peer, source })?;
+        let Ok(plain) =
+            crypto::open_shares(&shared, self.config.digest(), peer, self.id, ciphertext)
+        else {
+            return Ok(None);
+        };
+        let scalar = |bytes: &[u8]| {
+            let arr: [u8; 32] = bytes.try_into().ok()?;
+            Option::<Scalar>::from(Scalar::from_canonical_bytes(arr))
+        };
+        Ok(match (scalar(&plain[..32]), scalar(&plain[32..])) {
+            (Some(mask_secret), Some(self_mask)) => Some(HeldShares {
+                mask_secret,
+                self_mask,
+            }),
+            _ => None,
+        })
     }
 
     fn sign_survivors(

@@ -243,18 +243,24 @@ fn too_few_signatures_are_refused() {
     );
 }
 
+/// The accusations in a site's masked-input message.
+fn accused_in(env: &Envelope) -> Vec<SiteId> {
+    match &env.body {
+        Body::MaskedInput(upload) => upload.accused.clone(),
+        other => panic!("not a masked input: {other:?}"),
+    }
+}
+
 #[test]
-fn tampered_shares_are_rejected_by_the_recipient() {
+fn tampered_shares_make_the_recipient_accuse_their_sender() {
     let mut h = Harness::new(1);
     let mut out = h.run_until(Phase::MaskedInput, &[]);
     let mut env = take_for(&mut out, SiteId(0));
     if let Body::ForwardedShares(list) = &mut env.body {
         list[1].ciphertext[5] ^= 0x40;
     }
-    assert_eq!(
-        h.site(SiteId(0), env).unwrap_err(),
-        SiteError::ShareDecryption { peer: SiteId(2) }
-    );
+    let reply = h.site(SiteId(0), env).unwrap();
+    assert_eq!(accused_in(&reply), vec![SiteId(2)]);
 }
 
 #[test]
@@ -271,10 +277,8 @@ fn shares_rerouted_to_another_site_do_not_decrypt() {
         let slot = b.iter_mut().find(|e| e.peer == SiteId(2)).unwrap();
         slot.ciphertext = from_two.ciphertext;
     }
-    assert_eq!(
-        h.site(SiteId(1), for_one).unwrap_err(),
-        SiteError::ShareDecryption { peer: SiteId(2) }
-    );
+    let reply = h.site(SiteId(1), for_one).unwrap();
+    assert_eq!(accused_in(&reply), vec![SiteId(2)]);
 }
 
 #[test]
@@ -311,7 +315,7 @@ fn replayed_stale_duplicate_and_forged_messages_are_rejected_and_the_round_goes_
     );
     // Out of phase: a masked input during key advertisement.
     let mut early = ad0.clone();
-    early.body = Body::MaskedInput(masked(16, M as usize));
+    early.body = Body::MaskedInput(upload(masked(16, M as usize)));
     assert!(matches!(
         h.aggregator.handle(SiteId(0), early).unwrap_err(),
         AggregatorError::Message(MessageError::OutOfPhase {
@@ -350,6 +354,13 @@ fn masked(bits: u8, len: usize) -> MaskedVector {
     postcard::from_bytes(&bytes).unwrap()
 }
 
+fn upload(vector: MaskedVector) -> tessera_secagg::MaskedUpload {
+    tessera_secagg::MaskedUpload {
+        vector,
+        accused: vec![],
+    }
+}
+
 #[test]
 fn wrongly_sized_masked_inputs_are_rejected() {
     let mut h = Harness::new(1);
@@ -375,7 +386,7 @@ fn wrongly_sized_masked_inputs_are_rejected() {
         ),
     ] {
         let mut bad = genuine.clone();
-        bad.body = Body::MaskedInput(masked(bits, len));
+        bad.body = Body::MaskedInput(upload(masked(bits, len)));
         assert_eq!(
             h.aggregator.handle(from, bad).unwrap_err(),
             AggregatorError::Message(want)
@@ -650,4 +661,126 @@ fn wrong_revealed_shares_do_not_abort_the_round() {
         h.aggregator.status()
     );
     assert_eq!(h.aggregator.result().unwrap().sum, sum_of(&[0, 1, 2, 3, 4]));
+}
+
+/// Replaces the share ciphertexts `from` sends to `to` (every neighbour when `None`)
+/// with bytes of the right size that do not open.
+fn garble_shares(h: &mut Harness, from: SiteId, to: Option<SiteId>) {
+    let out = h.run_until(Phase::ShareKeys, &[]);
+    h.reply(out);
+    let (_, env) = h.uplink.iter_mut().find(|(s, _)| *s == from).unwrap();
+    let Body::ShareKeys(list) = &mut env.body else {
+        panic!("not share keys")
+    };
+    for e in list.iter_mut().filter(|e| to.is_none_or(|t| e.peer == t)) {
+        e.ciphertext.iter_mut().for_each(|b| *b ^= 0x5a);
+    }
+}
+
+/// A site sending one peer share ciphertexts that do not open is accused by that peer and
+/// excluded; the round completes with the honest sites' exact sum.
+#[test]
+fn attack_garbage_share_ciphertext_to_one_peer_excludes_only_its_sender() {
+    let mut h = Harness::new(5);
+    garble_shares(&mut h, SiteId(4), Some(SiteId(0)));
+    finish(&mut h);
+    let result = h.aggregator.result().expect("the round completes");
+    assert_eq!(result.contributors, (0..4).map(SiteId).collect::<Vec<_>>());
+    assert_eq!(result.sum, sum_of(&[0, 1, 2, 3]));
+}
+
+/// The same with garbage to every neighbour: nobody holds the sender's shares, nobody
+/// masked with it, and the round completes without it.
+#[test]
+fn attack_garbage_share_ciphertexts_to_every_peer_exclude_only_their_sender() {
+    let mut h = Harness::new(6);
+    garble_shares(&mut h, SiteId(4), None);
+    finish(&mut h);
+    let result = h.aggregator.result().expect("the round completes");
+    assert_eq!(result.contributors, (0..4).map(SiteId).collect::<Vec<_>>());
+    assert_eq!(result.sum, sum_of(&[0, 1, 2, 3]));
+}
+
+/// Makes `from`'s queued masked input accuse `accused` (without changing its vector).
+fn accuse(h: &mut Harness, from: SiteId, accused: &[u32]) {
+    let out = h.run_until(Phase::MaskedInput, &[]);
+    h.reply(out);
+    let (_, env) = h.uplink.iter_mut().find(|(s, _)| *s == from).unwrap();
+    let Body::MaskedInput(upload) = &mut env.body else {
+        panic!("not a masked input")
+    };
+    upload.accused = accused.iter().copied().map(SiteId).collect();
+}
+
+/// A site accusing more neighbours than the aggregator tolerates (one by default) is
+/// excluded itself and its accusations ignored: the honest sites' sum comes out.
+#[test]
+fn attack_false_accusations_exclude_the_accuser() {
+    let mut h = Harness::new(7);
+    accuse(&mut h, SiteId(4), &[0, 1]);
+    finish(&mut h);
+    let result = h.aggregator.result().expect("the round completes");
+    assert_eq!(result.contributors, (0..4).map(SiteId).collect::<Vec<_>>());
+    assert_eq!(result.sum, sum_of(&[0, 1, 2, 3]));
+}
+
+/// One accusation within the tolerance costs the accused its place in this round, and no
+/// more: the round completes. (A liar who masked with the accused after all corrupts
+/// the sum, as any site can by sending a wrong input: secure aggregation hides inputs,
+/// it does not validate them.)
+#[test]
+fn attack_one_false_accusation_costs_one_site_not_the_round() {
+    let mut h = Harness::new(8);
+    accuse(&mut h, SiteId(4), &[0]);
+    finish(&mut h);
+    let result = h.aggregator.result().expect("the round completes");
+    assert_eq!(result.contributors, (1..5).map(SiteId).collect::<Vec<_>>());
+}
+
+/// Accusations must name neighbours that shared keys, in increasing order.
+#[test]
+fn accusations_of_strangers_are_malformed() {
+    let mut h = Harness::new(9);
+    let out = h.run_until(Phase::MaskedInput, &[]);
+    h.reply(out);
+    let (from, genuine) = h.uplink.remove(0);
+    for bad in [vec![SiteId(9)], vec![from], vec![SiteId(3), SiteId(2)]] {
+        let mut env = genuine.clone();
+        let Body::MaskedInput(upload) = &mut env.body else {
+            panic!("not a masked input")
+        };
+        upload.accused = bad;
+        assert!(matches!(
+            h.aggregator.handle(from, env),
+            Err(AggregatorError::Message(MessageError::Malformed { .. }))
+        ));
+    }
+    h.aggregator.handle(from, genuine).unwrap();
+}
+
+/// The limit of the defence, stated as a test: a site that gives valid shares to some
+/// holders (fewer than t) and garbage to the rest is excluded, but the survivors it
+/// gave valid shares to masked with it, and its mask key cannot be rebuilt from fewer
+/// than t shares, so the round aborts naming it. Nothing is revealed: the abort comes
+/// before any unmasking request.
+#[test]
+fn garbage_to_most_holders_and_valid_shares_to_too_few_aborts_naming_the_sender() {
+    let mut h = Harness::new(10);
+    garble_shares(&mut h, SiteId(4), Some(SiteId(0)));
+    let (_, env) = h.uplink.iter_mut().find(|(s, _)| *s == SiteId(4)).unwrap();
+    let Body::ShareKeys(list) = &mut env.body else {
+        panic!("not share keys")
+    };
+    let to_one = list.iter_mut().find(|e| e.peer == SiteId(1)).unwrap();
+    to_one.ciphertext.iter_mut().for_each(|b| *b ^= 0x5a);
+    finish(&mut h);
+    assert_eq!(
+        h.aggregator.status(),
+        &Status::Aborted(tessera_secagg::AbortReason::TooFewHolders {
+            phase: Phase::MaskedInput,
+            owner: SiteId(4),
+            have: 2,
+            need: 3,
+        })
+    );
 }

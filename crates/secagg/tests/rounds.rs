@@ -311,7 +311,7 @@ fn a_masked_vector_is_uniform_even_for_an_all_zero_input() {
         .received
         .iter()
         .filter_map(|(_, env)| match &env.body {
-            Body::MaskedInput(v) => Some(v.as_slice()),
+            Body::MaskedInput(upload) => Some(upload.vector.as_slice()),
             _ => None,
         })
         .collect();

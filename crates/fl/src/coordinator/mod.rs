@@ -25,7 +25,7 @@ use tessera_secagg::{
 use crate::checkpoint::{Checkpoint, ResumeSettings};
 use crate::config::FederationConfig;
 use crate::error::FlError;
-use crate::planning::{codec_spec, plan, public_seed};
+use crate::planning::{codec_spec, corrupt_sites, plan, public_seed};
 use crate::report::{AbortCause, Rejection, RoundReport};
 use crate::wire::{self, RoundStart, ToSite, WithdrawReason};
 
@@ -238,10 +238,11 @@ impl CoordinatorMachine {
             });
         }
         let collect = if self.config.protocol.is_secure() {
-            Collect::Secure(Box::new(Aggregator::new(
-                round_config,
-                self.roster.clone(),
-            )?))
+            // Honest sites accuse only misbehaving neighbours: at most c of them.
+            let tolerated = corrupt_sites(&self.config, participants.len());
+            Collect::Secure(Box::new(
+                Aggregator::new(round_config, self.roster.clone())?.tolerate_accusations(tolerated),
+            ))
         } else {
             Collect::Plain {
                 sum: PlainVector::zeros(modulus, codec.encoded_len()),
