@@ -3,7 +3,7 @@
 # (the synthetic Hong Kong cohorts of datasets.toml) that train the tiny detector for
 # 3 rounds over QUIC with mutual TLS and secure aggregation. The coordinator evaluates
 # each global model on an external cohort it holds (ct-seg) and exports the final one;
-# then every site's signed transcript is verified against the roster.
+# then every site's signed transcript is audited (tessera audit report).
 #
 #   bash scripts/federation-demo.sh [FOLDER]      (default: demo/)
 set -euo pipefail
@@ -57,6 +57,7 @@ coordinator = "127.0.0.1:$port"
 pki = "$work/pki"
 name = "$site"
 transcript = "$work/$site/egress.transcript"
+keep_payloads = true
 connect_timeout_s = 300
 model = { kind = "detector", profile = "quick" }
 data = { registry = "$PWD/datasets.toml", cohort = "$site", data_root = "$PWD/data" }
@@ -79,14 +80,17 @@ if [ "$status" -ne 0 ]; then
     echo "error: the federation failed (exit $status); see $work/coordinator.log and $work/*/site.log" >&2
     exit 1
 fi
-for site in "${sites[@]}"; do
-    "$bin" transcript verify --pki "$work/pki" --site "$site" "$work/$site/egress.transcript"
-done
+# The auditor's check: every transcript against the PKI, the coordinator's receipts and
+# the sites' policy (all three run the same one), views compared across sites.
+transcripts=()
+for site in "${sites[@]}"; do transcripts+=("$work/$site/egress.transcript"); done
+"$bin" audit report --pki "$work/pki" --policy "$work/${sites[0]}/site.toml" \
+    --receipts "$work/coordinator/checkpoint.receipts.json" --out "$work/audit" "${transcripts[@]}"
 echo
 echo "done in $(( $(date +%s) - start )) s (after the build):"
 echo "  final model        $work/coordinator/global.safetensors"
 echo "  round log (JSON)   $work/coordinator/rounds.jsonl"
 echo "  checkpoint         $work/coordinator/checkpoint.bin"
 echo "  logs               $work/coordinator.log, $work/<site>/site.log"
-echo "  transcripts        $work/<site>/egress.transcript (verified above)"
+echo "  transcripts        $work/<site>/egress.transcript (audited above: $work/audit/audit.md)"
 echo "  PKI                $work/pki (the CA key is there too: a demo, not a deployment)"

@@ -1,12 +1,12 @@
 //! `tessera`: the command-line front end. Argument parsing and reporting only; the work
 //! happens in the library crates.
 
+mod audit;
 mod data;
 mod federation;
 mod pki;
 mod reproduce;
 mod simulate;
-mod transcript;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -43,9 +43,10 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
-    /// Check a site's signed egress transcript against the roster.
+    /// Audit sites' signed transcripts: chain, receipts, policy, sizes, context
+    /// digests across sites, privacy ledgers and retained masked uploads.
     #[command(subcommand)]
-    Transcript(TranscriptCommand),
+    Audit(audit::AuditCommand),
     /// Run one site of a federation. Every key of the config file is explained in
     /// examples/site.toml. Exit 0: contributed and shut down by the coordinator; 3: could
     /// not do its part (unreachable or refused, coordinator lost, never contributed).
@@ -53,12 +54,6 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
-}
-
-#[derive(Subcommand)]
-enum TranscriptCommand {
-    /// Verify the chain and every signature, and list what the site sent.
-    Verify(transcript::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,9 +66,7 @@ fn main() -> ExitCode {
         Command::Pki(cmd) => ok(pki::run(&cmd)),
         Command::Coordinator { config } => federation::coordinator(&config),
         Command::Site { config } => federation::site(&config),
-        Command::Transcript(TranscriptCommand::Verify(args)) => {
-            ok(transcript::verify_command(&args))
-        }
+        Command::Audit(cmd) => audit::run(&cmd),
     };
     match result {
         Ok(code) => code,

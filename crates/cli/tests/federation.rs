@@ -141,7 +141,7 @@ fn three_site_processes_train_three_rounds_over_quic() {
             .unwrap()
             .public();
         let summary = verify(&dir.join(format!("{site}.transcript")), &key).unwrap();
-        assert_eq!(summary.by_kind["masked-input"].0, 3, "{site}");
+        assert_eq!(summary.bytes_by_kind()["masked-input"].0, 3, "{site}");
     }
     // Restarted, the finished federation says so at once.
     let again = tessera()
@@ -397,7 +397,17 @@ fn a_refused_round_is_recorded_and_the_others_go_on() {
         .unwrap()
         .public();
     let summary = verify(&dir.join("site-a.transcript"), &key).unwrap();
-    assert_eq!(summary.by_kind.keys().collect::<Vec<_>>(), vec!["refusal"]);
+    let refusals: Vec<_> = summary
+        .records
+        .iter()
+        .filter_map(|r| match &r.entry {
+            tessera_net::transcript::Entry::Refusal { key, .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refusals, vec!["min_sites"]);
+    let kinds = summary.bytes_by_kind();
+    assert!(kinds.keys().all(|k| k == "head"), "{kinds:?}");
     // site-b persisted the round it answered; site-a answered none.
     let rounds = std::fs::read_to_string(dir.join("site-b.transcript.rounds.json")).unwrap();
     assert!(rounds.contains(": 1"), "{rounds}");

@@ -96,6 +96,7 @@ fn site_file(
         name: format!("site-{i}"),
         transcript: dir.join(format!("site-{i}.transcript")),
         keylog: false,
+        keep_payloads: false,
         connect_timeout_s: 120.0,
         model: ModelConfig::Detector {
             profile: profile.into(),

@@ -128,6 +128,11 @@ impl FederationConfig {
         ledger_path(&self.checkpoint)
     }
 
+    /// Where the latest receipt given to each site is kept: beside the checkpoint.
+    pub fn receipts_path(&self) -> PathBuf {
+        self.checkpoint.with_extension("receipts.json")
+    }
+
     /// Checks every setting, naming the key to change.
     pub fn validate(&self) -> Result<(), FlError> {
         let bad = |key: &'static str, message: String| Err(FlError::Config { key, message });

@@ -87,6 +87,22 @@ impl Coordinator {
         })
     }
 
+    /// Signs receipts of the sites' transcript heads with the coordinator's TLS key
+    /// (`key_pem`), kept in [`FederationConfig::receipts_path`].
+    pub fn with_receipts(mut self, key_pem: &Path) -> Result<Self, FlError> {
+        let signer = Arc::new(tessera_net::receipt::ReceiptSigner::load(key_pem)?);
+        let path = self.machine.config().receipts_path();
+        let existing = match std::fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(FlError::io(&path)(e)),
+        };
+        self.machine = self
+            .machine
+            .with_receipts(signer, path, existing.as_deref())?;
+        Ok(self)
+    }
+
     pub fn machine(&self) -> &CoordinatorMachine {
         &self.machine
     }
@@ -407,6 +423,7 @@ pub async fn run_site<T: LocalTrainer>(
                     session,
                     round,
                     ledger,
+                    facts,
                 } => {
                     rounds.insert(session, round);
                     if let Some(f) = files {
@@ -420,10 +437,20 @@ pub async fn run_site<T: LocalTrainer>(
                         }
                         store_answered(&f.rounds, &rounds)?;
                     }
+                    egress.record_round(*facts)?;
                 }
-                SiteAction::Refuse { round, refusal } => {
-                    egress.record_refusal(round, &refusal)?;
+                SiteAction::Refuse {
+                    session,
+                    round,
+                    refusal,
+                } => {
+                    egress.record_refusal(&session, round, &refusal)?;
                 }
+                SiteAction::Anchor => match egress.send_head().await {
+                    Ok(()) | Err(FlError::Disconnected) => {}
+                    Err(e) => return Err(e),
+                },
+                SiteAction::Receipt(receipt) => egress.record_receipt(receipt)?,
                 SiteAction::Stop => return Ok(summary(&machine, busy + working.elapsed())),
             }
         }

@@ -6,10 +6,13 @@
 //! before it is handed to the transport. (Links also carry zero-length frames that only
 //! announce a QUIC stream; they carry no data and are not recorded.)
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use tessera_net::transcript::TranscriptWriter;
+use tessera_net::receipt::Receipt;
+use tessera_net::transcript::{RoundFacts, TranscriptWriter};
 use tokio::sync::mpsc;
 
+use crate::config::{parse_session, session_hex};
 use crate::error::FlError;
 use crate::policy::Refusal;
 use crate::wire::{self, ToCoordinator};
@@ -41,6 +44,10 @@ impl SiteInbox {
 pub struct Egress {
     out: mpsc::Sender<Vec<u8>>,
     transcript: TranscriptWriter,
+    /// The session of the last round recorded (hex), for messages that do not name it.
+    session: String,
+    /// Where masked uploads are kept, when the site keeps them (never plaintext).
+    payloads: Option<PathBuf>,
 }
 
 impl Egress {
@@ -49,16 +56,51 @@ impl Egress {
         let egress = Self {
             out: link.out,
             transcript,
+            session: "0".repeat(32),
+            payloads: None,
         };
         (egress, SiteInbox(link.inbox))
     }
 
-    /// Records a refused round in the transcript. Nothing is sent: a `refusal` record
-    /// stands for no bytes on the wire (its size is the reason's, for the auditor).
-    pub(crate) fn record_refusal(&mut self, round: u64, refusal: &Refusal) -> Result<(), FlError> {
-        self.transcript
-            .append("refusal", round, refusal.key, refusal.reason.as_bytes())?;
+    /// Keeps every masked upload (`masked-input`, and nothing else) in `dir`, named by
+    /// its transcript record, so that an auditor can test it.
+    pub fn keep_payloads(mut self, dir: PathBuf) -> Self {
+        self.payloads = Some(dir);
+        self
+    }
+
+    /// Records the parameters of a round the site answers, before it sends anything.
+    pub(crate) fn record_round(&mut self, facts: RoundFacts) -> Result<(), FlError> {
+        self.session = facts.session.clone();
+        self.transcript.round(facts)?;
         Ok(())
+    }
+
+    /// Records a refused round in the transcript. Nothing is sent.
+    pub(crate) fn record_refusal(
+        &mut self,
+        session: &[u8; 16],
+        round: u64,
+        refusal: &Refusal,
+    ) -> Result<(), FlError> {
+        self.transcript
+            .refusal(&session_hex(session), round, refusal.key, &refusal.reason)?;
+        Ok(())
+    }
+
+    /// Stores the coordinator's receipt of the transcript's head.
+    pub(crate) fn record_receipt(&mut self, receipt: Receipt) -> Result<(), FlError> {
+        self.transcript.receipt(receipt)?;
+        Ok(())
+    }
+
+    /// Sends the transcript's head for the coordinator to sign.
+    pub(crate) async fn send_head(&mut self) -> Result<(), FlError> {
+        let (seq, head) = self.transcript.head();
+        let Some(session) = parse_session(&self.session) else {
+            return Ok(());
+        };
+        self.send(&ToCoordinator::Head { session, seq, head }).await
     }
 
     pub(crate) async fn send(&mut self, msg: &ToCoordinator) -> Result<(), FlError> {
@@ -66,9 +108,19 @@ impl Egress {
             ToCoordinator::SecAgg(env) => (env.header.round.0, env.phase().to_string()),
             ToCoordinator::Plain { round, .. } => (*round, "plaintext".to_string()),
             ToCoordinator::Withdraw { round, .. } => (*round, "withdraw".to_string()),
+            ToCoordinator::Head { .. } => (0, "anchor".to_string()),
         };
         let bytes = wire::encode(msg)?;
-        self.transcript.append(msg.kind(), round, &phase, &bytes)?;
+        let record = self
+            .transcript
+            .message(&self.session, round, msg.kind(), &phase, &bytes)?;
+        if let Some(dir) = &self.payloads
+            && msg.kind() == "masked-input"
+        {
+            std::fs::create_dir_all(dir).map_err(FlError::io(dir))?;
+            let path = dir.join(format!("{}.bin", record.seq));
+            tessera_core::atomic::write_atomic(&path, &bytes).map_err(FlError::io(&path))?;
+        }
         self.out
             .send(bytes)
             .await

@@ -31,6 +31,7 @@ pub mod deploy;
 pub mod driver;
 mod egress;
 mod error;
+pub mod facts;
 mod known;
 pub mod links;
 pub mod loopback;
@@ -42,7 +43,9 @@ pub mod sim;
 pub mod site;
 pub mod wire;
 
-pub use config::{FederationBuilder, FederationConfig, Protocol, Threat, ledger_path};
+pub use config::{
+    FederationBuilder, FederationConfig, Protocol, Threat, ledger_path, parse_session, session_hex,
+};
 pub use coordinator::{Action, CoordinatorMachine, Event, TimerId};
 pub use driver::{Coordinator, SiteFiles, run_site};
 pub use egress::{Egress, SiteInbox, SiteLink};

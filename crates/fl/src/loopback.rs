@@ -2,6 +2,8 @@
 //! coordinator's endpoint, and each site dialling in with its own certificate. Used by
 //! `tessera simulate --quic` and the round benchmarks.
 
+use crate::SitePolicy;
+use crate::facts::{RosterFacts, open_transcript};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,6 @@ use tessera_core::seed::{Purpose, RootSeed, SeedContext};
 use tessera_core::{LocalTrainer, ParamLayout};
 use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
 use tessera_net::quic::{Credentials, client, server};
-use tessera_net::transcript::TranscriptWriter;
 use tessera_secagg::SiteId;
 use tokio::task::JoinHandle;
 
@@ -132,8 +133,14 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
         let name = format!("site-{i}");
         let identity = Arc::new(load_identity(&pki.join(format!("{name}.identity")))?);
         let ep = client(&Credentials::load(&pki, &name)?, false)?;
-        let transcript =
-            TranscriptWriter::open(&dir.join(format!("{name}.transcript")), identity.clone())?;
+        let transcript = open_transcript(
+            &dir.join(format!("{name}.transcript")),
+            identity.clone(),
+            id,
+            &RosterFacts::of_file(&pki.join("roster.json"), 0)?,
+            &SitePolicy::permissive(),
+            false,
+        )?;
         let who = SiteIdentity {
             id,
             identity,
@@ -147,7 +154,8 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
         }));
     }
     let noise = root.derive(Purpose::CentralNoise, SeedContext::session(session));
-    let mut coordinator = Coordinator::new(config, identities, layout, initial, events, noise)?;
+    let mut coordinator = Coordinator::new(config, identities, layout, initial, events, noise)?
+        .with_receipts(&pki.join("coordinator.key"))?;
     let joined = coordinator.wait_for_sites(n, Duration::from_secs(60)).await;
     if joined < n {
         return Err(FlError::TooFewSites {

@@ -3,12 +3,13 @@
 //! Simulated dropouts are explicit withdrawals, so which sites contribute to a round
 //! depends only on the schedule, never on timing or load.
 
+use crate::SitePolicy;
+use crate::facts::{RosterFacts, open_transcript};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tessera_core::seed::{Purpose, RootSeed, SeedContext};
 use tessera_core::{LocalTrainer, ParamLayout};
-use tessera_net::transcript::TranscriptWriter;
 use tessera_secagg::{IdentityKeyPair, Phase, Roster, SiteId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -77,9 +78,13 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
     let mut sites = Vec::with_capacity(ids.len());
     for ((id, identity), mut trainer) in ids.iter().copied().zip(keys).zip(trainers) {
         let link = connect(id, &events).await?;
-        let transcript = TranscriptWriter::open(
+        let transcript = open_transcript(
             &transcripts.join(format!("site-{}.transcript", id.0)),
             identity.clone(),
+            id,
+            &RosterFacts::unsigned(),
+            &SitePolicy::permissive(),
+            false,
         )?;
         let who = SiteIdentity {
             id,

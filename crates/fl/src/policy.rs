@@ -233,19 +233,7 @@ impl SitePolicy {
         let Some(required) = self.require_mechanism else {
             return Ok(());
         };
-        let (mechanism, std) = match &start.codec {
-            CodecSpec::Private(spec) => match spec.site_noise {
-                SiteNoise::DiscreteGaussian { sigma } => {
-                    (Mechanism::Ddg, sigma.to_f64() * spec.gamma / spec.l2_clip)
-                }
-                SiteNoise::Skellam { mu } => (
-                    Mechanism::Skellam,
-                    (2.0 * mu).sqrt() * spec.gamma / spec.l2_clip,
-                ),
-                SiteNoise::None => (Mechanism::None, 0.0),
-            },
-            CodecSpec::FixedPoint(_) => (Mechanism::None, 0.0),
-        };
+        let (mechanism, std) = site_noise(start);
         if mechanism != required {
             return refuse(
                 "require_mechanism",
@@ -364,5 +352,23 @@ impl SitePolicy {
             }
         }
         Ok(())
+    }
+}
+
+/// The mechanism of the noise a round asks a site to add, and its standard deviation
+/// per unit of L2 clip (0 without noise).
+pub(crate) fn site_noise(start: &RoundStart) -> (Mechanism, f64) {
+    match &start.codec {
+        CodecSpec::Private(spec) => match spec.site_noise {
+            SiteNoise::DiscreteGaussian { sigma } => {
+                (Mechanism::Ddg, sigma.to_f64() * spec.gamma / spec.l2_clip)
+            }
+            SiteNoise::Skellam { mu } => (
+                Mechanism::Skellam,
+                (2.0 * mu).sqrt() * spec.gamma / spec.l2_clip,
+            ),
+            SiteNoise::None => (Mechanism::None, 0.0),
+        },
+        CodecSpec::FixedPoint(_) => (Mechanism::None, 0.0),
     }
 }

@@ -39,6 +39,8 @@ pub enum RejectReason {
     BadShape,
     #[error("a second update from the same site")]
     Duplicate,
+    #[error("for another session")]
+    WrongSession,
 }
 
 /// A refused message.

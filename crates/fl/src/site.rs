@@ -20,8 +20,11 @@ use tessera_secagg::{
 };
 use thiserror::Error;
 
+use crate::facts::round_facts;
 use crate::policy::{Refusal, SitePolicy};
 use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WireError, WithdrawReason};
+use tessera_net::receipt::Receipt;
+use tessera_net::transcript::RoundFacts;
 
 /// Where a site draws fresh randomness (32 bytes a call; `None` when none is to be had).
 pub type EntropySource = Box<dyn FnMut() -> Option<[u8; 32]> + Send>;
@@ -80,12 +83,19 @@ pub enum SiteAction {
         session: [u8; 16],
         round: u64,
         ledger: Option<Ledger>,
+        /// What the transcript records about the round before anything is sent.
+        facts: Box<RoundFacts>,
     },
     /// Record the refusal in the transcript; nothing is sent for the round.
     Refuse {
+        session: [u8; 16],
         round: u64,
         refusal: Refusal,
     },
+    /// The round is over: send the transcript's head for the coordinator's receipt.
+    Anchor,
+    /// Store the coordinator's receipt in the transcript.
+    Receipt(Receipt),
     Train(TrainRequest),
     /// Send through the egress (which records it in the transcript first).
     Send(ToCoordinator),
@@ -110,6 +120,8 @@ pub enum SiteFailure {
     Protocol(SiteError),
     #[error("{0}")]
     Refused(Refusal),
+    #[error("transcript: {0}")]
+    Transcript(String),
 }
 
 /// A failure, with the round it happened in.
@@ -279,9 +291,10 @@ impl SiteMachine {
             SiteFailure::Encoding(e) => WithdrawReason::Encoding(e.to_string()),
             SiteFailure::Training(_) | SiteFailure::Model(_) => WithdrawReason::Training,
             SiteFailure::Params(_) => WithdrawReason::Params,
-            SiteFailure::Protocol(_) | SiteFailure::Wire(_) | SiteFailure::Refused(_) => {
-                WithdrawReason::Protocol
-            }
+            SiteFailure::Protocol(_)
+            | SiteFailure::Wire(_)
+            | SiteFailure::Refused(_)
+            | SiteFailure::Transcript(_) => WithdrawReason::Protocol,
         };
         self.problem(Some(round), failure);
         self.state = State::Waiting;
@@ -307,21 +320,33 @@ impl SiteMachine {
             ToSite::RoundStart(start) => {
                 self.summary.rounds_started += 1;
                 let round = start.params.round.0;
+                let session = start.params.session.0;
                 if let Err(refusal) = self.admit(&start).and_then(|()| self.charge(&start)) {
                     self.summary.rounds_refused += 1;
                     self.problem(Some(round), SiteFailure::Refused(refusal.clone()));
-                    self.actions
-                        .push_back(SiteAction::Refuse { round, refusal });
+                    self.actions.push_back(SiteAction::Refuse {
+                        session,
+                        round,
+                        refusal,
+                    });
                     self.state = State::Idle;
                     return;
                 }
-                let session = start.params.session.0;
+                let charge = self.ledger.as_ref().and_then(|l| {
+                    let entry = l.entries.last()?;
+                    Some((l.mechanism.as_str(), entry, l.delta))
+                });
+                let facts = match round_facts(&start, charge) {
+                    Ok(facts) => Box::new(facts),
+                    Err(e) => return self.abandon(round, SiteFailure::Transcript(e.to_string())),
+                };
                 self.answered.insert(session, round);
                 let ledger = self.ledger.clone();
                 self.actions.push_back(SiteAction::Answer {
                     session,
                     round,
                     ledger,
+                    facts,
                 });
                 if let Err(e) = self.layout.check(&start.global) {
                     return self.abandon(round, SiteFailure::Model(e));
@@ -357,7 +382,9 @@ impl SiteMachine {
                 self.summary.rounds_completed += u64::from(completed);
                 self.summary.rounds_contributed += u64::from(included && completed);
                 self.state = State::Idle;
+                self.actions.push_back(SiteAction::Anchor);
             }
+            ToSite::Receipt(receipt) => self.actions.push_back(SiteAction::Receipt(receipt)),
             ToSite::Shutdown => {
                 self.summary.shut_down = true;
                 self.state = State::Stopped;

@@ -12,7 +12,7 @@ use tessera_secagg::{Envelope, PlainVector, RoundParams};
 use thiserror::Error;
 
 /// Version of this message format.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Everything a site needs to take part in a round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,8 @@ pub enum ToSite {
         included: bool,
     },
     Shutdown,
+    /// The coordinator's signed receipt of the site's transcript head (after `Head`).
+    Receipt(tessera_net::receipt::Receipt),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +58,13 @@ pub enum ToCoordinator {
     Withdraw {
         round: u64,
         reason: WithdrawReason,
+    },
+    /// The site's transcript head (record count and last record hash) after a round,
+    /// for the coordinator to sign a receipt of.
+    Head {
+        session: [u8; 16],
+        seq: u64,
+        head: String,
     },
 }
 
@@ -86,6 +95,7 @@ impl ToCoordinator {
             ToCoordinator::SecAgg(env) => env.body.kind(),
             ToCoordinator::Plain { .. } => "plain-update",
             ToCoordinator::Withdraw { .. } => "withdraw",
+            ToCoordinator::Head { .. } => "head",
         }
     }
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::seed::RootSeed;
+use tessera_fl::SitePolicy;
+use tessera_fl::facts::{RosterFacts, open_transcript};
 use tessera_fl::wire::{self, ToCoordinator, ToSite};
 use tessera_fl::{
     Coordinator, Egress, FederationConfig, KnownUpdateTrainer, RejectReason, SiteIdentity,
@@ -15,7 +17,6 @@ use tessera_fl::{
 use tessera_net::frame::{CHUNK, MAX_MESSAGE, read_message, write_message};
 use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
 use tessera_net::quic::{Credentials, client, connect, server};
-use tessera_net::transcript::TranscriptWriter;
 use tessera_secagg::{Party, PlainVector, Roster, Round, RoundConfig, Site, SiteId};
 
 const DIM: usize = 8;
@@ -48,9 +49,15 @@ fn spawn_honest_site(dir: &Path, identities: &Arc<Roster>, addr: SocketAddr, i: 
         let identity = Arc::new(load_identity(&dir.join(format!("{name}.identity"))).unwrap());
         let ep = client(&Credentials::load(&dir, &name).unwrap(), false).unwrap();
         let (link, _) = reconnecting_link(ep, addr, "coordinator".into(), Duration::from_secs(10));
-        let transcript =
-            TranscriptWriter::open(&dir.join(format!("{name}.transcript")), identity.clone())
-                .unwrap();
+        let transcript = open_transcript(
+            &dir.join(format!("{name}.transcript")),
+            identity.clone(),
+            SiteId(i),
+            &RosterFacts::unsigned(),
+            &SitePolicy::permissive(),
+            false,
+        )
+        .unwrap();
         let who = SiteIdentity {
             id: SiteId(i),
             identity,

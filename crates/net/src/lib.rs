@@ -15,4 +15,5 @@ pub mod enrol;
 pub mod frame;
 pub mod pki;
 pub mod quic;
+pub mod receipt;
 pub mod transcript;

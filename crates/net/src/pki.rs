@@ -353,7 +353,7 @@ impl SignedRoster {
     }
 }
 
-fn hex_vec(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_vec(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -298,7 +298,7 @@ pub(crate) fn random_scalar<R: CryptoRng + ?Sized>(rng: &mut R) -> Scalar {
 // Share encryption (AEAD)
 
 /// Size of the encrypted pair of shares: two 32-byte scalars and a 16-byte tag.
-pub(crate) const SHARE_CIPHERTEXT_LEN: usize = 64 + 16;
+pub const SHARE_CIPHERTEXT_LEN: usize = 64 + 16;
 
 fn share_aead_key(
     shared: &[u8; 32],

@@ -10,6 +10,39 @@ use crate::report::{RejectReason, Rejection};
 use crate::wire::{self, ToCoordinator, ToSite};
 
 impl CoordinatorMachine {
+    /// Signs a receipt of a site's transcript head, sends it back and keeps the latest
+    /// per site (written to the receipts file). Without a receipt key, nothing.
+    fn receipt(
+        &mut self,
+        from: SiteId,
+        session: [u8; 16],
+        seq: u64,
+        head: String,
+    ) -> Result<(), FlError> {
+        let Some(receipts) = self.receipts.as_mut() else {
+            return Ok(());
+        };
+        if session != self.config.session {
+            self.reject(from, RejectReason::WrongSession);
+            return Ok(());
+        }
+        let session = crate::config::session_hex(&session);
+        let receipt = receipts.signer.sign(from.0, &session, seq, &head)?;
+        receipts.latest.insert(from.0, receipt.clone());
+        let bytes = serde_json::to_vec_pretty(&receipts.latest).map_err(|e| FlError::File {
+            path: receipts.path.clone(),
+            message: e.to_string(),
+        })?;
+        let path = receipts.path.clone();
+        self.actions.push_back(Action::Write { path, bytes });
+        let bytes = wire::encode(&ToSite::Receipt(receipt))?;
+        self.actions.push_back(Action::Send {
+            to: from,
+            bytes: Arc::from(bytes),
+        });
+        Ok(())
+    }
+
     pub(super) fn reject(&mut self, from: SiteId, reason: RejectReason) {
         let rejection = Rejection { from, reason };
         match &mut self.running {
@@ -26,6 +59,9 @@ impl CoordinatorMachine {
                 return Ok(());
             }
         };
+        if let ToCoordinator::Head { session, seq, head } = msg {
+            return self.receipt(from, session, seq, head);
+        }
         let Some(run) = self.running.as_mut() else {
             self.reject(from, RejectReason::NoRound);
             return Ok(());

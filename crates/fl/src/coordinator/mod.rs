@@ -28,6 +28,7 @@ use crate::error::FlError;
 use crate::planning::{codec_spec, corrupt_sites, plan, public_seed};
 use crate::report::{AbortCause, Rejection, RoundReport};
 use crate::wire::{self, RoundStart, ToSite, WithdrawReason};
+use tessera_net::receipt::{Receipt, ReceiptSigner};
 
 mod collect;
 
@@ -112,7 +113,15 @@ pub struct CoordinatorMachine {
     running: Option<Running>,
     timers: u64,
     between_rounds: Vec<Rejection>,
+    receipts: Option<Receipts>,
     actions: VecDeque<Action>,
+}
+
+/// The coordinator's receipt key and the latest receipt it gave each site.
+struct Receipts {
+    signer: Arc<ReceiptSigner>,
+    path: PathBuf,
+    latest: std::collections::BTreeMap<u32, Receipt>,
 }
 
 impl CoordinatorMachine {
@@ -158,8 +167,32 @@ impl CoordinatorMachine {
             running: None,
             timers: 0,
             between_rounds: Vec::new(),
+            receipts: None,
             actions: VecDeque::new(),
         })
+    }
+
+    /// Signs receipts of sites' transcript heads with `signer` and keeps the latest per
+    /// site in `path` (JSON, site id → receipt), continuing the receipts already there.
+    pub fn with_receipts(
+        mut self,
+        signer: Arc<ReceiptSigner>,
+        path: PathBuf,
+        existing: Option<&[u8]>,
+    ) -> Result<Self, FlError> {
+        let latest = match existing {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| FlError::File {
+                path: path.clone(),
+                message: format!("not a receipts file: {e}"),
+            })?,
+            None => Default::default(),
+        };
+        self.receipts = Some(Receipts {
+            signer,
+            path,
+            latest,
+        });
+        Ok(self)
     }
 
     pub fn config(&self) -> &FederationConfig {

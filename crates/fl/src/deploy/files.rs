@@ -108,6 +108,10 @@ pub struct SiteFile {
     pub transcript: PathBuf,
     #[serde(default)]
     pub keylog: bool,
+    /// Keep every masked upload in `<transcript>.payloads/` for an auditor's
+    /// uniformity test (plaintext is never kept).
+    #[serde(default)]
+    pub keep_payloads: bool,
     pub connect_timeout_s: f64,
     pub model: ModelConfig,
     /// The site's own data (detector).
@@ -137,6 +141,13 @@ impl SiteFile {
     pub fn ledger_path(&self) -> PathBuf {
         let mut name = self.transcript.as_os_str().to_owned();
         name.push(".ledger.json");
+        PathBuf::from(name)
+    }
+
+    /// Where masked uploads are kept with `keep_payloads`.
+    pub fn payloads_dir(&self) -> PathBuf {
+        let mut name = self.transcript.as_os_str().to_owned();
+        name.push(".payloads");
         PathBuf::from(name)
     }
 

@@ -9,6 +9,7 @@
 
 pub mod files;
 
+use crate::facts::{RosterFacts, open_transcript};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,6 @@ use tessera_core::seed::{Purpose, RootSeed, SeedContext};
 use tessera_core::{LocalTrainer, ParamLayout};
 use tessera_net::pki::load_identity;
 use tessera_net::quic::{Credentials, client, server};
-use tessera_net::transcript::TranscriptWriter;
 use tessera_secagg::SiteId;
 
 pub use crate::config::session_hex;
@@ -189,7 +189,8 @@ pub async fn run_coordinator(
         model.initial(),
         events,
         noise,
-    )?;
+    )?
+    .with_receipts(&file.pki.join("coordinator.key"))?;
     if coordinator.rounds_ended() >= file.rounds {
         note(Note::AlreadyFinished {
             rounds: file.rounds,
@@ -434,7 +435,14 @@ pub async fn run_site_process<T: LocalTrainer>(
         &cfg.pki.join(format!("{}.identity", cfg.name)),
     )?);
     let creds = Credentials::load(&cfg.pki, &cfg.name)?;
-    let transcript = TranscriptWriter::open(&cfg.transcript, identity.clone())?;
+    let transcript = open_transcript(
+        &cfg.transcript,
+        identity.clone(),
+        id,
+        &RosterFacts::of_file(&cfg.pki.join("roster.json"), roster.version)?,
+        &cfg.policy,
+        cfg.keep_payloads,
+    )?;
     let (root, fresh) = match cfg.seed {
         Some(seed) => (RootSeed::from_experiment(seed).site_root(id.0), false),
         None => (RootSeed::from_os().map_err(|_| FlError::Randomness)?, true),
@@ -454,6 +462,11 @@ pub async fn run_site_process<T: LocalTrainer>(
     note(Note::Connecting { addr });
     let (link, failure) = reconnecting_link(endpoint, addr, "coordinator".into(), retry_for);
     let (egress, inbox) = Egress::open(link, transcript);
+    let egress = if cfg.keep_payloads {
+        egress.keep_payloads(cfg.payloads_dir())
+    } else {
+        egress
+    };
     let files = crate::driver::SiteFiles {
         rounds: cfg.rounds_path(),
         ledger: cfg.ledger_path(),

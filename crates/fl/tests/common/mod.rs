@@ -176,7 +176,7 @@ impl Harness {
                 SiteAction::Refuse { refusal, .. } => {
                     self.refusals.push((SiteId(i as u32), refusal))
                 }
-                SiteAction::Answer { .. } => {}
+                SiteAction::Answer { .. } | SiteAction::Anchor | SiteAction::Receipt(_) => {}
                 SiteAction::Send(msg) => {
                     self.sent.push((SiteId(i as u32), msg.kind()));
                     if self.black_holes.contains(&(i as u32)) {

@@ -1,0 +1,172 @@
+//! The size every message kind must have under a round's parameters, computed by
+//! encoding representative messages with the real codec: exact where the content's
+//! size is fixed, the tightest range where a list's length may vary.
+
+use std::ops::RangeInclusive;
+use tessera_fl::wire::{self, ToCoordinator, WithdrawReason};
+use tessera_net::transcript::RoundFacts;
+use tessera_secagg::crypto::SHARE_CIPHERTEXT_LEN;
+use tessera_secagg::{
+    AgreementPublicKey, Body, EncryptedShares, Envelope, Header, KeyAdvertisement, MaskedUpload,
+    MaskedVector, Modulus, PROTOCOL_VERSION, Party, PlainVector, RevealedShare, Round, SessionId,
+    ShareValue, Signature, SiteId, UnmaskShares,
+};
+
+/// Messages a site may send, by kind.
+pub const SECURE_KINDS: [&str; 7] = [
+    "advertise-keys",
+    "share-keys",
+    "masked-input",
+    "consistency-signature",
+    "unmask-shares",
+    "withdraw",
+    "head",
+];
+
+fn session_bytes(hex: &str) -> [u8; 16] {
+    tessera_fl::parse_session(hex).unwrap_or([0; 16])
+}
+
+fn envelope(facts: &RoundFacts, site: u32, body: Body) -> ToCoordinator {
+    ToCoordinator::SecAgg(Envelope {
+        header: Header {
+            version: PROTOCOL_VERSION,
+            session: SessionId(session_bytes(&facts.session)),
+            round: Round(facts.round),
+            sender: Party::Site(SiteId(site)),
+            recipient: Party::Aggregator,
+        },
+        body,
+    })
+}
+
+fn len(msg: &ToCoordinator) -> u64 {
+    wire::encode(msg).map_or(u64::MAX, |b| b.len() as u64)
+}
+
+/// The masked vector of the round's shape (its size does not depend on its values).
+fn masked(facts: &RoundFacts) -> Option<MaskedVector> {
+    let modulus = Modulus::new(facts.modulus_bits).ok()?;
+    let plain = PlainVector::zeros(modulus, facts.vector_len as usize);
+    postcard::from_bytes(&postcard::to_allocvec(&plain).ok()?).ok()
+}
+
+/// Peers this site may name: the other participants, smallest ids first.
+fn peers(facts: &RoundFacts, site: u32) -> Vec<u32> {
+    let mut p: Vec<u32> = facts
+        .participants
+        .iter()
+        .copied()
+        .filter(|s| *s != site)
+        .collect();
+    p.sort_unstable();
+    p
+}
+
+fn neighbours(facts: &RoundFacts) -> usize {
+    facts
+        .degree
+        .map_or(facts.participants.len().saturating_sub(1), |d| d as usize)
+}
+
+/// `count` ids from `peers`: the smallest (`small`) or the largest.
+fn pick(peers: &[u32], count: usize, small: bool) -> Vec<SiteId> {
+    let count = count.min(peers.len());
+    let chosen = if small {
+        &peers[..count]
+    } else {
+        &peers[peers.len() - count..]
+    };
+    chosen.iter().copied().map(SiteId).collect()
+}
+
+fn shares_to(ids: Vec<SiteId>) -> Body {
+    Body::ShareKeys(
+        ids.into_iter()
+            .map(|peer| EncryptedShares {
+                peer,
+                ciphertext: vec![0; SHARE_CIPHERTEXT_LEN],
+            })
+            .collect(),
+    )
+}
+
+fn reveal(ids: Vec<SiteId>) -> Body {
+    let Ok(value) = postcard::from_bytes::<ShareValue>(&[0u8; 32]) else {
+        return Body::UnmaskShares(UnmaskShares {
+            self_mask: vec![],
+            mask_key: vec![],
+        });
+    };
+    let share = |owner| RevealedShare { owner, value };
+    Body::UnmaskShares(UnmaskShares {
+        self_mask: ids.into_iter().map(share).collect(),
+        mask_key: vec![],
+    })
+}
+
+/// The sizes a message of `kind` may have in the round `facts` describes, sent by
+/// `site`; `None` for a kind no site sends in such a round.
+pub fn expected(kind: &str, facts: &RoundFacts, site: u32) -> Option<RangeInclusive<u64>> {
+    let peers = peers(facts, site);
+    let k = neighbours(facts);
+    let t = facts.threshold as usize;
+    let env = |body| len(&envelope(facts, site, body));
+    let exact = |n: u64| Some(n..=n);
+    match kind {
+        "advertise-keys" => exact(env(Body::AdvertiseKeys(KeyAdvertisement {
+            site: SiteId(site),
+            share_key: AgreementPublicKey([0; 32]),
+            mask_key: AgreementPublicKey([0; 32]),
+            self_mask_commitment: [0; 32],
+            signature: Signature([0; 64]),
+        }))),
+        "share-keys" => {
+            let lo = env(shares_to(pick(&peers, t.saturating_sub(1), true)));
+            Some(lo..=env(shares_to(pick(&peers, k, false))))
+        }
+        "masked-input" if facts.secure => {
+            let vector = masked(facts)?;
+            let upload = |accused| {
+                env(Body::MaskedInput(MaskedUpload {
+                    vector: vector.clone(),
+                    accused,
+                }))
+            };
+            let most = k.saturating_sub(t.saturating_sub(1));
+            Some(upload(vec![])..=upload(pick(&peers, most, false)))
+        }
+        "consistency-signature" => exact(env(Body::ConsistencySignature(Signature([0; 64])))),
+        "unmask-shares" => {
+            // Shares of any holder, this site included.
+            let mut all = facts.participants.clone();
+            all.sort_unstable();
+            Some(env(reveal(vec![]))..=env(reveal(pick(&all, k + 1, false))))
+        }
+        "plain-update" if !facts.secure => {
+            let modulus = Modulus::new(facts.modulus_bits).ok()?;
+            exact(len(&ToCoordinator::Plain {
+                round: facts.round,
+                update: PlainVector::zeros(modulus, facts.vector_len as usize),
+            }))
+        }
+        "withdraw" => {
+            let lo = len(&ToCoordinator::Withdraw {
+                round: facts.round,
+                reason: WithdrawReason::Dropout,
+            });
+            // The longest reason is a short error text.
+            Some(lo..=lo + 1024)
+        }
+        _ => None,
+    }
+}
+
+/// The size of a `head` message with record count `seq`.
+pub fn head(session: &str, seq: u64) -> u64 {
+    len(&ToCoordinator::Head {
+        session: session_bytes(session),
+        seq,
+        head: "0".repeat(64),
+    })
+}

@@ -1,0 +1,383 @@
+//! An honest loopback federation audits clean; every kind of tampering with what its
+//! sites recorded is found, by a finding that names the check.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tessera_audit::{Inputs, SiteAudit, audit, chi_square_p};
+use tessera_core::seed::RootSeed;
+use tessera_fl::wire::{self, ToCoordinator};
+use tessera_fl::{FederationConfig, KnownUpdateTrainer};
+use tessera_net::pki::load_identity;
+use tessera_net::transcript::{Entry, OpenFacts, Record, RoundFacts, TranscriptWriter};
+use tessera_secagg::{
+    Body, Envelope, Header, MaskedUpload, MaskedVector, Modulus, PROTOCOL_VERSION, Party,
+    PlainVector, Round, SessionId, SiteId,
+};
+
+const DIM: usize = 2000;
+const SITES: usize = 3;
+
+/// Runs three rounds between three sites over QUIC on 127.0.0.1, once per test binary.
+fn honest_run() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tessera-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let config = FederationConfig::builder([5; 16], dir.join("checkpoint.bin"))
+                .build()
+                .unwrap();
+            let trainers: Vec<_> = (0..SITES)
+                .map(|i| KnownUpdateTrainer::new(DIM, 0.01 * (i as f32 + 1.0), 1).unwrap())
+                .collect();
+            let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
+            let mut fed = tessera_fl::loopback::start(
+                config,
+                layout,
+                vec![0.0; DIM],
+                trainers,
+                &Default::default(),
+                &dir,
+                RootSeed::from_experiment(3),
+            )
+            .await
+            .unwrap();
+            for _ in 0..3 {
+                assert!(fed.coordinator.run_round().await.unwrap().completed());
+            }
+            fed.shutdown().await.unwrap();
+        });
+        dir
+    })
+    .clone()
+}
+
+fn transcript(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("site-{i}.transcript"))
+}
+
+fn inputs(dir: &Path, transcripts: Vec<PathBuf>) -> Inputs {
+    Inputs {
+        pki: dir.join("pki"),
+        policy: None,
+        receipts: Some(dir.join("checkpoint.receipts.json")),
+        transcripts,
+    }
+}
+
+fn checks(sites: &[SiteAudit]) -> Vec<&'static str> {
+    sites
+        .iter()
+        .flat_map(|s| s.findings.iter().map(|f| f.check))
+        .collect()
+}
+
+/// A copy of site `i`'s transcript in a scratch folder, lines changed by `edit`.
+fn tampered(name: &str, i: usize, edit: impl FnOnce(&mut Vec<String>)) -> (PathBuf, Vec<PathBuf>) {
+    let dir = honest_run();
+    let scratch = dir.join(format!("tamper-{name}"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut lines: Vec<String> = std::fs::read_to_string(transcript(&dir, i))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    edit(&mut lines);
+    let path = scratch.join(format!("site-{i}.transcript"));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    (dir, vec![path])
+}
+
+#[test]
+fn an_honest_federation_audits_clean() {
+    let dir = honest_run();
+    let all: Vec<PathBuf> = (0..SITES).map(|i| transcript(&dir, i)).collect();
+    let sites = audit(&inputs(&dir, all)).unwrap();
+    assert_eq!(checks(&sites), Vec::<&str>::new(), "{sites:#?}");
+    for s in &sites {
+        assert_eq!(s.rounds.len(), 3);
+        assert_eq!(s.bytes_by_kind["masked-input"].0, 3);
+        assert!(s.receipts >= 1, "{s:#?}");
+    }
+}
+
+type Edit = Box<dyn FnOnce(&mut Vec<String>)>;
+
+#[test]
+fn flipped_reordered_duplicated_deleted_and_foreign_records_break_the_chain() {
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "flip",
+            Box::new(|l| l[3] = l[3].replacen("\"round\":1", "\"round\":7", 1)),
+        ),
+        ("reorder", Box::new(|l| l.swap(2, 3))),
+        ("duplicate", Box::new(|l| l.insert(3, l[3].clone()))),
+        ("delete", Box::new(|l| drop(l.remove(4)))),
+    ];
+    for (name, edit) in cases {
+        let (dir, t) = tampered(name, 0, edit);
+        assert_eq!(
+            checks(&audit(&inputs(&dir, t)).unwrap()),
+            vec!["chain"],
+            "{name}"
+        );
+    }
+    // A record of site 1 spliced into site 0's transcript.
+    let dir = honest_run();
+    let other: Vec<String> = std::fs::read_to_string(transcript(&dir, 1))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (dir, t) = tampered("foreign", 0, |l| l[3] = other[3].clone());
+    assert_eq!(checks(&audit(&inputs(&dir, t)).unwrap()), vec!["chain"]);
+}
+
+/// Cutting the tail below the coordinator's latest receipt is caught with the
+/// coordinator's receipts file (and not without it: a shorter chain is a valid chain).
+#[test]
+fn a_truncated_transcript_is_caught_by_the_receipts() {
+    let (dir, t) = tampered("truncate", 0, |l| l.truncate(6));
+    let found = audit(&inputs(&dir, t.clone())).unwrap();
+    assert_eq!(checks(&found), vec!["anchor"], "{found:#?}");
+    let blind = Inputs {
+        receipts: None,
+        ..inputs(&dir, t)
+    };
+    assert_eq!(checks(&audit(&blind).unwrap()), Vec::<&str>::new());
+}
+
+/// Rewrites site `i`'s transcript, re-signed with its own key, through `edit` applied
+/// to each entry (returning the entries to write instead).
+fn resigned(name: &str, i: usize, mut edit: impl FnMut(Entry) -> Vec<Entry>) -> (PathBuf, PathBuf) {
+    let dir = honest_run();
+    let scratch = dir.join(format!("resign-{name}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let identity = Arc::new(load_identity(&dir.join(format!("pki/site-{i}.identity"))).unwrap());
+    let text = std::fs::read_to_string(transcript(&dir, i)).unwrap();
+    let records: Vec<Record> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let Entry::Open(open) = records[0].entry.clone() else {
+        panic!("no open record")
+    };
+    let path = scratch.join(format!("site-{i}.transcript"));
+    let mut w = TranscriptWriter::open(&path, identity, edit_open(open, &mut edit)).unwrap();
+    for r in &records[1..] {
+        for e in edit(r.entry.clone()) {
+            match e {
+                Entry::Round(f) => drop(w.round(f).unwrap()),
+                Entry::Message {
+                    session,
+                    round,
+                    kind,
+                    phase,
+                    size,
+                    ..
+                } => drop(
+                    w.message(&session, round, &kind, &phase, &vec![0u8; size as usize])
+                        .unwrap(),
+                ),
+                Entry::Refusal {
+                    session,
+                    round,
+                    key,
+                    reason,
+                } => drop(w.refusal(&session, round, &key, &reason).unwrap()),
+                Entry::Receipt(_) | Entry::Open(_) => {}
+            }
+        }
+    }
+    (dir, path)
+}
+
+fn edit_open(open: OpenFacts, edit: &mut impl FnMut(Entry) -> Vec<Entry>) -> OpenFacts {
+    match edit(Entry::Open(open.clone())).pop() {
+        Some(Entry::Open(o)) => o,
+        _ => open,
+    }
+}
+
+fn audit_one(dir: &Path, path: PathBuf) -> Vec<SiteAudit> {
+    audit(&Inputs {
+        receipts: None,
+        ..inputs(dir, vec![path])
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_plain_update_under_a_secure_policy_and_a_wrong_size_are_found() {
+    let (dir, path) = resigned("plain", 0, |e| match e {
+        Entry::Message { kind, .. } if kind == "masked-input" => vec![e_plain(&e_round())],
+        other => vec![other],
+    });
+    let found = audit_one(&dir, path);
+    assert!(checks(&found).contains(&"policy"), "{found:#?}");
+    // A masked input eight bytes longer than its round implies (the range allows only
+    // the few bytes of an accusation list).
+    let (dir, path) = resigned("size", 0, |e| match e {
+        Entry::Message {
+            session,
+            round,
+            kind,
+            phase,
+            size,
+            sha256,
+        } if kind == "masked-input" => vec![Entry::Message {
+            session,
+            round,
+            kind,
+            phase,
+            size: size + 8,
+            sha256,
+        }],
+        other => vec![other],
+    });
+    let found = audit_one(&dir, path);
+    assert_eq!(checks(&found), vec!["size"; 3], "{found:#?}");
+}
+
+fn e_round() -> u64 {
+    1
+}
+
+fn e_plain(round: &u64) -> Entry {
+    Entry::Message {
+        session: "05".repeat(16),
+        round: *round,
+        kind: "plain-update".into(),
+        phase: "plaintext".into(),
+        size: 10,
+        sha256: String::new(),
+    }
+}
+
+/// Site 1 recorded another context digest for round 2 than sites 0 and 2: a split view,
+/// reported on every site whose view differs from another's.
+#[test]
+fn different_context_digests_for_one_round_are_found_across_sites() {
+    let (dir, path) = resigned("context", 1, |e| match e {
+        Entry::Round(RoundFacts { round: 2, .. }) => {
+            let Entry::Round(mut f) = e else {
+                unreachable!()
+            };
+            f.context = "ff".repeat(32);
+            vec![Entry::Round(f)]
+        }
+        other => vec![other],
+    });
+    let all = vec![transcript(&dir, 0), path, transcript(&dir, 2)];
+    let found = audit(&Inputs {
+        receipts: None,
+        ..inputs(&dir, all)
+    })
+    .unwrap();
+    assert_eq!(checks(&found), vec!["context"; 3], "{found:#?}");
+    assert!(found[1].findings[0].message.contains("round 2"));
+}
+
+/// A retained upload is tested for uniformity: masked values pass, zeros (structured
+/// data standing in for a plaintext update) fail, and the p-values say so.
+#[test]
+fn retained_uploads_are_tested_for_uniformity() {
+    let dir = honest_run();
+    let mut facts = None;
+    let (_, path) = resigned("keep", 0, |e| match e {
+        Entry::Open(mut o) => {
+            o.keep_payloads = true;
+            vec![Entry::Open(o)]
+        }
+        Entry::Round(f) => {
+            facts.get_or_insert(f.clone());
+            vec![Entry::Round(f)]
+        }
+        other => vec![other],
+    });
+    let facts = facts.unwrap();
+    // Replace the recorded uploads' payloads: the first real-looking (uniform), the
+    // rest zeros. Each file must hash to its record, so the transcript is rewritten.
+    let identity = Arc::new(load_identity(&dir.join("pki/site-0.identity")).unwrap());
+    let keep = path.with_file_name("kept.transcript");
+    let _ = std::fs::remove_file(&keep);
+    let mut w = TranscriptWriter::open(
+        &keep,
+        identity,
+        OpenFacts {
+            format: tessera_net::transcript::FORMAT,
+            site: 0,
+            roster_version: 0,
+            roster_sha256: "0".repeat(64),
+            policy_sha256: "0".repeat(64),
+            keep_payloads: true,
+        },
+    )
+    .unwrap();
+    w.round(facts.clone()).unwrap();
+    let payloads = PathBuf::from(format!("{}.payloads", keep.display()));
+    std::fs::create_dir_all(&payloads).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u32
+    };
+    for uniform in [true, false] {
+        let bits = facts.modulus_bits;
+        let mask = if bits == 32 {
+            u32::MAX
+        } else {
+            (1 << bits) - 1
+        };
+        let words: Vec<u32> = (0..facts.vector_len)
+            .map(|_| if uniform { random() & mask } else { 0 })
+            .collect();
+        let bytes = masked_input(&facts, words);
+        let r = w
+            .message(
+                &facts.session,
+                facts.round,
+                "masked-input",
+                "masked-input",
+                &bytes,
+            )
+            .unwrap();
+        std::fs::write(payloads.join(format!("{}.bin", r.seq)), &bytes).unwrap();
+    }
+    drop(w);
+    let found = audit_one(&dir, keep);
+    let u = &found[0].uniformity;
+    assert_eq!(u.len(), 2, "{found:#?}");
+    assert!(u[0].p_value > 1e-3 && u[1].p_value < 1e-12, "{u:?}");
+    assert_eq!(checks(&found), vec!["uniformity"], "{found:#?}");
+    assert!(found[0].findings[0].message.contains("not uniform"));
+    // The p-value itself, against a known value: χ² = 255 with 255 df is near 0.49.
+    let p = chi_square_p(255.0, 255.0);
+    assert!((p - 0.49).abs() < 0.01, "{p}");
+}
+
+fn masked_input(facts: &RoundFacts, words: Vec<u32>) -> Vec<u8> {
+    let modulus = Modulus::new(facts.modulus_bits).unwrap();
+    let plain = PlainVector::new(modulus, words);
+    let vector: MaskedVector =
+        postcard::from_bytes(&postcard::to_allocvec(&plain).unwrap()).unwrap();
+    let env = Envelope {
+        header: Header {
+            version: PROTOCOL_VERSION,
+            session: SessionId(tessera_fl::parse_session(&facts.session).unwrap()),
+            round: Round(facts.round),
+            sender: Party::Site(SiteId(0)),
+            recipient: Party::Aggregator,
+        },
+        body: Body::MaskedInput(MaskedUpload {
+            vector,
+            accused: vec![],
+        }),
+    };
+    wire::encode(&ToCoordinator::SecAgg(env)).unwrap()
+}
