@@ -146,13 +146,11 @@ fn messages<'a>(
 ) -> Vec<&'a RoundFacts> {
     let mut rounds: BTreeMap<(String, u64), &RoundFacts> = BTreeMap::new();
     let mut order = Vec::new();
-    let mut session = String::new();
     for rec in records {
         let at = Some(rec.seq);
         match &rec.entry {
             Entry::Open(open) => check_open(trust, open, at, ctx),
             Entry::Round(facts) => {
-                session = facts.session.clone();
                 out.rounds.push((facts.session.clone(), facts.round));
                 if rounds
                     .insert((facts.session.clone(), facts.round), facts)
@@ -219,7 +217,6 @@ fn messages<'a>(
             }
         }
     }
-    let _ = session;
     order
 }
 
@@ -313,7 +310,7 @@ fn privacy(trust: &Trust, rounds: &[&RoundFacts], ctx: &mut Ctx, out: &mut SiteA
 }
 
 /// One context and one parameter digest per round across the sites.
-pub(crate) fn across_sites(sites: &mut [SiteAudit], files: &[PathBuf], _trust: &Trust) {
+pub(crate) fn across_sites(sites: &mut [SiteAudit], files: &[PathBuf]) {
     let mut seen: BTreeMap<(String, u64), Vec<(usize, String)>> = BTreeMap::new();
     for (i, path) in files.iter().enumerate() {
         if sites[i].site.is_none() {

@@ -188,6 +188,6 @@ pub fn audit(inputs: &Inputs) -> Result<Vec<SiteAudit>, AuditError> {
         .iter()
         .map(|t| checks::site(&trust, t))
         .collect();
-    checks::across_sites(&mut sites, &inputs.transcripts, &trust);
+    checks::across_sites(&mut sites, &inputs.transcripts);
     Ok(sites)
 }

@@ -12,17 +12,6 @@ use tessera_secagg::{
     ShareValue, Signature, SiteId, UnmaskShares,
 };
 
-/// Messages a site may send, by kind.
-pub const SECURE_KINDS: [&str; 7] = [
-    "advertise-keys",
-    "share-keys",
-    "masked-input",
-    "consistency-signature",
-    "unmask-shares",
-    "withdraw",
-    "head",
-];
-
 fn session_bytes(hex: &str) -> [u8; 16] {
     tessera_fl::parse_session(hex).unwrap_or([0; 16])
 }
