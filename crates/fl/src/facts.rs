@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use tessera_dp::LedgerEntry;
-use tessera_net::transcript::{DpCharge, FORMAT, OpenFacts, RoundFacts, TranscriptWriter};
+use tessera_net::transcript::{DpCharge, FORMAT, OpenFacts, RoundFacts, TranscriptWriter, hex};
 use tessera_secagg::{GraphSpec, IdentityKeyPair, RoundConfig, SiteId};
 
 use crate::config::session_hex;
@@ -65,10 +65,6 @@ pub fn open_transcript(
         keep_payloads,
     };
     Ok(TranscriptWriter::open(path, identity, open)?)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The parameters a site obeys in `start`, with what its own ledger charged.
