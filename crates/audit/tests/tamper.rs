@@ -381,3 +381,27 @@ fn masked_input(facts: &RoundFacts, words: Vec<u32>) -> Vec<u8> {
     };
     wire::encode(&ToCoordinator::SecAgg(env)).unwrap()
 }
+
+/// A receipts file whose signatures are not the coordinator's is reported.
+#[test]
+fn a_forged_receipt_is_found() {
+    let dir = honest_run();
+    let text = std::fs::read_to_string(dir.join("checkpoint.receipts.json")).unwrap();
+    let mut receipts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let sig = receipts["0"]["signature"].as_str().unwrap().to_string();
+    let flipped = if sig.ends_with('0') { "1" } else { "0" };
+    receipts["0"]["signature"] = format!("{}{flipped}", &sig[..sig.len() - 1]).into();
+    let forged = dir.join("forged.receipts.json");
+    std::fs::write(&forged, serde_json::to_vec(&receipts).unwrap()).unwrap();
+    let found = audit(&Inputs {
+        receipts: Some(forged),
+        ..inputs(&dir, vec![transcript(&dir, 0)])
+    })
+    .unwrap();
+    assert_eq!(checks(&found), vec!["anchor"], "{found:#?}");
+    assert!(
+        found[0].findings[0]
+            .message
+            .contains("not the coordinator's")
+    );
+}
