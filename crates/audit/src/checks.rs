@@ -1,12 +1,13 @@
 //! The checks on one transcript, and across the transcripts of several sites.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tessera_net::receipt::Receipt;
 use tessera_net::transcript::{Entry, OpenFacts, Record, RoundFacts, Verified, verify};
 use tessera_secagg::IdentityPublicKey;
 
-use crate::{Finding, SiteAudit, Trust, sizes, uniformity};
+use crate::sizes::{self, SizeError};
+use crate::{Finding, SiteAudit, Trust, uniformity};
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -81,11 +82,7 @@ pub(crate) fn site(trust: &Trust, path: &Path) -> SiteAudit {
 /// Receipts in the transcript and the coordinator's latest: signed by the coordinator,
 /// for this site, covering records that are present and unaltered.
 fn anchoring(trust: &Trust, site: u32, v: &Verified, ctx: &mut Ctx, out: &mut SiteAudit) {
-    let hashes: Vec<String> = v
-        .records
-        .iter()
-        .map(|r| r.hash().unwrap_or_default())
-        .collect();
+    let hashes = &v.hashes;
     let check = |r: &Receipt, at: Option<u64>, ctx: &mut Ctx, whose: &str| {
         if !trust.coordinator.verify(r) {
             ctx.find(
@@ -152,6 +149,8 @@ fn messages<'a>(
             Entry::Open(open) => check_open(trust, open, at, ctx),
             Entry::Round(facts) => {
                 out.rounds.push((facts.session.clone(), facts.round));
+                out.views
+                    .push(format!("{}/{}", facts.context, facts.params_sha256));
                 if rounds
                     .insert((facts.session.clone(), facts.round), facts)
                     .is_some()
@@ -176,9 +175,12 @@ fn messages<'a>(
                 ..
             } => {
                 if kind == "head" {
-                    let want = sizes::head(s, rec.seq);
-                    if *size != want {
-                        ctx.find(at, "size", format!("head of {size} bytes, not {want}"));
+                    match sizes::head(s, rec.seq) {
+                        Ok(want) if *size != want => {
+                            ctx.find(at, "size", format!("head of {size} bytes, not {want}"))
+                        }
+                        Ok(_) => {}
+                        Err(e) => ctx.find(at, "size", e.to_string()),
                     }
                     continue;
                 }
@@ -198,12 +200,15 @@ fn messages<'a>(
                     continue;
                 };
                 match sizes::expected(kind, facts, site) {
-                    None => ctx.find(
+                    Err(SizeError::NotInRound) => ctx.find(
                         at,
                         "policy",
                         format!("a {kind} in a {} round", facts.protocol),
                     ),
-                    Some(range) if !range.contains(size) => ctx.find(
+                    Err(e @ SizeError::Facts(_)) => {
+                        ctx.find(at, "size", format!("round {round}: {e}"))
+                    }
+                    Ok(range) if !range.contains(size) => ctx.find(
                         at,
                         "size",
                         format!(
@@ -212,7 +217,7 @@ fn messages<'a>(
                             range.end()
                         ),
                     ),
-                    Some(_) => {}
+                    Ok(_) => {}
                 }
             }
         }
@@ -310,25 +315,13 @@ fn privacy(trust: &Trust, rounds: &[&RoundFacts], ctx: &mut Ctx, out: &mut SiteA
 }
 
 /// One context and one parameter digest per round across the sites.
-pub(crate) fn across_sites(sites: &mut [SiteAudit], files: &[PathBuf]) {
+pub(crate) fn across_sites(sites: &mut [SiteAudit]) {
     let mut seen: BTreeMap<(String, u64), Vec<(usize, String)>> = BTreeMap::new();
-    for (i, path) in files.iter().enumerate() {
-        if sites[i].site.is_none() {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        for line in text.lines() {
-            if let Ok(Record {
-                entry: Entry::Round(f),
-                ..
-            }) = serde_json::from_str::<Record>(line)
-            {
-                seen.entry((f.session.clone(), f.round))
-                    .or_default()
-                    .push((i, format!("{}/{}", f.context, f.params_sha256)));
-            }
+    for (i, site) in sites.iter().enumerate() {
+        for (round, view) in site.rounds.iter().zip(&site.views) {
+            seen.entry(round.clone())
+                .or_default()
+                .push((i, view.clone()));
         }
     }
     for ((_, round), views) in seen {

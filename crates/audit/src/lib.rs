@@ -98,6 +98,9 @@ pub struct SiteAudit {
     pub records: usize,
     /// Rounds admitted, as (session, round).
     pub rounds: Vec<(String, u64)>,
+    /// Each admitted round's context and parameter digests (beside `rounds`).
+    #[serde(skip)]
+    pub views: Vec<String>,
     /// Messages and bytes sent, by kind.
     pub bytes_by_kind: BTreeMap<String, (u64, u64)>,
     pub epsilon: Option<f64>,
@@ -188,6 +191,6 @@ pub fn audit(inputs: &Inputs) -> Result<Vec<SiteAudit>, AuditError> {
         .iter()
         .map(|t| checks::site(&trust, t))
         .collect();
-    checks::across_sites(&mut sites, &inputs.transcripts);
+    checks::across_sites(&mut sites);
     Ok(sites)
 }

@@ -12,15 +12,28 @@ use tessera_secagg::{
     ShareValue, Signature, SiteId, UnmaskShares,
 };
 
-fn session_bytes(hex: &str) -> [u8; 16] {
-    tessera_fl::parse_session(hex).unwrap_or([0; 16])
+/// Why no size could be given for a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// No site sends this kind in such a round.
+    #[error("no site sends this kind in such a round")]
+    NotInRound,
+    /// The recorded facts do not describe a round that can be encoded (a malformed
+    /// session id or modulus): the record itself is suspect.
+    #[error("the recorded parameters do not encode: {0}")]
+    Facts(String),
 }
 
-fn envelope(facts: &RoundFacts, site: u32, body: Body) -> ToCoordinator {
+fn session_bytes(hex: &str) -> Result<[u8; 16], SizeError> {
+    tessera_fl::parse_session(hex)
+        .ok_or_else(|| SizeError::Facts(format!("session \"{hex}\" is not 32 hex digits")))
+}
+
+fn envelope(session: [u8; 16], facts: &RoundFacts, site: u32, body: Body) -> ToCoordinator {
     ToCoordinator::SecAgg(Envelope {
         header: Header {
             version: PROTOCOL_VERSION,
-            session: SessionId(session_bytes(&facts.session)),
+            session: SessionId(session),
             round: Round(facts.round),
             sender: Party::Site(SiteId(site)),
             recipient: Party::Aggregator,
@@ -29,15 +42,23 @@ fn envelope(facts: &RoundFacts, site: u32, body: Body) -> ToCoordinator {
     })
 }
 
-fn len(msg: &ToCoordinator) -> u64 {
-    wire::encode(msg).map_or(u64::MAX, |b| b.len() as u64)
+fn len(msg: &ToCoordinator) -> Result<u64, SizeError> {
+    wire::encode(msg)
+        .map(|b| b.len() as u64)
+        .map_err(|e| SizeError::Facts(e.to_string()))
+}
+
+fn modulus(facts: &RoundFacts) -> Result<Modulus, SizeError> {
+    Modulus::new(facts.modulus_bits).map_err(|e| SizeError::Facts(format!("modulus: {e}")))
 }
 
 /// The masked vector of the round's shape (its size does not depend on its values).
-fn masked(facts: &RoundFacts) -> Option<MaskedVector> {
-    let modulus = Modulus::new(facts.modulus_bits).ok()?;
-    let plain = PlainVector::zeros(modulus, facts.vector_len as usize);
-    postcard::from_bytes(&postcard::to_allocvec(&plain).ok()?).ok()
+fn masked(facts: &RoundFacts) -> Result<MaskedVector, SizeError> {
+    let plain = PlainVector::zeros(modulus(facts)?, facts.vector_len as usize);
+    postcard::to_allocvec(&plain)
+        .ok()
+        .and_then(|b| postcard::from_bytes(&b).ok())
+        .ok_or_else(|| SizeError::Facts("the vector does not encode".into()))
 }
 
 /// Peers this site may name: the other participants, smallest ids first.
@@ -95,13 +116,17 @@ fn reveal(ids: Vec<SiteId>) -> Body {
 }
 
 /// The sizes a message of `kind` may have in the round `facts` describes, sent by
-/// `site`; `None` for a kind no site sends in such a round.
-pub fn expected(kind: &str, facts: &RoundFacts, site: u32) -> Option<RangeInclusive<u64>> {
+/// `site`.
+pub fn expected(
+    kind: &str,
+    facts: &RoundFacts,
+    site: u32,
+) -> Result<RangeInclusive<u64>, SizeError> {
     let peers = peers(facts, site);
     let k = neighbours(facts);
     let t = facts.threshold as usize;
-    let env = |body| len(&envelope(facts, site, body));
-    let exact = |n: u64| Some(n..=n);
+    let session = session_bytes(&facts.session)?;
+    let env = |body| len(&envelope(session, facts, site, body));
     match kind {
         "advertise-keys" => exact(env(Body::AdvertiseKeys(KeyAdvertisement {
             site: SiteId(site),
@@ -109,10 +134,10 @@ pub fn expected(kind: &str, facts: &RoundFacts, site: u32) -> Option<RangeInclus
             mask_key: AgreementPublicKey([0; 32]),
             self_mask_commitment: [0; 32],
             signature: Signature([0; 64]),
-        }))),
+        }))?),
         "share-keys" => {
-            let lo = env(shares_to(pick(&peers, t.saturating_sub(1), true)));
-            Some(lo..=env(shares_to(pick(&peers, k, false))))
+            let lo = env(shares_to(pick(&peers, t.saturating_sub(1), true)))?;
+            Ok(lo..=env(shares_to(pick(&peers, k, false)))?)
         }
         "masked-input" if facts.secure => {
             let vector = masked(facts)?;
@@ -123,38 +148,39 @@ pub fn expected(kind: &str, facts: &RoundFacts, site: u32) -> Option<RangeInclus
                 }))
             };
             let most = k.saturating_sub(t.saturating_sub(1));
-            Some(upload(vec![])..=upload(pick(&peers, most, false)))
+            Ok(upload(vec![])?..=upload(pick(&peers, most, false))?)
         }
-        "consistency-signature" => exact(env(Body::ConsistencySignature(Signature([0; 64])))),
+        "consistency-signature" => exact(env(Body::ConsistencySignature(Signature([0; 64])))?),
         "unmask-shares" => {
             // Shares of any holder, this site included.
             let mut all = facts.participants.clone();
             all.sort_unstable();
-            Some(env(reveal(vec![]))..=env(reveal(pick(&all, k + 1, false))))
+            Ok(env(reveal(vec![]))?..=env(reveal(pick(&all, k + 1, false)))?)
         }
-        "plain-update" if !facts.secure => {
-            let modulus = Modulus::new(facts.modulus_bits).ok()?;
-            exact(len(&ToCoordinator::Plain {
-                round: facts.round,
-                update: PlainVector::zeros(modulus, facts.vector_len as usize),
-            }))
-        }
+        "plain-update" if !facts.secure => exact(len(&ToCoordinator::Plain {
+            round: facts.round,
+            update: PlainVector::zeros(modulus(facts)?, facts.vector_len as usize),
+        })?),
         "withdraw" => {
             let lo = len(&ToCoordinator::Withdraw {
                 round: facts.round,
                 reason: WithdrawReason::Dropout,
-            });
+            })?;
             // The longest reason is a short error text.
-            Some(lo..=lo + 1024)
+            Ok(lo..=lo + 1024)
         }
-        _ => None,
+        _ => Err(SizeError::NotInRound),
     }
 }
 
+fn exact(n: u64) -> Result<RangeInclusive<u64>, SizeError> {
+    Ok(n..=n)
+}
+
 /// The size of a `head` message with record count `seq`.
-pub fn head(session: &str, seq: u64) -> u64 {
+pub fn head(session: &str, seq: u64) -> Result<u64, SizeError> {
     len(&ToCoordinator::Head {
-        session: session_bytes(session),
+        session: session_bytes(session)?,
         seq,
         head: "0".repeat(64),
     })

@@ -213,7 +213,7 @@ fn audit_one(dir: &Path, path: PathBuf) -> Vec<SiteAudit> {
 #[test]
 fn a_plain_update_under_a_secure_policy_and_a_wrong_size_are_found() {
     let (dir, path) = resigned("plain", 0, |e| match e {
-        Entry::Message { kind, .. } if kind == "masked-input" => vec![e_plain(&e_round())],
+        Entry::Message { kind, round, .. } if kind == "masked-input" => vec![plain_update(round)],
         other => vec![other],
     });
     let found = audit_one(&dir, path);
@@ -242,14 +242,11 @@ fn a_plain_update_under_a_secure_policy_and_a_wrong_size_are_found() {
     assert_eq!(checks(&found), vec!["size"; 3], "{found:#?}");
 }
 
-fn e_round() -> u64 {
-    1
-}
-
-fn e_plain(round: &u64) -> Entry {
+/// A plaintext update of `round` (session `[5; 16]`, as in the honest run).
+fn plain_update(round: u64) -> Entry {
     Entry::Message {
         session: "05".repeat(16),
-        round: *round,
+        round,
         kind: "plain-update".into(),
         phase: "plaintext".into(),
         size: 10,

@@ -198,6 +198,8 @@ fn unhex64(s: &str) -> Option<[u8; 64]> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Verified {
     pub records: Vec<Record>,
+    /// Each record's hash (what the next record's `prev` and a receipt's `head` hold).
+    pub hashes: Vec<String>,
     /// Hash of the last record (zeros when empty).
     pub head: String,
 }
@@ -245,6 +247,7 @@ pub(crate) fn verify_bytes(
     let text = std::str::from_utf8(bytes).map_err(|e| malformed(0, e.to_string()))?;
     let mut out = Verified {
         records: Vec::new(),
+        hashes: Vec::new(),
         head: zero_hash(),
     };
     for (i, line) in text.lines().enumerate() {
@@ -270,6 +273,7 @@ pub(crate) fn verify_bytes(
         key.verify_labelled(LABEL, &signed, &Signature(sig))
             .map_err(|_| broken("signature does not verify"))?;
         out.head = sha256_hex(&signed);
+        out.hashes.push(out.head.clone());
         out.records.push(record);
     }
     Ok(out)
