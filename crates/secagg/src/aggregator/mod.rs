@@ -5,12 +5,15 @@
 //! [`Aggregator::mark_dropped`]. A phase also closes by itself once every expected site
 //! has answered. Outgoing messages queue up until [`Aggregator::take_outgoing`].
 
+mod accusations;
+mod unmask;
+
 use curve25519_dalek::scalar::Scalar;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::crypto;
 use crate::crypto::Signature;
-use crate::crypto::{self, AgreementSecret, MaskJob};
 use crate::error::{AbortReason, AggregatorError, MessageError};
 use crate::ids::{Party, Phase, SiteId, SiteSet};
 use crate::messages::{
@@ -19,9 +22,7 @@ use crate::messages::{
 };
 use crate::params::RoundConfig;
 use crate::protocol::{self, Roster};
-use crate::ring::{MaskSign, MaskedVector, PlainVector};
-use crate::shamir;
-use rayon::prelude::*;
+use crate::ring::{MaskedVector, PlainVector};
 
 /// A message for one site.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -285,57 +286,6 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Whether `accuser` holds no valid shares of `owner` (and left their mask out).
-    fn accuses(&self, accuser: SiteId, owner: SiteId) -> bool {
-        self.accusations
-            .get(&accuser)
-            .is_some_and(|list| list.binary_search(&owner).is_ok())
-    }
-
-    /// Settles the accusations among `responded` and returns U3: an accuser past the
-    /// tolerance is excluded (its accusations ignored), then every accused site is.
-    fn settle_accusations(&mut self, mut responded: SiteSet) -> SiteSet {
-        let tolerated = self.tolerated;
-        let (over, within): (BTreeMap<_, _>, BTreeMap<_, _>) =
-            std::mem::take(&mut self.accusations)
-                .into_iter()
-                .filter(|(a, _)| responded.contains(a))
-                .partition(|(_, list)| list.len() > tolerated);
-        for accuser in over.keys() {
-            responded.remove(accuser);
-        }
-        for accused in within.values().flatten() {
-            responded.remove(accused);
-        }
-        self.accusations = within
-            .into_iter()
-            .filter(|(a, _)| responded.contains(a))
-            .collect();
-        responded
-    }
-
-    /// Sums the masked inputs of `u3` (the others are discarded).
-    fn sum_uploads(&mut self, u3: &SiteSet) {
-        let uploads = std::mem::take(&mut self.uploads);
-        let vectors: Vec<&MaskedVector> = uploads
-            .iter()
-            .filter(|(s, _)| u3.contains(s))
-            .map(|(_, v)| v)
-            .collect();
-        self.masked_sum
-            .par_chunks_mut(1 << 14)
-            .enumerate()
-            .for_each(|(i, chunk)| {
-                let start = i << 14;
-                for v in &vectors {
-                    let part = &v.as_slice()[start..start + chunk.len()];
-                    for (acc, x) in chunk.iter_mut().zip(part) {
-                        *acc = acc.wrapping_add(*x);
-                    }
-                }
-            });
-    }
-
     fn accept_shares(&mut self, from: SiteId, reply: UnmaskShares) -> Result<(), AggregatorError> {
         let (want_self, want_key) = self
             .requests
@@ -392,7 +342,7 @@ impl Aggregator {
         }
     }
 
-    fn neighbours_in(&self, site: SiteId, set: &SiteSet) -> Vec<SiteId> {
+    pub(super) fn neighbours_in(&self, site: SiteId, set: &SiteSet) -> Vec<SiteId> {
         self.config
             .graph()
             .neighbours(site)
@@ -401,7 +351,7 @@ impl Aggregator {
             .collect()
     }
 
-    fn holders_in(&self, site: SiteId, set: &SiteSet) -> usize {
+    pub(super) fn holders_in(&self, site: SiteId, set: &SiteSet) -> usize {
         self.config
             .graph()
             .holders(site)
@@ -410,25 +360,7 @@ impl Aggregator {
             .count()
     }
 
-    /// Holders of `owner`'s shares in `set` that did not accuse it.
-    fn valid_holders_in(&self, owner: SiteId, set: &SiteSet) -> usize {
-        self.config
-            .graph()
-            .holders(owner)
-            .iter()
-            .filter(|s| set.contains(s) && !self.accuses(**s, owner))
-            .count()
-    }
-
-    /// Survivors whose masked input carries a pairwise mask with the dropped `owner`.
-    fn masked_with(&self, owner: SiteId) -> Vec<SiteId> {
-        self.neighbours_in(owner, &self.survivors.masked)
-            .into_iter()
-            .filter(|p| !self.accuses(*p, owner))
-            .collect()
-    }
-
-    fn abort(&mut self, reason: AbortReason) {
+    pub(super) fn abort(&mut self, reason: AbortReason) {
         self.status = Status::Aborted(reason);
         self.outgoing.clear();
     }
@@ -635,98 +567,5 @@ impl Aggregator {
             }
             Phase::Unmasking => self.unmask(),
         }
-    }
-
-    fn unmask(&mut self) {
-        let t = self.config.threshold();
-        let masked = self.survivors.masked.clone();
-        let dropped: Vec<SiteId> = self.survivors.shared.difference(&masked).copied().collect();
-        let mut interpolator = shamir::Interpolator::new(t);
-        // Mask keys of dropped sites, checked against their advertised public keys.
-        let mut dropped_secrets: BTreeMap<SiteId, AgreementSecret> = BTreeMap::new();
-        let mut dropped_keys = Vec::with_capacity(dropped.len());
-        for &owner in &dropped {
-            let peers = self.masked_with(owner);
-            if peers.is_empty() {
-                continue;
-            }
-            let advertised = self.adverts[&owner].mask_key;
-            let config = self.config.clone();
-            let matches = |s: &Scalar| {
-                protocol::mask_key_from_secret(&config, owner, s).public() == advertised
-            };
-            let shares = &self.mask_key_shares;
-            let secret = match shamir::reconstruct_owner(
-                &mut interpolator,
-                shares,
-                owner,
-                t,
-                "mask key",
-                matches,
-            ) {
-                Ok(secret) => secret,
-                Err(reason) => return self.abort(reason),
-            };
-            let key = protocol::mask_key_from_secret(&self.config, owner, &secret);
-            for peer in peers {
-                dropped_keys.push((owner, peer));
-            }
-            dropped_secrets.insert(owner, key);
-        }
-        let mut jobs = Vec::with_capacity(dropped_keys.len() + masked.len());
-        for &owner in &masked {
-            let committed = self.adverts[&owner].self_mask_commitment;
-            let config = self.config.clone();
-            let matches =
-                |s: &Scalar| protocol::self_mask_commitment(&config, owner, s) == committed;
-            let shares = &self.self_mask_shares;
-            let secret = match shamir::reconstruct_owner(
-                &mut interpolator,
-                shares,
-                owner,
-                t,
-                "self-mask seed",
-                matches,
-            ) {
-                Ok(secret) => secret,
-                Err(reason) => return self.abort(reason),
-            };
-            jobs.push(MaskJob {
-                seed: protocol::self_mask_seed(&self.config, owner, &secret),
-                sign: MaskSign::Sub,
-            });
-        }
-        // The pairwise masks that survivors shared with dropped sites: one X25519 each,
-        // computed in parallel.
-        let agreed: Result<Vec<MaskJob>, AbortReason> = dropped_keys
-            .par_iter()
-            .map(|&(owner, peer)| {
-                let key = &dropped_secrets[&owner];
-                let shared = key
-                    .agree(&self.adverts[&peer].mask_key)
-                    .map_err(|_| AbortReason::Agreement { a: owner, b: peer })?;
-                // `peer` applied sign(peer, owner); remove it by applying the opposite.
-                let sign = match protocol::pairwise_sign(peer, owner) {
-                    MaskSign::Add => MaskSign::Sub,
-                    MaskSign::Sub => MaskSign::Add,
-                };
-                Ok(MaskJob {
-                    seed: protocol::pairwise_seed(&self.config, owner, peer, &shared),
-                    sign,
-                })
-            })
-            .collect();
-        drop(dropped_secrets);
-        match agreed {
-            Ok(pairwise) => jobs.extend(pairwise),
-            Err(reason) => return self.abort(reason),
-        }
-        let mut sum = std::mem::take(&mut self.masked_sum);
-        crypto::apply_mask_streams(&mut sum, &jobs);
-        self.result = Some(AggregateSum {
-            contributors: masked.into_iter().collect(),
-            sum: PlainVector::new(self.config.modulus(), sum),
-        });
-        self.status = Status::Finished;
     }
 }
