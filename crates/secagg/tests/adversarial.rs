@@ -18,10 +18,14 @@ const T: u32 = 3;
 const M: u32 = 8;
 
 fn params(round: u64, threshold: u32) -> RoundParams {
+    sized_params(round, N, threshold)
+}
+
+fn sized_params(round: u64, n: u32, threshold: u32) -> RoundParams {
     RoundParams {
         session: SessionId([9; 16]),
         round: Round(round),
-        participants: (0..N).map(SiteId).collect(),
+        participants: (0..n).map(SiteId).collect(),
         vector_len: M,
         modulus: Modulus::new(16).unwrap(),
         threshold,
@@ -49,8 +53,13 @@ struct Harness {
 
 impl Harness {
     fn new(round: u64) -> Self {
-        let config = RoundConfig::new(params(round, T)).unwrap();
-        let ids: Vec<SiteId> = (0..N).map(SiteId).collect();
+        Self::sized(round, N, T)
+    }
+
+    /// A complete-graph round of `n` sites with threshold `t`.
+    fn sized(round: u64, n: u32, t: u32) -> Self {
+        let config = RoundConfig::new(sized_params(round, n, t)).unwrap();
+        let ids: Vec<SiteId> = (0..n).map(SiteId).collect();
         let (identities, roster) = test_identities(&ids, [1; 32]);
         let mut sites = BTreeMap::new();
         let mut uplink = Vec::new();
@@ -759,10 +768,11 @@ fn accusations_of_strangers_are_malformed() {
 }
 
 /// The limit of the defence, stated as a test: a site that gives valid shares to some
-/// holders (fewer than t) and garbage to the rest is excluded, but the survivors it
-/// gave valid shares to masked with it, and its mask key cannot be rebuilt from fewer
-/// than t shares, so the round aborts naming it. Nothing is revealed: the abort comes
-/// before any unmasking request.
+/// holders (fewer than t) and garbage to the rest is excluded, and so would be the
+/// survivors it gave valid shares to (they masked with it, and its mask key cannot be
+/// rebuilt from fewer than t shares). With 5 sites and t = 3 that leaves too few, so
+/// the round aborts naming it, before any unmasking request (see the next test for a
+/// federation large enough to go on).
 #[test]
 fn garbage_to_most_holders_and_valid_shares_to_too_few_aborts_naming_the_sender() {
     let mut h = Harness::new(10);
@@ -783,4 +793,26 @@ fn garbage_to_most_holders_and_valid_shares_to_too_few_aborts_naming_the_sender(
             need: 3,
         })
     );
+}
+
+/// With enough sites, even that case completes: the survivors that masked with the
+/// excluded sender (it gave them valid shares, too few to rebuild its mask key) are
+/// left out as well, and the others' sum comes out exactly. 10 sites, t = 6: site 9
+/// gives valid shares to sites 0 and 1 only.
+#[test]
+fn attack_valid_shares_to_too_few_costs_those_few_not_the_round() {
+    let mut h = Harness::sized(11, 10, 6);
+    let out = h.run_until(Phase::ShareKeys, &[]);
+    h.reply(out);
+    let (_, env) = h.uplink.iter_mut().find(|(s, _)| *s == SiteId(9)).unwrap();
+    let Body::ShareKeys(list) = &mut env.body else {
+        panic!("not share keys")
+    };
+    for e in list.iter_mut().filter(|e| e.peer.0 >= 2) {
+        e.ciphertext.iter_mut().for_each(|b| *b ^= 0x5a);
+    }
+    finish(&mut h);
+    let result = h.aggregator.result().expect("the round completes");
+    assert_eq!(result.contributors, (2..9).map(SiteId).collect::<Vec<_>>());
+    assert_eq!(result.sum, sum_of(&[2, 3, 4, 5, 6, 7, 8]));
 }

@@ -73,9 +73,42 @@ impl Aggregator {
 
     /// Survivors whose masked input carries a pairwise mask with the dropped `owner`.
     pub(super) fn masked_with(&self, owner: SiteId) -> Vec<SiteId> {
-        self.neighbours_in(owner, &self.survivors.masked)
+        self.masked_with_in(owner, &self.survivors.masked)
+    }
+
+    /// Members of `set` that masked with `owner` (neighbours that did not accuse it).
+    fn masked_with_in(&self, owner: SiteId, set: &SiteSet) -> Vec<SiteId> {
+        self.neighbours_in(owner, set)
             .into_iter()
             .filter(|p| !self.accuses(*p, owner))
             .collect()
+    }
+
+    /// Leaves out of `u3`, until nothing changes, the survivors that masked with a
+    /// dropped site whose mask key fewer than t valid holders in `u3` could rebuild:
+    /// their inputs could never be unmasked. They are treated as dropped (their own
+    /// mask keys are rebuilt instead, their self-masks never revealed), so a site that
+    /// gives valid shares to too few holders costs those few, not the round. When that
+    /// would leave fewer than t, `u3` is returned as it was and the round aborts naming
+    /// the owner that cannot be recovered.
+    pub(super) fn drop_unrecoverable(&self, u3: SiteSet) -> SiteSet {
+        let t = self.config.threshold();
+        let original = u3.clone();
+        let mut u3 = u3;
+        loop {
+            let stuck: Vec<SiteId> = self
+                .survivors
+                .shared
+                .iter()
+                .filter(|d| !u3.contains(d) && self.valid_holders_in(**d, &u3) < t)
+                .flat_map(|d| self.masked_with_in(*d, &u3))
+                .collect();
+            if stuck.is_empty() {
+                return if u3.len() >= t { u3 } else { original };
+            }
+            for s in stuck {
+                u3.remove(&s);
+            }
+        }
     }
 }

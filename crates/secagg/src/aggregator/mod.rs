@@ -503,7 +503,8 @@ impl Aggregator {
                 self.begin(Phase::MaskedInput, u2);
             }
             Phase::MaskedInput => {
-                let u3 = self.settle_accusations(responded);
+                let settled = self.settle_accusations(responded);
+                let u3 = self.drop_unrecoverable(settled);
                 self.survivors.masked = u3.clone();
                 if !self.require_quorum(phase, &u3) || !self.require_recoverable(phase, &u3) {
                     return;
