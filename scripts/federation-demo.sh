@@ -58,18 +58,29 @@ pki = "$work/pki"
 name = "$site"
 transcript = "$work/$site/egress.transcript"
 keep_payloads = true
+keylog = true
 connect_timeout_s = 300
 model = { kind = "detector", profile = "quick" }
 data = { registry = "$PWD/datasets.toml", cohort = "$site", data_root = "$PWD/data" }
 TOML
 done
 
+# With dumpcap (Debian's tshark package) and the right to capture, the traffic is
+# recorded too, for the wire audit at the end.
+capture=""
+if command -v dumpcap > /dev/null && command -v tshark > /dev/null; then
+    dumpcap -q -i lo -f "udp port $port" -w "$work/capture.pcapng" 2> "$work/dumpcap.log" &
+    capture=$!
+    sleep 2
+    kill -0 "$capture" 2> /dev/null || capture=""
+fi
 echo "coordinator on 127.0.0.1:$port; sites: ${sites[*]}"
 "$bin" coordinator --config "$work/coordinator.toml" > "$work/coordinator.log" 2>&1 &
 coordinator=$!
 pids+=("$coordinator")
 for site in "${sites[@]}"; do
-    "$bin" site --config "$work/$site/site.toml" > "$work/$site/site.log" 2>&1 &
+    SSLKEYLOGFILE="$work/$site/tls.keys" "$bin" site --config "$work/$site/site.toml" \
+        > "$work/$site/site.log" 2>&1 &
     pids+=("$!")
 done
 status=0
@@ -86,6 +97,17 @@ transcripts=()
 for site in "${sites[@]}"; do transcripts+=("$work/$site/egress.transcript"); done
 "$bin" audit report --pki "$work/pki" --policy "$work/${sites[0]}/site.toml" \
     --receipts "$work/coordinator/checkpoint.receipts.json" --out "$work/audit" "${transcripts[@]}"
+# Against the wire: every byte each site sent, decrypted with its own key log, is in
+# its transcript.
+if [ -n "$capture" ]; then
+    kill -INT "$capture"; wait "$capture" || true
+    for site in "${sites[@]}"; do
+        "$bin" audit wire --pki "$work/pki" --capture "$work/capture.pcapng" \
+            --keylog "$work/$site/tls.keys" --transcript "$work/$site/egress.transcript"
+    done
+else
+    echo "(wire audit skipped: dumpcap/tshark missing or not allowed to capture)"
+fi
 echo
 echo "done in $(( $(date +%s) - start )) s (after the build):"
 echo "  final model        $work/coordinator/global.safetensors"

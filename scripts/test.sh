@@ -4,9 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-libtorch.sh
-# The network-namespace test needs iproute2's `ip` (it says so and skips without it).
-if ! command -v ip > /dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 > /dev/null
+# Debian packages some tests need: iproute2's `ip` (the network-namespace test) and
+# tshark with dumpcap (the wire audit test, crates/audit/tests/wire.rs).
+need=()
+command -v ip > /dev/null 2>&1 || need+=(iproute2)
+command -v tshark > /dev/null 2>&1 && command -v dumpcap > /dev/null 2>&1 || need+=(tshark)
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        echo "installing ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null
+    else
+        echo "missing ${need[*]}: install them as root (apt-get install ${need[*]})" >&2
+    fi
 fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use tessera_net::pki::SignedRoster;
 use tessera_net::receipt::Receipt;
 use tessera_net::transcript::{Entry, OpenFacts, Record, RoundFacts, Verified, verify};
 use tessera_secagg::IdentityPublicKey;
 
 use crate::sizes::{self, SizeError};
-use crate::{Finding, SiteAudit, Trust, uniformity};
+use crate::{AuditError, Finding, SiteAudit, Trust, file_error, uniformity};
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -26,24 +27,32 @@ impl Ctx<'_> {
 }
 
 /// The site a transcript belongs to: its first `open` record's, with that site's key.
-fn site_key(trust: &Trust, path: &Path) -> Result<(u32, IdentityPublicKey), String> {
+fn site_key(roster: &SignedRoster, path: &Path) -> Result<(u32, IdentityPublicKey), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let first = text.lines().next().ok_or("empty transcript")?;
     let record: Record = serde_json::from_str(first).map_err(|e| format!("line 1: {e}"))?;
     let Entry::Open(open) = record.entry else {
         return Err("the first record is not `open` (not a v2 transcript?)".into());
     };
-    let entry = trust
-        .roster
+    let entry = roster
         .entries
         .iter()
         .find(|e| e.site == open.site)
         .ok_or(format!("site {} is not in the roster", open.site))?;
-    let key = trust.roster.identity_of(&entry.name).ok_or(format!(
+    let key = roster.identity_of(&entry.name).ok_or(format!(
         "the roster's key for site {} is malformed",
         open.site
     ))?;
     Ok((open.site, key))
+}
+
+/// A transcript's records, verified against its site's key in the PKI's roster.
+pub(crate) fn verified_records(pki: &Path, path: &Path) -> Result<Vec<Record>, AuditError> {
+    let roster = SignedRoster::load(&pki.join("roster.json"), &pki.join("ca.pem"))?;
+    let (_, key) = site_key(&roster, path).map_err(|m| file_error(path, m))?;
+    verify(path, &key)
+        .map(|v| v.records)
+        .map_err(|e| file_error(path, e))
 }
 
 pub(crate) fn site(trust: &Trust, path: &Path) -> SiteAudit {
@@ -55,7 +64,7 @@ pub(crate) fn site(trust: &Trust, path: &Path) -> SiteAudit {
         file: path.to_owned(),
         ..SiteAudit::default()
     };
-    let verified = match site_key(trust, path).and_then(|(site, key)| {
+    let verified = match site_key(&trust.roster, path).and_then(|(site, key)| {
         out.site = Some(site);
         verify(path, &key).map_err(|e| e.to_string())
     }) {

@@ -22,14 +22,18 @@
 //! - **uniformity**: retained masked uploads are tested for uniformity (χ² over 256
 //!   bins of the top bits, p-value reported; finding below 10^-6).
 //!
+//! [`wire::audit_wire`] checks a transcript against a packet capture of the site's QUIC
+//! traffic, decrypted with tshark and the site's TLS key log: every message on the wire
+//! must be a transcript record.
+//!
 //! What it cannot prove: that the site's *inputs* were honest (a transcript proves what
-//! was sent, not what was computed), nor what a site sent outside its transcript — the
-//! wire check (`tessera audit wire`, not built yet) would compare a packet capture.
+//! was sent, not what was computed), nor what left by a path the capture did not see.
 
 mod checks;
 mod report;
 pub mod sizes;
 mod uniformity;
+pub mod wire;
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -134,7 +138,7 @@ pub(crate) struct Trust {
     pub latest: BTreeMap<u32, Receipt>,
 }
 
-fn file_error(path: &Path, message: impl ToString) -> AuditError {
+pub(crate) fn file_error(path: &Path, message: impl ToString) -> AuditError {
     AuditError::File {
         path: path.to_owned(),
         message: message.to_string(),

@@ -34,6 +34,33 @@ pub enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Decrypt a packet capture of a site's QUIC traffic with tshark and the site's TLS
+    /// key log, and check that every message the site sent is in its transcript.
+    /// Exit 0 when clean, 2 with one line per finding.
+    Wire(WireArgs),
+}
+
+#[derive(clap::Args)]
+pub struct WireArgs {
+    /// The capture (pcap or pcapng), e.g. from `dumpcap -i IFACE -f "udp port PORT"`.
+    #[arg(long)]
+    capture: PathBuf,
+    /// The TLS key log the site wrote (`keylog = true`, SSLKEYLOGFILE).
+    #[arg(long)]
+    keylog: PathBuf,
+    /// The site's transcript.
+    #[arg(long)]
+    transcript: PathBuf,
+    /// The federation's PKI folder (roster.json and ca.pem).
+    #[arg(long, default_value = "pki")]
+    pki: PathBuf,
+    /// The site's address (IP or IP:port): its connections missing from the key log
+    /// are findings.
+    #[arg(long)]
+    site: Option<String>,
+    /// The tshark to run.
+    #[arg(long, default_value = "tshark")]
+    tshark: PathBuf,
 }
 
 fn run_audit(args: &AuditArgs) -> Result<Vec<SiteAudit>, String> {
@@ -77,8 +104,43 @@ fn verdict(sites: &[SiteAudit]) -> ExitCode {
     }
 }
 
+fn wire(args: &WireArgs) -> Result<ExitCode, String> {
+    let inputs = tessera_audit::wire::WireInputs {
+        capture: args.capture.clone(),
+        keylog: args.keylog.clone(),
+        transcript: args.transcript.clone(),
+        pki: args.pki.clone(),
+        site: args.site.clone(),
+        tshark: args.tshark.clone(),
+    };
+    let w = tessera_audit::wire::audit_wire(&inputs).map_err(|e| e.to_string())?;
+    for f in &w.findings {
+        println!("{f}");
+    }
+    let covered = w.connections.iter().filter(|c| c.covered).count();
+    println!(
+        "{}: {covered} of {} connections are the site's; {} packets from it ({} not decrypted), \
+         {} stream bytes, {} messages, {} matched to the transcript ({} recorded messages not in the capture)",
+        args.capture.display(),
+        w.connections.len(),
+        w.packets,
+        w.undecrypted,
+        w.stream_bytes,
+        w.messages,
+        w.matched,
+        w.recorded_not_seen
+    );
+    Ok(if w.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("{} finding(s)", w.findings.len());
+        ExitCode::from(2)
+    })
+}
+
 pub fn run(cmd: &AuditCommand) -> Result<ExitCode, String> {
     match cmd {
+        AuditCommand::Wire(args) => wire(args),
         AuditCommand::Verify(args) => Ok(verdict(&run_audit(args)?)),
         AuditCommand::Report { args, out } => {
             let sites = run_audit(args)?;

@@ -208,7 +208,19 @@ impl Coordinator {
     }
 
     /// Tells every connected site to stop, and waits briefly for the messages to leave.
+    /// With receipts, it first waits (up to the phase deadline) for the transcript heads
+    /// of the last round, so that it too is anchored.
     pub async fn shutdown(&mut self) -> Result<(), FlError> {
+        let deadline = Instant::now() + self.machine.config().phase_timeout;
+        while self.machine.heads_due() > 0 {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => {
+                    self.on_link_event(event)?;
+                    self.carry_out().await?;
+                }
+                _ => break,
+            }
+        }
         self.machine.shutdown()?;
         self.carry_out().await?;
         self.links.clear();

@@ -103,6 +103,16 @@ impl Egress {
         self.send(&ToCoordinator::Head { session, seq, head }).await
     }
 
+    /// Test-only fault: sends `bytes` as a message *without* recording it, so that a
+    /// test can show the wire audit catching a site that leaks past its transcript.
+    #[cfg(feature = "fault-injection")]
+    pub async fn send_unrecorded(&mut self, bytes: Vec<u8>) -> Result<(), FlError> {
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| FlError::Disconnected)
+    }
+
     pub(crate) async fn send(&mut self, msg: &ToCoordinator) -> Result<(), FlError> {
         let (round, phase) = match msg {
             ToCoordinator::SecAgg(env) => (env.header.round.0, env.phase().to_string()),

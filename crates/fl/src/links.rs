@@ -244,10 +244,18 @@ pub fn reconnecting_link(
             if write_message(&mut send, &[]).await.is_err() {
                 continue;
             }
+            // Whether the coordinator ended its stream cleanly: it is done with this
+            // site (after `Shutdown`), so there is nothing to re-dial for.
             let reader = async {
-                while let Ok(Some(bytes)) = read_message(&mut recv, MAX_MESSAGE).await {
-                    if !bytes.is_empty() && in_tx.send(bytes.into()).await.is_err() {
-                        break;
+                loop {
+                    match read_message(&mut recv, MAX_MESSAGE).await {
+                        Ok(Some(bytes)) => {
+                            if !bytes.is_empty() && in_tx.send(bytes.into()).await.is_err() {
+                                return false;
+                            }
+                        }
+                        Ok(None) => return true,
+                        Err(_) => return false,
                     }
                 }
             };
@@ -260,7 +268,10 @@ pub fn reconnecting_link(
                 true // the site has finished
             };
             tokio::select! {
-                _ = reader => {
+                ended = reader => {
+                    if ended {
+                        return;
+                    }
                     if let Some(reason) = conn.close_reason() {
                         let text = format!("the coordinator closed the connection: {reason}");
                         let refused = is_refusal(&text);

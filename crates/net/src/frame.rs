@@ -198,9 +198,64 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     }
 }
 
+/// Messages recovered from a byte stream captured off the wire.
+#[derive(Debug, Default)]
+pub struct Split {
+    /// Whole messages, in order (empty ones included: they only announce a stream).
+    pub messages: Vec<Vec<u8>>,
+    /// Bytes after the last whole message that do not form one.
+    pub trailing: usize,
+    /// Why reading stopped before the end, if it did.
+    pub error: Option<FrameError>,
+}
+
+/// Splits the bytes of one stream into the messages [`read_message`] would read from
+/// it, by running it over the bytes (which never wait).
+pub fn split_messages(bytes: &[u8]) -> Split {
+    let mut rest = bytes;
+    let mut out = Split::default();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        let before = rest.len();
+        let mut read = std::pin::pin!(read_message(&mut rest, MAX_MESSAGE));
+        match read.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(Some(m))) => out.messages.push(m),
+            std::task::Poll::Ready(Ok(None)) => return out,
+            std::task::Poll::Ready(Err(e)) => {
+                out.trailing = before;
+                out.error = Some(e);
+                return out;
+            }
+            std::task::Poll::Pending => {
+                out.trailing = before;
+                out.error = Some(FrameError::Malformed("reading a byte slice waited"));
+                return out;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn captured_bytes_split_into_the_messages_written() {
+        let mut wire = Vec::new();
+        let big: Vec<u8> = (0..(CHUNK + 5)).map(|i| (i % 7) as u8).collect();
+        for m in [&[][..], b"one", &big] {
+            write_message(&mut wire, m).await.unwrap();
+        }
+        let whole = wire.len();
+        write_message(&mut wire, b"cut short").await.unwrap();
+        let split = split_messages(&wire[..whole + 6]);
+        assert_eq!(split.messages, vec![vec![], b"one".to_vec(), big]);
+        assert_eq!(split.trailing, 6);
+        assert!(split.error.is_some());
+        let clean = split_messages(&wire[..whole]);
+        assert_eq!((clean.messages.len(), clean.trailing), (3, 0));
+        assert!(clean.error.is_none());
+    }
 
     #[tokio::test]
     async fn messages_of_any_size_travel_in_pieces() {

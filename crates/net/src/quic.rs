@@ -73,10 +73,16 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>, Qui
 
 /// Keep-alives every 2 s and a 15 s idle timeout: a vanished peer is noticed quickly
 /// (phase deadlines, not the transport, decide dropouts; this only frees resources).
-fn transport() -> Arc<quinn::TransportConfig> {
+/// With `auditable`, every QUIC packet leaves as its own UDP datagram (no segmentation
+/// offload), so that a packet capture taken on the sending host shows packets a
+/// dissector can decrypt one by one (`tessera audit wire`), not the kernel's batches.
+fn transport(auditable: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
     t.max_idle_timeout(Some(quinn::VarInt::from_u32(15_000).into()));
+    if auditable {
+        t.enable_segmentation_offload(false);
+    }
     Arc::new(t)
 }
 
@@ -105,7 +111,7 @@ pub fn server(
     }
     let quic = QuicServerConfig::try_from(cfg).map_err(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(keylog));
     quinn::Endpoint::server(config, addr).map_err(|source| QuicError::Bind { addr, source })
 }
 
@@ -126,7 +132,7 @@ pub fn client(creds: &Credentials, keylog: bool) -> Result<quinn::Endpoint, Quic
     let mut endpoint =
         quinn::Endpoint::client(addr).map_err(|source| QuicError::Bind { addr, source })?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(keylog));
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

@@ -22,6 +22,7 @@ impl CoordinatorMachine {
         let Some(receipts) = self.receipts.as_mut() else {
             return Ok(());
         };
+        receipts.due.remove(&from);
         if session != self.config.session {
             self.reject(from, RejectReason::WrongSession);
             return Ok(());

@@ -122,6 +122,8 @@ struct Receipts {
     signer: Arc<ReceiptSigner>,
     path: PathBuf,
     latest: std::collections::BTreeMap<u32, Receipt>,
+    /// Sites told a round ended whose transcript head has not arrived yet.
+    due: BTreeSet<SiteId>,
 }
 
 impl CoordinatorMachine {
@@ -191,6 +193,7 @@ impl CoordinatorMachine {
             signer,
             path,
             latest,
+            due: BTreeSet::new(),
         });
         Ok(self)
     }
@@ -220,6 +223,13 @@ impl CoordinatorMachine {
     /// The privacy ledger so far (None without DP).
     pub fn ledger(&self) -> Option<&Ledger> {
         self.ledger.as_ref()
+    }
+
+    /// How many connected sites have not yet sent the transcript head of a round that
+    /// ended (always 0 without receipts). A driver may wait for them before shutting
+    /// down, so that the last round is anchored too.
+    pub fn heads_due(&self) -> usize {
+        self.receipts.as_ref().map_or(0, |r| r.due.len())
     }
 
     /// Sites whose links are open.
@@ -374,6 +384,9 @@ impl CoordinatorMachine {
             }
             Event::LinkClosed(site) => {
                 self.connected.remove(&site);
+                if let Some(r) = self.receipts.as_mut() {
+                    r.due.remove(&site);
+                }
                 self.leave(site)
             }
             Event::Message { from, bytes } => self.message(from, &bytes),
@@ -428,6 +441,11 @@ impl CoordinatorMachine {
             };
             let bytes: Arc<[u8]> = wire::encode(&end)?.into();
             self.actions.push_back(Action::Send { to: site, bytes });
+            if let Some(r) = self.receipts.as_mut()
+                && self.connected.contains(&site)
+            {
+                r.due.insert(site);
+            }
         }
         self.rounds_ended += 1;
         self.persist()?;
