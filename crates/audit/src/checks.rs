@@ -138,7 +138,17 @@ fn anchoring(trust: &Trust, site: u32, v: &Verified, ctx: &mut Ctx, out: &mut Si
         check(r, None, ctx, "the coordinator's latest");
         anchored = anchored.max(r.seq as usize);
     }
-    out.unanchored = v.records.len().saturating_sub(anchored);
+    // The head a receipt answers, and the receipt itself, always follow what it covers.
+    out.unanchored = v
+        .records
+        .iter()
+        .skip(anchored)
+        .filter(|r| match &r.entry {
+            Entry::Receipt(_) => false,
+            Entry::Message { kind, .. } => kind != "head",
+            _ => true,
+        })
+        .count();
 }
 
 /// Kinds against the policy, rounds admitted before their messages, sizes against

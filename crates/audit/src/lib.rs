@@ -111,7 +111,8 @@ pub struct SiteAudit {
     /// (round, policy key, reason).
     pub refusals: Vec<(u64, String, String)>,
     pub receipts: usize,
-    /// Records after the last receipt (not anchored yet: normally the last round's).
+    /// Records after the last receipt, other than the head it answered and receipts:
+    /// not anchored (a site that stopped mid-round, or a head never answered).
     pub unanchored: usize,
     pub uniformity: Vec<Uniformity>,
     pub findings: Vec<Finding>,

@@ -10,7 +10,7 @@ use tessera_fl::{FederationConfig, KnownUpdateTrainer};
 use tessera_net::pki::load_identity;
 use tessera_net::transcript::{Entry, OpenFacts, Record, RoundFacts, TranscriptWriter};
 use tessera_secagg::{
-    Body, Envelope, Header, MaskedUpload, MaskedVector, Modulus, PROTOCOL_VERSION, Party,
+    Body, Envelope, Phase, Header, MaskedUpload, MaskedVector, Modulus, PROTOCOL_VERSION, Party,
     PlainVector, Round, SessionId, SiteId,
 };
 
@@ -33,20 +33,30 @@ fn honest_run() -> PathBuf {
                 .map(|i| KnownUpdateTrainer::new(DIM, 0.01 * (i as f32 + 1.0), 1).unwrap())
                 .collect();
             let layout = KnownUpdateTrainer::layout_for(DIM).unwrap();
+            // Round 2: site 2 drops out before masking; round 3: sites 1 and 2 leave
+            // at once and the round aborts; round 4 is whole again.
+            let mut dropouts = tessera_fl::memory::Dropouts::new();
+            dropouts.insert(
+                SiteId(2),
+                [(2, Phase::MaskedInput), (3, Phase::AdvertiseKeys)].into(),
+            );
+            dropouts.insert(SiteId(1), [(3, Phase::AdvertiseKeys)].into());
             let mut fed = tessera_fl::loopback::start(
                 config,
                 layout,
                 vec![0.0; DIM],
                 trainers,
-                &Default::default(),
+                &dropouts,
                 &dir,
                 RootSeed::from_experiment(3),
             )
             .await
             .unwrap();
-            for _ in 0..3 {
-                assert!(fed.coordinator.run_round().await.unwrap().completed());
+            let mut completed = Vec::new();
+            for _ in 0..4 {
+                completed.push(fed.coordinator.run_round().await.unwrap().completed());
             }
+            assert_eq!(completed, [true, true, false, true]);
             fed.shutdown().await.unwrap();
         });
         dir
@@ -90,6 +100,7 @@ fn tampered(name: &str, i: usize, edit: impl FnOnce(&mut Vec<String>)) -> (PathB
     (dir, vec![path])
 }
 
+/// Honest runs with a dropout and an aborted round audit clean, every record anchored.
 #[test]
 fn an_honest_federation_audits_clean() {
     let dir = honest_run();
@@ -97,10 +108,13 @@ fn an_honest_federation_audits_clean() {
     let sites = audit(&inputs(&dir, all)).unwrap();
     assert_eq!(checks(&sites), Vec::<&str>::new(), "{sites:#?}");
     for s in &sites {
-        assert_eq!(s.rounds.len(), 3);
-        assert_eq!(s.bytes_by_kind["masked-input"].0, 3);
-        assert!(s.receipts >= 1, "{s:#?}");
+        assert_eq!(s.rounds.len(), 4);
+        assert!(s.receipts >= 3, "{s:#?}");
+        assert_eq!(s.unanchored, 0, "{s:#?}");
     }
+    let masked = |i: usize| sites[i].bytes_by_kind["masked-input"].0;
+    assert_eq!((masked(0), masked(1), masked(2)), (3, 3, 2));
+    assert_eq!(sites[2].bytes_by_kind["withdraw"].0, 2);
 }
 
 type Edit = Box<dyn FnOnce(&mut Vec<String>)>;
@@ -401,4 +415,28 @@ fn a_forged_receipt_is_found() {
             .message
             .contains("not the coordinator's")
     );
+}
+
+/// A site that crashed mid-write and restarted: the torn line is kept aside, the
+/// transcript continues, and the audit stays clean.
+#[test]
+fn a_crash_mid_write_and_a_restart_audit_clean() {
+    let dir = honest_run();
+    let scratch = dir.join("crash");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let path = scratch.join("site-0.transcript");
+    let mut bytes = std::fs::read(transcript(&dir, 0)).unwrap();
+    bytes.extend_from_slice(br#"{"seq":99,"prev":"00"#);
+    std::fs::write(&path, &bytes).unwrap();
+    let text = String::from_utf8(bytes).unwrap();
+    let first: Record = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let Entry::Open(open) = first.entry else {
+        panic!("no open record")
+    };
+    let identity = Arc::new(load_identity(&dir.join("pki/site-0.identity")).unwrap());
+    let w = TranscriptWriter::open(&path, identity, open).unwrap();
+    assert!(w.torn().is_some_and(|t| t.exists()));
+    drop(w);
+    let found = audit(&inputs(&dir, vec![path])).unwrap();
+    assert_eq!(checks(&found), Vec::<&str>::new(), "{found:#?}");
 }
