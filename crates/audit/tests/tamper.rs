@@ -10,7 +10,7 @@ use tessera_fl::{FederationConfig, KnownUpdateTrainer};
 use tessera_net::pki::load_identity;
 use tessera_net::transcript::{Entry, OpenFacts, Record, RoundFacts, TranscriptWriter};
 use tessera_secagg::{
-    Body, Envelope, Phase, Header, MaskedUpload, MaskedVector, Modulus, PROTOCOL_VERSION, Party,
+    Body, Envelope, Header, MaskedUpload, MaskedVector, Modulus, PROTOCOL_VERSION, Party, Phase,
     PlainVector, Round, SessionId, SiteId,
 };
 
