@@ -440,3 +440,73 @@ fn a_crash_mid_write_and_a_restart_audit_clean() {
     let found = audit(&inputs(&dir, vec![path])).unwrap();
     assert_eq!(checks(&found), Vec::<&str>::new(), "{found:#?}");
 }
+
+/// The privacy check recomputes ε from the per-round ρ a site recorded: a ledger that
+/// understates ε is found, and so are rounds past the policy's budget and noise below
+/// its floor.
+#[test]
+fn an_understated_epsilon_a_spent_budget_and_too_little_noise_are_found() {
+    use tessera_net::transcript::DpCharge;
+    let delta = 1e-5;
+    let mut rhos = Vec::new();
+    let (dir, path) = resigned("privacy", 0, |e| match e {
+        Entry::Round(mut f) => {
+            rhos.push(0.05);
+            let eps = tessera_dp::accounting::epsilon(&rhos, delta).unwrap();
+            f.dp = Some(DpCharge {
+                mechanism: "ddg".into(),
+                noise: 10.0,
+                noise_per_clip: 0.5,
+                guaranteed_contributors: 2,
+                rho: 0.05,
+                // Round 4 claims half the ε it spent.
+                epsilon_after: if f.round == 4 { eps / 2.0 } else { eps },
+                delta,
+            });
+            vec![Entry::Round(f)]
+        }
+        other => vec![other],
+    });
+    let three = tessera_dp::accounting::epsilon(&[0.05; 3], delta).unwrap();
+    let policy = dir.join("privacy-policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[policy]\nrequire_secure = false\nprotocols = [\"secagg\"]\nmin_sites = 2\n\
+             require_mechanism = \"ddg\"\nmin_noise_per_clip = 1.0\nmax_epsilon = {three}\n"
+        ),
+    )
+    .unwrap();
+    let found = audit(&Inputs {
+        receipts: None,
+        policy: Some(policy),
+        ..inputs(&dir, vec![path])
+    })
+    .unwrap();
+    let privacy: Vec<&str> = found[0]
+        .findings
+        .iter()
+        .filter(|f| f.check == "privacy")
+        .map(|f| f.message.as_str())
+        .collect();
+    assert_eq!(privacy.len(), 6, "{found:#?}");
+    assert_eq!(
+        privacy
+            .iter()
+            .filter(|m| m.contains("below the policy"))
+            .count(),
+        4
+    );
+    assert!(
+        privacy
+            .iter()
+            .any(|m| m.starts_with("round 4: ε after it is"))
+    );
+    assert!(
+        privacy
+            .iter()
+            .any(|m| m.starts_with("round 4: ε") && m.contains("past the budget"))
+    );
+    // The site ran the permissive policy, not this one: that is reported too.
+    assert!(checks(&found).contains(&"policy"));
+}

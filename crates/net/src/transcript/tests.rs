@@ -124,3 +124,46 @@ fn a_torn_tail_is_kept_aside_and_the_site_continues() {
     assert!(TranscriptWriter::open(&path, id.clone(), open_facts()).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), bad);
 }
+
+/// Floats in a record (a round's DP charge) survive the verifier's parse and
+/// re-serialisation bit for bit, so their signatures verify (serde_json's
+/// `float_roundtrip`; without it some of these 200 records fail).
+#[test]
+fn records_with_awkward_floats_verify() {
+    let (path, id) = setup("floats");
+    let mut w = TranscriptWriter::open(&path, id.clone(), open_facts()).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 50.0
+    };
+    for round in 0..200 {
+        let dp = DpCharge {
+            mechanism: "ddg".into(),
+            noise: next(),
+            noise_per_clip: next(),
+            guaranteed_contributors: 2,
+            rho: next(),
+            epsilon_after: next(),
+            delta: 1e-5,
+        };
+        w.round(RoundFacts {
+            session: "00".repeat(16),
+            round,
+            params_sha256: "0".repeat(64),
+            context: "0".repeat(64),
+            protocol: "secagg".into(),
+            secure: true,
+            participants: vec![0, 1, 2],
+            threshold: 2,
+            degree: None,
+            vector_len: 10,
+            modulus_bits: 32,
+            dp: Some(dp),
+        })
+        .unwrap();
+    }
+    assert_eq!(verify(&path, &id.public()).unwrap().records.len(), 201);
+}
