@@ -510,3 +510,40 @@ fn an_understated_epsilon_a_spent_budget_and_too_little_noise_are_found() {
     // The site ran the permissive policy, not this one: that is reported too.
     assert!(checks(&found).contains(&"policy"));
 }
+
+/// Input the audit cannot read is never clean: a missing, empty or foreign file is a
+/// finding naming it, and trust anchors from another CA are refused with the file named.
+#[test]
+fn unreadable_and_foreign_input_is_never_clean() {
+    let dir = honest_run();
+    let empty = dir.join("empty.transcript");
+    std::fs::write(&empty, b"").unwrap();
+    let not_one = dir.join("checkpoint.receipts.json");
+    let missing = dir.join("missing.transcript");
+    let found = audit(&inputs(
+        &dir,
+        vec![missing.clone(), empty.clone(), not_one.clone()],
+    ))
+    .unwrap();
+    for (site, file) in found.iter().zip([&missing, &empty, &not_one]) {
+        assert_eq!(site.findings.len(), 1, "{site:#?}");
+        assert_eq!(site.findings[0].check, "chain");
+        assert_eq!(&site.findings[0].file, file);
+    }
+    // The same PKI folder with another CA's certificate: the roster does not verify.
+    let other = dir.join("other-ca");
+    let _ = std::fs::remove_dir_all(&other);
+    tessera_net::pki::init(&other.join("fresh")).unwrap();
+    for f in ["roster.json", "coordinator.pem"] {
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::copy(dir.join("pki").join(f), other.join(f)).unwrap();
+    }
+    std::fs::copy(other.join("fresh/ca.pem"), other.join("ca.pem")).unwrap();
+    let refused = audit(&Inputs {
+        pki: other.clone(),
+        ..inputs(&dir, vec![transcript(&dir, 0)])
+    })
+    .err()
+    .expect("another CA is refused");
+    assert!(refused.to_string().contains("ca.pem"), "{refused}");
+}
