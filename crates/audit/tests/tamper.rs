@@ -543,7 +543,6 @@ fn unreadable_and_foreign_input_is_never_clean() {
         pki: other.clone(),
         ..inputs(&dir, vec![transcript(&dir, 0)])
     })
-    .err()
-    .expect("another CA is refused");
+    .expect_err("another CA is refused");
     assert!(refused.to_string().contains("ca.pem"), "{refused}");
 }
