@@ -143,6 +143,37 @@ fn three_site_processes_train_three_rounds_over_quic() {
         let summary = verify(&dir.join(format!("{site}.transcript")), &key).unwrap();
         assert_eq!(summary.bytes_by_kind()["masked-input"].0, 3, "{site}");
     }
+    // The auditor's command: clean (exit 0) with the coordinator's receipts, and one
+    // line per finding (exit 2) for a transcript cut below its last receipt.
+    let transcripts: Vec<String> = SITES
+        .iter()
+        .map(|(site, ..)| dir.join(format!("{site}.transcript")).display().to_string())
+        .collect();
+    let receipts = dir.join("checkpoint.receipts.json");
+    let pki_dir = dir.join("pki");
+    let audit = |files: &[String]| {
+        let mut args = vec!["audit", "verify", "--pki", pki_dir.to_str().unwrap()];
+        args.extend(["--receipts", receipts.to_str().unwrap()]);
+        args.extend(files.iter().map(String::as_str));
+        let out = tessera().args(&args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = audit(&transcripts);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches(": clean").count(), 3, "{out}");
+    let cut = dir.join("cut.transcript");
+    let text = std::fs::read_to_string(&transcripts[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&cut, lines[..lines.len() / 2].join("\n") + "\n").unwrap();
+    let (code, out) = audit(&[cut.display().to_string()]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("[anchor]") && out.contains("1 finding(s)"),
+        "{out}"
+    );
     // Restarted, the finished federation says so at once.
     let again = tessera()
         .args([
