@@ -137,3 +137,70 @@ impl Egress {
             .map_err(|_| FlError::Disconnected)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{RosterFacts, open_transcript};
+    use crate::policy::SitePolicy;
+    use tessera_secagg::{
+        Body, Envelope, Header, IdentityKeyPair, MaskedVector, Modulus, PROTOCOL_VERSION, Party,
+        PlainVector, Round, SessionId, SiteId,
+    };
+
+    /// With `keep_payloads`, a masked upload is kept (the exact bytes sent) and a
+    /// plaintext update never is.
+    #[tokio::test]
+    async fn only_masked_uploads_are_kept() {
+        let dir = std::env::temp_dir().join(format!("tessera-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let identity = Arc::new(IdentityKeyPair::from_seed([3; 32]).unwrap());
+        let transcript = open_transcript(
+            &dir.join("site.transcript"),
+            identity,
+            SiteId(0),
+            &RosterFacts::unsigned(),
+            &SitePolicy::permissive(),
+            true,
+        )
+        .unwrap();
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let (_in_tx, in_rx) = mpsc::channel(8);
+        let (egress, _inbox) = Egress::open(SiteLink::new(out_tx, in_rx), transcript);
+        let kept = dir.join("payloads");
+        let mut egress = egress.keep_payloads(kept.clone());
+        let modulus = Modulus::new(16).unwrap();
+        let plain = PlainVector::new(modulus, vec![1, 2, 3]);
+        let vector: MaskedVector =
+            postcard::from_bytes(&postcard::to_allocvec(&plain).unwrap()).unwrap();
+        let masked = ToCoordinator::SecAgg(Envelope {
+            header: Header {
+                version: PROTOCOL_VERSION,
+                session: SessionId([0; 16]),
+                round: Round(1),
+                sender: Party::Site(SiteId(0)),
+                recipient: Party::Aggregator,
+            },
+            body: Body::MaskedInput(tessera_secagg::MaskedUpload {
+                vector,
+                accused: vec![],
+            }),
+        });
+        egress
+            .send(&ToCoordinator::Plain {
+                round: 1,
+                update: plain,
+            })
+            .await
+            .unwrap();
+        egress.send(&masked).await.unwrap();
+        let _plain_bytes = out_rx.recv().await.unwrap();
+        let masked_bytes = out_rx.recv().await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(&kept).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1);
+        // Records 0 (open), 1 (plain-update), 2 (masked-input).
+        assert_eq!(files[0].file_name(), "2.bin");
+        assert_eq!(std::fs::read(files[0].path()).unwrap(), masked_bytes);
+    }
+}
