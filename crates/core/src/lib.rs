@@ -213,8 +213,14 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// Whether an entry of this kind travels to the coordinator.
-    pub fn is_federated(&self, kind: ParamKind) -> bool {
+    /// Whether an entry of this kind travels to the coordinator. Under differential
+    /// privacy (`private`) normalisation statistics never do, whatever the strategy:
+    /// clipped and noised with the weights, a running variance can go negative and the
+    /// model's outputs NaN; they stay at each site, as FedBN keeps them.
+    pub fn is_federated(&self, kind: ParamKind, private: bool) -> bool {
+        if private && kind == ParamKind::NormStatistic {
+            return false;
+        }
         !(matches!(self, Strategy::FedBn) && kind.is_normalisation())
     }
 
@@ -233,10 +239,11 @@ impl Strategy {
         layout: &ParamLayout,
         local: &[f32],
         global: &[f32],
+        private: bool,
     ) -> Vec<f32> {
         let mut out = global.to_vec();
         for e in layout.entries() {
-            if !self.is_federated(e.kind) {
+            if !self.is_federated(e.kind, private) {
                 out[e.offset..e.offset + e.len].copy_from_slice(&local[e.offset..e.offset + e.len]);
             }
         }
@@ -245,10 +252,16 @@ impl Strategy {
 
     /// A site's update for the coordinator: `trained − global` on federated entries,
     /// zero on the entries the strategy keeps local.
-    pub fn delta(&self, layout: &ParamLayout, trained: &[f32], global: &[f32]) -> Vec<f32> {
+    pub fn delta(
+        &self,
+        layout: &ParamLayout,
+        trained: &[f32],
+        global: &[f32],
+        private: bool,
+    ) -> Vec<f32> {
         let mut delta = vec![0f32; layout.len()];
         for e in layout.entries() {
-            if self.is_federated(e.kind) {
+            if self.is_federated(e.kind, private) {
                 let r = e.offset..e.offset + e.len;
                 for ((d, u), g) in delta[r.clone()]
                     .iter_mut()
@@ -272,19 +285,19 @@ impl Strategy {
         }
     }
 
-    /// A new server-side state for this strategy.
-    pub fn server(&self) -> Box<dyn AggregationStrategy> {
+    /// A new server-side state for this strategy; it changes only the entries sites
+    /// federate (see [`Strategy::is_federated`]).
+    pub fn server(&self, private: bool) -> Box<dyn AggregationStrategy> {
+        let rule = (self.clone(), private);
         match self {
-            Strategy::FedAvg | Strategy::FedProx { .. } => Box::new(Additive {
-                skip_normalisation: false,
-            }),
-            Strategy::FedBn => Box::new(Additive {
-                skip_normalisation: true,
-            }),
+            Strategy::FedAvg | Strategy::FedProx { .. } | Strategy::FedBn => {
+                Box::new(Additive { rule })
+            }
             Strategy::FedAvgM {
                 server_lr,
                 momentum,
             } => Box::new(Momentum {
+                rule,
                 server_lr: *server_lr,
                 momentum: *momentum,
                 velocity: Vec::new(),
@@ -293,14 +306,21 @@ impl Strategy {
     }
 }
 
+/// The strategy and whether the round is private: which entries are federated.
+type Rule = (Strategy, bool);
+
+fn federated(rule: &Rule, kind: ParamKind) -> bool {
+    rule.0.is_federated(kind, rule.1)
+}
+
 struct Additive {
-    skip_normalisation: bool,
+    rule: Rule,
 }
 
 impl AggregationStrategy for Additive {
     fn apply(&mut self, layout: &ParamLayout, global: &mut [f32], mean_delta: &[f32]) {
         for e in layout.entries() {
-            if self.skip_normalisation && e.kind.is_normalisation() {
+            if !federated(&self.rule, e.kind) {
                 continue;
             }
             for (g, d) in global[e.offset..e.offset + e.len]
@@ -314,19 +334,30 @@ impl AggregationStrategy for Additive {
 }
 
 struct Momentum {
+    rule: Rule,
     server_lr: f32,
     momentum: f32,
     velocity: Vec<f32>,
 }
 
 impl AggregationStrategy for Momentum {
-    fn apply(&mut self, _layout: &ParamLayout, global: &mut [f32], mean_delta: &[f32]) {
+    fn apply(&mut self, layout: &ParamLayout, global: &mut [f32], mean_delta: &[f32]) {
         if self.velocity.len() != mean_delta.len() {
             self.velocity = vec![0.0; mean_delta.len()];
         }
-        for ((g, v), d) in global.iter_mut().zip(&mut self.velocity).zip(mean_delta) {
-            *v = self.momentum * *v + d;
-            *g += self.server_lr * *v;
+        for e in layout.entries() {
+            if !federated(&self.rule, e.kind) {
+                continue;
+            }
+            let r = e.offset..e.offset + e.len;
+            for ((g, v), d) in global[r.clone()]
+                .iter_mut()
+                .zip(&mut self.velocity[r.clone()])
+                .zip(&mean_delta[r])
+            {
+                *v = self.momentum * *v + d;
+                *g += self.server_lr * *v;
+            }
         }
     }
 
@@ -381,7 +412,7 @@ mod tests {
             .collect();
         let mean = weighted_mean(&deltas).unwrap();
         let mut g = global.to_vec();
-        strategy.server().apply(&l, &mut g, &mean);
+        strategy.server(false).apply(&l, &mut g, &mean);
         g
     }
 
@@ -429,13 +460,16 @@ mod tests {
         assert_eq!(&out[4..], &[3.0; 4]);
         // and a site keeps its own normalisation when it adopts the global model
         let local = vec![9.0; 8];
-        let merged = Strategy::FedBn.merge_into_local(&l, &local, &out);
+        let merged = Strategy::FedBn.merge_into_local(&l, &local, &out, false);
         assert_eq!(&merged[..4], &[9.0; 4]);
         assert_eq!(&merged[4..], &[3.0; 4]);
         // FedAvg adopts everything
-        assert_eq!(Strategy::FedAvg.merge_into_local(&l, &local, &out), out);
-        assert!(!Strategy::FedBn.is_federated(ParamKind::NormStatistic));
-        assert!(Strategy::FedProx { mu: 0.01 }.is_federated(ParamKind::NormAffine));
+        assert_eq!(
+            Strategy::FedAvg.merge_into_local(&l, &local, &out, false),
+            out
+        );
+        assert!(!Strategy::FedBn.is_federated(ParamKind::NormStatistic, false));
+        assert!(Strategy::FedProx { mu: 0.01 }.is_federated(ParamKind::NormAffine, false));
     }
 
     #[test]
@@ -445,7 +479,7 @@ mod tests {
             server_lr: 1.0,
             momentum: 0.5,
         }
-        .server();
+        .server(false);
         let mut g = vec![0.0; 8];
         server.apply(&l, &mut g, &[1.0; 8]); // v = 1, g = 1
         server.apply(&l, &mut g, &[1.0; 8]); // v = 1.5, g = 2.5
@@ -455,7 +489,7 @@ mod tests {
             server_lr: 1.0,
             momentum: 0.0,
         }
-        .server();
+        .server(false);
         let mut h = vec![0.0; 8];
         plain.apply(&l, &mut h, &[1.0; 8]);
         plain.apply(&l, &mut h, &[1.0; 8]);
@@ -469,21 +503,21 @@ mod tests {
             server_lr: 0.7,
             momentum: 0.9,
         };
-        let mut a = strategy.server();
+        let mut a = strategy.server(false);
         let mut g = vec![0.0; 8];
         a.apply(&l, &mut g, &[1.0; 8]);
-        let mut b = strategy.server();
+        let mut b = strategy.server(false);
         b.restore(a.state());
         let mut ga = g.clone();
         a.apply(&l, &mut ga, &[0.5; 8]);
         b.apply(&l, &mut g, &[0.5; 8]);
         assert_eq!(ga, g);
         // without the restored velocity the result differs: the test has power
-        let mut c = strategy.server();
+        let mut c = strategy.server(false);
         let mut gc = vec![0.7; 8];
         c.apply(&l, &mut gc, &[0.5; 8]);
         assert_ne!(gc, ga);
-        assert!(Strategy::FedAvg.server().state().is_empty());
+        assert!(Strategy::FedAvg.server(false).state().is_empty());
     }
 
     #[test]
@@ -491,8 +525,11 @@ mod tests {
         let l = layout();
         let trained = vec![2.0; 8];
         let global = vec![0.5; 8];
-        assert_eq!(Strategy::FedAvg.delta(&l, &trained, &global), vec![1.5; 8]);
-        let fedbn = Strategy::FedBn.delta(&l, &trained, &global);
+        assert_eq!(
+            Strategy::FedAvg.delta(&l, &trained, &global, false),
+            vec![1.5; 8]
+        );
+        let fedbn = Strategy::FedBn.delta(&l, &trained, &global, false);
         assert_eq!(&fedbn[..4], &[0.0; 4]);
         assert_eq!(&fedbn[4..], &[1.5; 4]);
     }
@@ -520,5 +557,37 @@ mod tests {
             err.to_string().contains("unexpected keys in table: beta"),
             "{err}"
         );
+    }
+
+    /// Under differential privacy normalisation statistics never travel, whatever the
+    /// strategy: no delta, untouched by the server even where the noised mean has
+    /// values, and each site keeps its own. (Without `private` they are federated.)
+    #[test]
+    fn private_rounds_keep_normalisation_statistics_local() {
+        let l = layout(); // bn.running_mean at 0..2, bn.weight 2..4, conv 4..8
+        let noisy_mean = vec![-5.0; 8];
+        for strategy in [
+            Strategy::FedAvg,
+            Strategy::FedProx { mu: 0.1 },
+            Strategy::FedAvgM {
+                server_lr: 1.0,
+                momentum: 0.9,
+            },
+        ] {
+            let delta = strategy.delta(&l, &[2.0; 8], &[0.5; 8], true);
+            assert_eq!(&delta[..2], &[0.0; 2], "{strategy:?}");
+            assert_eq!(&delta[2..], &[1.5; 6], "{strategy:?}");
+            let mut global = vec![1.0; 8];
+            strategy.server(true).apply(&l, &mut global, &noisy_mean);
+            assert_eq!(&global[..2], &[1.0; 2], "{strategy:?}");
+            assert!(global[2..].iter().all(|g| *g < 0.0), "{strategy:?}");
+            let merged = strategy.merge_into_local(&l, &[7.0; 8], &global, true);
+            assert_eq!(&merged[..2], &[7.0; 2], "{strategy:?}");
+            assert_eq!(&merged[2..], &global[2..], "{strategy:?}");
+            // Not private: the statistics are federated like the rest.
+            let mut open = vec![1.0; 8];
+            strategy.server(false).apply(&l, &mut open, &noisy_mean);
+            assert!(open[..2].iter().all(|g| *g < 0.0), "{strategy:?}");
+        }
     }
 }

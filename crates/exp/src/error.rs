@@ -17,6 +17,8 @@ pub enum ExpError {
     Config(String),
     #[error("figure {path}: {message}")]
     Figure { path: PathBuf, message: String },
+    #[error("arm {arm}: {source}")]
+    Arm { arm: String, source: Box<ExpError> },
 }
 
 impl ExpError {

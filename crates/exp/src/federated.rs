@@ -130,6 +130,7 @@ pub fn train_federated(
     );
     let mut dp = arm.dp.clone();
     dp.rounds = profile.rounds;
+    let private = dp.mechanism != tessera_dp::Mechanism::None;
     let max_weight = site_examples.iter().copied().max().unwrap_or(1) as u64;
     let config = FederationConfig::builder(session, dir.join("checkpoint.bin"))
         .strategy(arm.strategy.clone())
@@ -196,9 +197,10 @@ pub fn train_federated(
         fed.finish().await?;
         Ok::<_, ExpError>((global, rounds, ledger))
     })?;
-    // FedBN's global model has no normalisation layers of its own: evaluate the largest
-    // site's model (its normalisation, the federated rest).
-    let model = if arm.strategy == tessera_core::Strategy::FedBn {
+    // FedBN's global model has no normalisation of its own, and under DP the statistics
+    // never leave the sites: evaluate the largest site's model (its own normalisation
+    // statistics, the federated rest), as that site would run it.
+    let model = if arm.strategy == tessera_core::Strategy::FedBn || private {
         let largest = site_examples
             .iter()
             .enumerate()
@@ -208,7 +210,8 @@ pub fn train_federated(
             .lock()
             .map_err(|_| ExpError::Data("trainer lock poisoned".into()))?
             .parameters();
-        arm.strategy.merge_into_local(&layout, &local, &global)
+        arm.strategy
+            .merge_into_local(&layout, &local, &global, private)
     } else {
         global
     };

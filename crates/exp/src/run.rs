@@ -295,7 +295,11 @@ pub fn run(
                 profile: opts.profile,
                 settings: &experiment.settings,
             },
-        )?;
+        )
+        .map_err(|e| ExpError::Arm {
+            arm: arm.name.clone(),
+            source: Box::new(e),
+        })?;
         if let Some(model) = model {
             result.model_sha256 = Some(sha256_hex(&model_bytes(&model)));
             save_model(&model_path, &model)?;

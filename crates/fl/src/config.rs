@@ -128,6 +128,12 @@ impl FederationConfig {
         ledger_path(&self.checkpoint)
     }
 
+    /// Whether rounds are differentially private (then normalisation statistics stay at
+    /// the sites: see `Strategy::is_federated`).
+    pub fn is_private(&self) -> bool {
+        self.dp.mechanism != tessera_dp::Mechanism::None
+    }
+
     /// Where the latest receipt given to each site is kept: beside the checkpoint.
     pub fn receipts_path(&self) -> PathBuf {
         self.checkpoint.with_extension("receipts.json")

@@ -54,14 +54,16 @@ pub struct TrainRequest {
     pub global: Vec<f32>,
     pub strategy: Strategy,
     pub config: LocalTrainingConfig,
+    /// A differentially private round: the site's normalisation statistics stay its own.
+    pub private: bool,
 }
 
 impl TrainRequest {
     pub fn run<T: LocalTrainer>(&self, trainer: &mut T) -> Result<LocalUpdate, T::Error> {
         let local = trainer.parameters();
-        let from = self
-            .strategy
-            .merge_into_local(trainer.layout(), &local, &self.global);
+        let from =
+            self.strategy
+                .merge_into_local(trainer.layout(), &local, &self.global, self.private);
         trainer.train(&from, &self.config)
     }
 }
@@ -356,6 +358,7 @@ impl SiteMachine {
                     global: start.global.clone(),
                     strategy: start.strategy.clone(),
                     config: start.training.clone(),
+                    private: start.is_private(),
                 }));
                 self.state = State::Training(start);
             }
@@ -509,9 +512,12 @@ impl SiteMachine {
             let e = "the trained model holds non-finite values".to_string();
             return self.abandon(round, SiteFailure::Training(e));
         }
-        let delta = start
-            .strategy
-            .delta(&self.layout, &update.parameters, &start.global);
+        let delta = start.strategy.delta(
+            &self.layout,
+            &update.parameters,
+            &start.global,
+            start.is_private(),
+        );
         let ctx = SeedContext::session(start.params.session.0)
             .site(self.who.id.0)
             .round(round);

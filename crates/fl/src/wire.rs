@@ -28,6 +28,13 @@ pub struct RoundStart {
     pub secure: bool,
 }
 
+impl RoundStart {
+    /// Whether the round is differentially private (its codec adds or expects noise).
+    pub fn is_private(&self) -> bool {
+        matches!(self.codec, CodecSpec::Private(_))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToSite {
     RoundStart(Box<RoundStart>),

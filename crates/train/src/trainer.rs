@@ -6,7 +6,7 @@ use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::nn::{self, OptimizerConfig, VarStore};
-use tch::{Device, IValue, Tensor};
+use tch::{Device, IValue, Kind, Tensor};
 use tessera_core::{LayoutError, LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
 use tessera_data::{Scan, SliceSpec, Volume, slices};
 use tessera_eval::Detection;
@@ -31,6 +31,10 @@ pub enum TrainError {
     NoData,
     #[error("input size {0} is not a positive multiple of 32")]
     InputSize(i64),
+    /// Never scored as "no detections": a model that outputs NaN or ±∞ (for instance a
+    /// negative batch-norm variance) is an error, reported as such.
+    #[error("the model's outputs are not finite ({0} of {1} heatmap values)")]
+    NonFiniteOutput(usize, usize),
 }
 
 /// How a site trains, beyond the round's [`LocalTrainingConfig`].
@@ -256,6 +260,11 @@ impl DetectorTrainer {
             boxes: out.boxes.to_device(Device::Cpu),
             mask: out.mask.to_device(Device::Cpu),
         };
+        let total = out.heatmap.numel();
+        let finite = out.heatmap.isfinite().sum(Kind::Int64).int64_value(&[]) as usize;
+        if finite != total {
+            return Err(TrainError::NonFiniteOutput(total - finite, total));
+        }
         Ok(Predictions {
             detections: decode(&out, cfg),
             scores: score_maps(&out, self.size),

@@ -85,7 +85,9 @@ fn one_round_of_fedavg_and_fedbn_over_two_detectors() {
 
     // FedAvg: the new global model is the sample-weighted mean (3 : 9) of the two.
     let mut fedavg = global.clone();
-    Strategy::FedAvg.server().apply(&layout, &mut fedavg, &mean);
+    Strategy::FedAvg
+        .server(false)
+        .apply(&layout, &mut fedavg, &mean);
     for ((g, x), y) in fedavg.iter().zip(&ua.parameters).zip(&ub.parameters) {
         let expected = (3.0 * x + 9.0 * y) / 12.0;
         assert!(
@@ -97,8 +99,10 @@ fn one_round_of_fedavg_and_fedbn_over_two_detectors() {
     // FedBN: normalisation entries stay where they were on the server, and each site
     // resumes with its own.
     let mut fedbn = global.clone();
-    Strategy::FedBn.server().apply(&layout, &mut fedbn, &mean);
-    let merged_a = Strategy::FedBn.merge_into_local(&layout, &ua.parameters, &fedbn);
+    Strategy::FedBn
+        .server(false)
+        .apply(&layout, &mut fedbn, &mean);
+    let merged_a = Strategy::FedBn.merge_into_local(&layout, &ua.parameters, &fedbn, false);
     let mut norm_entries = 0;
     for e in layout.entries() {
         let r = e.offset..e.offset + e.len;

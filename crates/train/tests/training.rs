@@ -295,3 +295,27 @@ fn volume_inference_covers_the_lung_slices_and_keeps_detections_in_the_lung() {
         }
     }
 }
+
+/// A model whose outputs are not finite (here: a negative batch-norm variance, as noise
+/// on federated statistics once produced) is an error when predicting, never an empty
+/// set of detections that would score 0.000.
+#[test]
+fn non_finite_outputs_are_an_error_not_zero_detections() {
+    let data = examples(2);
+    let images: Vec<&[f32]> = data.iter().map(|e| e.image.as_slice()).collect();
+    let mut t = DetectorTrainer::native(&tiny(), data.clone(), no_augmentation(), 3).unwrap();
+    assert!(t.predict(&images, &DecodeConfig::default()).is_ok());
+    let layout = t.layout().clone();
+    let mut params = t.parameters();
+    for e in layout.entries() {
+        if e.name.ends_with("running_var") {
+            params[e.offset..e.offset + e.len].fill(-1.0);
+        }
+    }
+    t.set_parameters(&params).unwrap();
+    let err = t.predict(&images, &DecodeConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, tessera_train::TrainError::NonFiniteOutput(n, _) if n > 0),
+        "{err}"
+    );
+}

@@ -140,7 +140,7 @@ impl CoordinatorMachine {
         config.validate()?;
         layout.check(&initial)?;
         let settings = ResumeSettings::of(&config, layout.len());
-        let mut strategy = config.strategy.server();
+        let mut strategy = config.strategy.server(config.is_private());
         let problem = |problem| FlError::Checkpoint {
             path: config.checkpoint.clone(),
             problem,
