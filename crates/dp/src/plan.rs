@@ -6,9 +6,10 @@
 //! wrap-around probability of one coordinate of the noisy sum is bounded by
 //! sub-Gaussian tails: after the rotation the summed signal has variance proxy
 //! (n·c/γ)²/m, each site's discrete Gaussian σ², and rounding shifts the sum by less
-//! than n, so P(wrap) ≤ 2·exp(−(2^(b−1) − n)² / (2((n·c/γ)²/m + n·σ²))). The plan takes
-//! the finest grid whose bound is at most [`WRAP_TARGET`]. For Skellam the same bound
-//! with variance 2μ is a Gaussian-tail estimate, not a proof.
+//! than n, so P(wrap) ≤ 2·exp(−(2^(b−1) − n)² / (2((n·c/γ)²/m + n·σ²))). A wrap of any
+//! coordinate is an error of norm 2^b·γ, so the target is per vector: the plan takes the
+//! finest grid whose union bound m·P(wrap) is at most [`WRAP_TARGET`]. For Skellam the
+//! same bound with variance 2μ is a Gaussian-tail estimate, not a proof.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,7 @@ use crate::codec::{Sensitivity, SiteNoise, sensitivity};
 use crate::error::DpError;
 use crate::sampler::Ratio;
 
-/// Per-coordinate wrap-around probability the plan allows.
+/// Probability the plan allows that any coordinate of a round's vector wraps around.
 pub const WRAP_TARGET: f64 = 1e-6;
 
 /// Which differential privacy a federation applies.
@@ -131,7 +132,8 @@ pub struct DpPlan {
     /// The per-round budget, and the ρ the chosen noise actually costs (≤ the budget).
     pub rho_per_round: f64,
     pub rho: f64,
-    /// Bound on one coordinate's wrap-around probability (Skellam: estimate).
+    /// Union bound on any coordinate of the round's vector wrapping around (Skellam:
+    /// estimate).
     pub wrap_probability: f64,
     /// Standard deviation of the noise in one coordinate of the decoded sum, in update
     /// units, when only the guaranteed contributors take part.
@@ -170,11 +172,13 @@ pub fn plan(config: &DpConfig, shape: RoundShape) -> Result<DpPlan, DpError> {
     let best = at(coarsest)?;
     if best.wrap_probability > WRAP_TARGET {
         let v = best.wrap_variance;
-        let needed = shape.sites as f64 + (2.0 * v * (2.0 / WRAP_TARGET).ln()).sqrt();
+        let per_coordinate = WRAP_TARGET / m as f64;
+        let needed = shape.sites as f64 + (2.0 * v * (2.0 / per_coordinate).ln()).sqrt();
         let bits = needed.log2().ceil() as u32 + 1;
         return Err(DpError::Infeasible(format!(
-            "the noisy sum needs at least {bits} bits per coordinate to keep wrap-around below \
-             {WRAP_TARGET:e}, but bits = {}; raise bits to {bits}, or raise dp.epsilon, lower \
+            "the noisy sum needs at least {bits} bits per coordinate to keep the chance of any \
+             wrap-around below {WRAP_TARGET:e}, but bits = {}; raise bits to {bits}, or raise \
+             dp.epsilon, lower \
              dp.rounds, or use fewer coordinates",
             shape.bits
         )));
@@ -252,7 +256,8 @@ fn candidate(
         Mechanism::None => unreachable!("checked by plan"),
     };
     let variance = signal + n * per_site_var;
-    let wrap_probability = wrap_bound(shape.sites, scaled_clip, m, per_site_var, shape.bits);
+    let per_coordinate = wrap_bound(shape.sites, scaled_clip, m, per_site_var, shape.bits);
+    let wrap_probability = (per_coordinate * m as f64).min(1.0);
     Ok(Candidate {
         plan: DpPlan {
             mechanism: config.mechanism,
@@ -451,5 +456,27 @@ mod tests {
             let err = plan(&cfg, SHAPE).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    /// The wrap target is per vector: recomputed from the plan's own numbers, the chance
+    /// that any of the m coordinates wraps is within the target (a per-coordinate
+    /// target, as before, allowed up to m times that).
+    #[test]
+    fn the_wrap_target_covers_the_whole_vector() {
+        let cfg = config(Mechanism::Ddg);
+        let p = plan(&cfg, SHAPE).unwrap();
+        let m = p.padded_dim;
+        let per_coordinate = wrap_bound(
+            SHAPE.sites,
+            cfg.l2_clip / p.gamma,
+            m,
+            p.noise * p.noise,
+            SHAPE.bits,
+        );
+        assert!(
+            per_coordinate * m as f64 <= WRAP_TARGET,
+            "{per_coordinate} × {m}"
+        );
+        assert!(p.wrap_probability <= WRAP_TARGET);
     }
 }
