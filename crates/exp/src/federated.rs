@@ -139,6 +139,7 @@ pub fn train_federated(
         // The threshold is planned for at least 5% dropouts.
         .rates(arm.dropout.max(0.05), 0.0)
         .codec(arm.bits, arm.clip, max_weight)
+        .weighting(arm.weighting)
         // Dropouts are explicit withdrawals: the deadlines are only a backstop.
         .timeouts(Duration::from_secs(3600), Duration::from_secs(600))
         .dp(dp)

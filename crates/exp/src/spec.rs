@@ -7,7 +7,7 @@ use std::path::Path;
 use tessera_core::Strategy;
 use tessera_data::{Registry, Role};
 use tessera_dp::{DpConfig, Mechanism};
-use tessera_fl::Protocol;
+use tessera_fl::{Protocol, Weighting};
 
 use crate::error::ExpError;
 
@@ -96,6 +96,9 @@ pub struct ArmFile {
     pub dp: Option<DpGrid>,
     /// How the federation's messages travel (not a grid; default "memory").
     pub transport: Option<Transport>,
+    /// "samples" (default: FedAvg's sample-count weights) or "uniform" (every site
+    /// counts once; under site-level DP the noise is then calibrated to weight 1).
+    pub weighting: Option<Weighting>,
 }
 
 /// How a federated arm's coordinator and sites talk: channels in this process, QUIC
@@ -147,6 +150,13 @@ pub struct FederatedArm {
     /// Absent from the serialised arm when "memory", so cached arms keep their keys.
     #[serde(default, skip_serializing_if = "Transport::is_memory")]
     pub transport: Transport,
+    /// Absent when "samples", so cached arms keep their keys.
+    #[serde(default, skip_serializing_if = "is_by_samples")]
+    pub weighting: Weighting,
+}
+
+fn is_by_samples(w: &Weighting) -> bool {
+    *w == Weighting::Samples
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -264,6 +274,7 @@ impl ExperimentFile {
                 ("clip", arm.clip.is_some()),
                 ("dp", arm.dp.is_some()),
                 ("transport", arm.transport.is_some()),
+                ("weighting", arm.weighting.is_some()),
             ];
             if arm.kind != ArmKind::Federated
                 && let Some((key, _)) = federated_keys.iter().find(|(_, set)| *set)
@@ -528,6 +539,7 @@ fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpErro
                 clip,
                 dp,
                 transport,
+                weighting: arm.weighting.unwrap_or_default(),
             }),
             grid,
         });

@@ -48,6 +48,20 @@ pub enum Threat {
     ActiveServer,
 }
 
+/// How site updates are weighted in the mean.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weighting {
+    /// By sample count (FedAvg): the counts travel exactly, and DP noise is calibrated
+    /// to the largest weight while the mean divides by their sum.
+    #[default]
+    Samples,
+    /// Every contributing site counts once: under site-level DP the noise on the mean
+    /// is then that of the sum divided by the number of contributors. The codec's
+    /// largest weight is 1, which tells sites to send weight 1.
+    Uniform,
+}
+
 impl From<Threat> for tessera_secagg::plan::ThreatModel {
     fn from(t: Threat) -> Self {
         match t {
@@ -76,6 +90,8 @@ pub struct FederationConfig {
     pub clip: f32,
     /// Largest site weight (sample count).
     pub max_weight: u64,
+    #[serde(default)]
+    pub weighting: Weighting,
     /// Fraction of the connected sites selected for each round (1 = all), drawn
     /// afresh every round from the session and round number.
     pub sample_fraction: f64,
@@ -115,6 +131,7 @@ impl FederationConfig {
             bits: 24,
             clip: 1.0,
             max_weight: 1000,
+            weighting: Weighting::Samples,
             sample_fraction: 1.0,
             training_timeout: Duration::from_secs(60),
             phase_timeout: Duration::from_secs(10),
@@ -126,6 +143,14 @@ impl FederationConfig {
     /// Where the privacy ledger (JSON) is kept: beside the checkpoint.
     pub fn ledger_path(&self) -> PathBuf {
         ledger_path(&self.checkpoint)
+    }
+
+    /// The largest weight the codec allows: 1 under uniform weighting.
+    pub fn codec_max_weight(&self) -> u64 {
+        match self.weighting {
+            Weighting::Samples => self.max_weight,
+            Weighting::Uniform => 1,
+        }
     }
 
     /// Whether rounds are differentially private (then normalisation statistics stay at
@@ -240,6 +265,11 @@ impl FederationBuilder {
     pub fn rates(mut self, dropout: f64, corruption: f64) -> Self {
         self.0.dropout_rate = dropout;
         self.0.corruption_rate = corruption;
+        self
+    }
+
+    pub fn weighting(mut self, weighting: Weighting) -> Self {
+        self.0.weighting = weighting;
         self
     }
 

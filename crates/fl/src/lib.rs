@@ -44,7 +44,8 @@ pub mod site;
 pub mod wire;
 
 pub use config::{
-    FederationBuilder, FederationConfig, Protocol, Threat, ledger_path, parse_session, session_hex,
+    FederationBuilder, FederationConfig, Protocol, Threat, Weighting, ledger_path, parse_session,
+    session_hex,
 };
 pub use coordinator::{Action, CoordinatorMachine, Event, TimerId};
 pub use driver::{Coordinator, SiteFiles, run_site};

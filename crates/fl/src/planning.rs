@@ -61,7 +61,7 @@ pub(crate) fn codec_spec(
             clip: c.clip,
             scale: FixedPoint::max_scale(modulus, c.clip, n),
             max_sites: n,
-            max_weight: c.max_weight,
+            max_weight: c.codec_max_weight(),
             dim,
         };
         return Ok((CodecSpec::FixedPoint(spec), None));
@@ -88,7 +88,7 @@ pub(crate) fn codec_spec(
         gamma: plan.gamma,
         dim,
         max_sites: n,
-        max_weight: c.max_weight,
+        max_weight: c.codec_max_weight(),
         rotation_seed: public_seed(&config.session, Purpose::Rotation, round),
         site_noise: plan.site_noise,
     };

@@ -526,10 +526,17 @@ impl SiteMachine {
             return self.abandon(round, SiteFailure::Training(e));
         };
         let mut encoding = ChaCha20Rng::from_seed(root.derive(Purpose::Encoding, ctx));
+        // A codec whose largest weight is 1 means uniform weighting: every contributing
+        // site counts once.
+        let weight = if start.codec.max_weight() == 1 {
+            update.samples.min(1)
+        } else {
+            update.samples
+        };
         let input = match start
             .codec
             .codec()
-            .and_then(|c| c.encode(&delta, update.samples, &mut encoding))
+            .and_then(|c| c.encode(&delta, weight, &mut encoding))
         {
             Ok(v) => v,
             Err(e) => return self.abandon(round, SiteFailure::Encoding(e)),

@@ -325,3 +325,24 @@ fn phase_starts_are_marked() {
         assert_eq!(h.log.iter().filter(|a| **a == "phase").count(), phases);
     }
 }
+
+/// Uniform weighting: the global model moves by the plain mean of the sites' steps,
+/// whatever their sample counts, and every site sends weight 1.
+#[test]
+fn uniform_weighting_gives_every_site_one_vote() {
+    let cfg = FederationConfig {
+        weighting: tessera_fl::Weighting::Uniform,
+        ..config()
+    };
+    let mut h = Harness::new(cfg, 3, &memory::Dropouts::new(), None);
+    let report = h.round();
+    assert!(report.completed(), "{report:?}");
+    assert_eq!(report.total_weight, 3);
+    let plain = (step(0) + step(1) + step(2)) / 3.0;
+    assert!((h.mean() - plain).abs() < 1e-5, "{} vs {plain}", h.mean());
+    // By samples, the same sites give the weighted mean (a different number).
+    let mut by_samples = Harness::new(config(), 3, &memory::Dropouts::new(), None);
+    by_samples.round();
+    assert!((by_samples.mean() - weighted(&[0, 1, 2])).abs() < 1e-5);
+    assert!((by_samples.mean() - plain).abs() > 1e-4);
+}

@@ -90,6 +90,9 @@ pub struct CoordinatorFile {
     pub bits: u8,
     pub clip: f32,
     pub max_weight: u64,
+    /// "samples" (default) or "uniform".
+    #[serde(default)]
+    pub weighting: crate::Weighting,
     #[serde(default = "all_sites")]
     pub sample_fraction: f64,
     pub training_timeout_s: f64,
@@ -294,6 +297,7 @@ impl CoordinatorPlan {
             .rates(file.dropout_rate, file.corruption_rate)
             .threat(file.threat)
             .codec(file.bits, file.clip, file.max_weight)
+            .weighting(file.weighting)
             .sample_fraction(file.sample_fraction)
             .timeouts(
                 seconds("training_timeout_s", file.training_timeout_s)?,
