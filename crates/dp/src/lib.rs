@@ -26,6 +26,7 @@ pub mod accounting;
 pub mod codec;
 mod error;
 pub mod plan;
+pub mod pld;
 pub mod rotation;
 pub mod sampler;
 pub mod update;
