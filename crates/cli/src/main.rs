@@ -5,6 +5,7 @@ mod audit;
 mod data;
 mod federation;
 mod pki;
+mod privacy;
 mod reproduce;
 mod simulate;
 
@@ -33,6 +34,10 @@ enum Command {
     /// Synthetic cohorts and dataset checks.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// ε for a privacy configuration, or the noise a target ε needs, without running
+    /// anything (accountants: pld, rdp, zcdp, best).
+    #[command(subcommand)]
+    Privacy(privacy::PrivacyCommand),
     /// The federation's CA, certificates and signed roster.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run_command(&args),
         Command::Data(cmd) => ok(data::run(&cmd)),
         Command::Pki(cmd) => ok(pki::run(&cmd)),
+        Command::Privacy(cmd) => ok(privacy::run(&cmd)),
         Command::Coordinator { config } => federation::coordinator(&config),
         Command::Site { config } => federation::site(&config),
         Command::Audit(cmd) => audit::run(&cmd),

@@ -137,10 +137,19 @@ pub struct LedgerEntry {
     pub cumulative_epsilon: f64,
 }
 
+fn zcdp() -> String {
+    "zcdp".into()
+}
+
 /// Every charge of a training run, refusing any that would exceed the budget.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     pub mechanism: String,
+    /// How ε is computed from the entries: zCDP composed and converted by OpenDP (the
+    /// tightest bound Tessera has for the sum of discrete Gaussians and for Skellam; see
+    /// `query` for PLD, which applies to the continuous Gaussian only).
+    #[serde(default = "zcdp")]
+    pub accountant: String,
     pub target_epsilon: f64,
     pub delta: f64,
     /// Whether the noise comes from an exact sampler (false for Skellam).
@@ -152,6 +161,7 @@ impl Ledger {
     pub fn new(mechanism: &str, target_epsilon: f64, delta: f64, exact_sampler: bool) -> Self {
         Self {
             mechanism: mechanism.into(),
+            accountant: zcdp(),
             target_epsilon,
             delta,
             exact_sampler,

@@ -27,6 +27,7 @@ pub mod codec;
 mod error;
 pub mod plan;
 pub mod pld;
+pub mod query;
 pub mod rotation;
 pub mod sampler;
 pub mod update;

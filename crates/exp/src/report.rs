@@ -544,15 +544,16 @@ pub fn write(
             },
         )?;
         let mut md = String::from(
-            "# Privacy ledgers\n\n| arm | mechanism | rounds charged | ρ total | ε spent | δ | exact sampler |\n|---|---|---|---|---|---|---|\n",
+            "# Privacy ledgers\n\nPrivacy unit: one site (site-level DP, zero-out adjacency: a site's update replaced by zero; which sites contributed and their sample counts are public). δ is per site over the whole training run.\n\n| arm | mechanism | accountant | rounds charged | ρ total | ε spent | δ | exact sampler |\n|---|---|---|---|---|---|---|---|\n",
         );
         for (r, _) in &dp {
             if let Some(l) = &r.ledger {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {:.4} | {:.3} | {:e} | {} |",
+                    "| {} | {} | {} | {} | {:.4} | {:.3} | {:e} | {} |",
                     r.arm.name,
                     l.mechanism,
+                    l.accountant,
                     l.entries.len(),
                     l.total_rho(),
                     l.spent(),

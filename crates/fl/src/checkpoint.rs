@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::config::{FederationConfig, Protocol, session_hex};
 
 const MAGIC: &[u8; 4] = b"TSCK";
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 const DIGEST: usize = 32;
 
 /// The settings a resumed federation must keep.
