@@ -1,5 +1,6 @@
 //! Site pipeline for 10^6 coordinates (rotate, clip, round, noise, encode) with the exact
-//! discrete Gaussian, and sampler throughput: ours versus OpenDP's, in the same run.
+//! discrete Gaussian, sampler throughput (ours versus OpenDP's, in the same run), and the
+//! PLD accountant for 10^4 composed rounds.
 
 use chacha20::ChaCha20Rng;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -88,5 +89,27 @@ fn samplers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline, samplers);
+/// The PLD accountant for 10^4 composed rounds of a subsampled Gaussian (z = 1, q = 0.01,
+/// δ = 1e-5) and without subsampling (exact Gaussian DP).
+fn accountant(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pld_10000_rounds");
+    group.sample_size(10);
+    for q in [0.01, 1.0] {
+        group.bench_function(BenchmarkId::from_parameter(q), |b| {
+            b.iter(|| {
+                tessera_dp::pld::gaussian_epsilon(
+                    black_box(1.0),
+                    q,
+                    10_000,
+                    1e-5,
+                    tessera_dp::pld::DEFAULT_STEP,
+                )
+                .expect("ε")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, samplers, accountant);
 criterion_main!(benches);
