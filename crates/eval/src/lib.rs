@@ -6,7 +6,9 @@
 //! a score-threshold sweep 0 → 0.98 gives FROC-style curves; nested boxes (overlap
 //! above 0.7) are removed; lesion burden comes from the dense score map thresholded at
 //! 0.1. This crate implements that protocol, plus mAP, percentile-bootstrap intervals
-//! and a patient-level ROC AUC, on plain boxes and masks (no model, no I/O).
+//! (which [`summarise`] reports: they stay inside each metric's range, where the
+//! study's normal interval does not) and a patient-level ROC AUC, on plain boxes and
+//! masks (no model, no I/O).
 
 mod boxes;
 mod metrics;

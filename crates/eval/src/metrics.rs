@@ -205,7 +205,15 @@ pub struct CohortSummary {
     pub mean_average_precision: Option<Estimate>,
 }
 
-/// Per-patient metrics averaged over patients, each with the study's 95% interval.
+/// Resamples of the summary intervals (a fixed seed: the same patients give the same
+/// interval).
+pub const SUMMARY_RESAMPLES: usize = 2000;
+const SUMMARY_SEED: u64 = 0x5eed;
+
+/// Per-patient metrics averaged over patients, each with a 95% percentile-bootstrap
+/// interval over patients: unlike mean ± 1.96·SD/√n (the study's, [`normal_ci`]) it
+/// never leaves the metric's range, and with one patient it is the single value (no
+/// interval; the report says so).
 pub fn summarise(patients: &[PatientResult], threshold: f32) -> CohortSummary {
     let metrics: Vec<PatientMetrics> = patients.iter().map(|p| p.metrics(threshold)).collect();
     let collect = |f: &dyn Fn(&PatientMetrics) -> Option<f64>| {
@@ -217,11 +225,15 @@ pub fn summarise(patients: &[PatientResult], threshold: f32) -> CohortSummary {
         .collect();
     CohortSummary {
         patients: patients.len(),
-        sensitivity: normal_ci(&collect(&|m| m.sensitivity)),
-        precision: normal_ci(&collect(&|m| m.precision)),
-        false_positives_per_slice: normal_ci(&collect(&|m| Some(m.false_positives_per_slice))),
-        mean_average_precision: normal_ci(&aps),
+        sensitivity: interval(&collect(&|m| m.sensitivity)),
+        precision: interval(&collect(&|m| m.precision)),
+        false_positives_per_slice: interval(&collect(&|m| Some(m.false_positives_per_slice))),
+        mean_average_precision: interval(&aps),
     }
+}
+
+fn interval(values: &[f64]) -> Option<Estimate> {
+    bootstrap_ci(values, SUMMARY_RESAMPLES, SUMMARY_SEED)
 }
 
 /// One point of the FROC-style sweep.
@@ -446,5 +458,36 @@ mod tests {
         let sens = s.sensitivity.unwrap();
         assert!((sens.mean - 2.0 / 3.0).abs() < 1e-12 && sens.n == 2);
         assert!((s.mean_average_precision.unwrap().mean - 5.0 / 9.0).abs() < 1e-12);
+    }
+
+    /// A patient with no lesion found (sensitivity 0) beside three like `patient()`:
+    /// the summary's interval stays inside [0, 1] where mean ± 1.96·SD/√n would not;
+    /// one patient gives the value itself (no interval).
+    #[test]
+    fn summary_intervals_stay_inside_the_metric_range() {
+        let missed = PatientResult {
+            patient: "m".into(),
+            slices: vec![SliceResult {
+                truth: vec![BBox::new(0.0, 0.0, 10.0, 10.0)],
+                detections: vec![],
+            }],
+        };
+        let found = PatientResult {
+            patient: "f".into(),
+            slices: vec![SliceResult {
+                truth: vec![BBox::new(0.0, 0.0, 10.0, 10.0)],
+                detections: vec![det(0.0, 0.0, 10.0, 10.0, 0.9)],
+            }],
+        };
+        let cohort = [missed.clone(), missed.clone(), missed.clone(), found];
+        let sens = summarise(&cohort, 0.4).sensitivity.unwrap();
+        assert!(sens.low >= 0.0 && sens.high <= 1.0, "{sens:?}");
+        let normal = normal_ci(&[0.0, 0.0, 0.0, 1.0]).unwrap();
+        assert!(
+            normal.low < 0.0,
+            "the study's interval leaves the range: {normal:?}"
+        );
+        let one = summarise(&[missed], 0.4).sensitivity.unwrap();
+        assert_eq!((one.n, one.low, one.high), (1, 0.0, 0.0));
     }
 }

@@ -15,10 +15,12 @@ use crate::error::{ExpError, write_atomic};
 use crate::profile::{Profile, ProfileName};
 use crate::spec::{ArmPlan, Experiment};
 
+/// A mean with its interval and n; one patient has no interval, and says so.
 fn fmt(e: &Option<Estimate>) -> String {
     match e {
-        Some(e) => format!("{:.3} [{:.3}, {:.3}]", e.mean, e.low, e.high),
-        None => "–".into(),
+        Some(e) if e.n == 1 => format!("{:.3} (n = 1: no interval)", e.mean),
+        Some(e) => format!("{:.3} [{:.3}, {:.3}] (n = {})", e.mean, e.low, e.high, e.n),
+        None => "– (n = 0)".into(),
     }
 }
 
@@ -87,7 +89,7 @@ fn cohort_tables(results: &[ArmResult], cohort: &str, synthetic: bool) -> (Strin
         "Cohorts as configured in the registry."
     };
     let mut md = format!(
-        "# {cohort}\n\n{note} Score threshold 0.4; mean [95% CI] over patients (mean ± 1.96·SD/√n).\n\n| arm | sensitivity | precision | FP per slice | mAP |\n|---|---|---|---|---|\n"
+        "# {cohort}\n\n{note} Score threshold 0.4; mean over patients [95% percentile-bootstrap interval, 2,000 resamples of patients] (n patients with the metric defined).\n\n| arm | sensitivity | precision | FP per slice | mAP |\n|---|---|---|---|---|\n"
     );
     let mut tex = format!(
         "% {note}\n\\begin{{tabular}}{{lllll}}\n\\hline\narm & sensitivity & precision & FP/slice & mAP \\\\\n\\hline\n"
