@@ -15,7 +15,7 @@ use tessera_core::{LocalTrainer, LocalTrainingConfig};
 use tessera_dp::Ledger;
 use tessera_eval::{
     CohortSummary, DEFAULT_SCORE_THRESHOLD, Detection, FrocPoint, PatientResult, SliceResult, froc,
-    lesion_burden, predicted_burden, summarise,
+    lesion_burden, nms, predicted_burden, summarise,
 };
 use tessera_train::{DecodeConfig, DetectorTrainer, Example, Predictions, TrainerConfig};
 
@@ -23,7 +23,7 @@ use crate::cohorts::{Cohorts, TestCohort, TestScan};
 use crate::error::ExpError;
 use crate::federated::train_federated;
 use crate::profile::Profile;
-use crate::spec::{Arm, ArmPlan};
+use crate::spec::{Arm, ArmPlan, Fusion};
 use crate::transport::ProcessContext;
 
 /// Score threshold of the lesion-burden maps (the study's 0.1).
@@ -199,15 +199,58 @@ impl Predictor for ModelPredictor {
     }
 }
 
-/// Soft-voting ensemble: detections of the members that overlap (IoU ≥ 0.5) form one
-/// detection at the highest-scoring box with the members' mean score (a member that
-/// does not detect it counts 0); score maps are averaged.
-pub struct EnsemblePredictor(pub Vec<ModelPredictor>);
+/// IoU above which the study's ensemble suppresses a lower-scoring box: the released
+/// code's inference NMS threshold (paper-facts: "inference NMS IoU 0.1").
+pub const ENSEMBLE_NMS_IOU: f32 = 0.1;
+
+/// The members' predictions fused by `fusion` ([`Fusion`]); score maps are averaged
+/// either way.
+pub struct EnsemblePredictor {
+    pub members: Vec<ModelPredictor>,
+    pub fusion: Fusion,
+}
+
+/// Soft voting over one slice's detections, `(member, detection)`, of `m` members.
+fn score_average(mut all: Vec<(usize, Detection)>, m: f32) -> Vec<Detection> {
+    all.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
+    let mut used = vec![false; all.len()];
+    let mut fused = Vec::new();
+    for a in 0..all.len() {
+        if used[a] {
+            continue;
+        }
+        used[a] = true;
+        let (lead_member, lead) = all[a];
+        let mut members = vec![lead_member];
+        let mut total = lead.score;
+        for b in a + 1..all.len() {
+            let (k, d) = all[b];
+            if !used[b] && !members.contains(&k) && lead.bbox.iou(&d.bbox) >= 0.5 {
+                used[b] = true;
+                members.push(k);
+                total += d.score;
+            }
+        }
+        fused.push(Detection {
+            bbox: lead.bbox,
+            score: total / m,
+        });
+    }
+    fused
+}
+
+/// One slice's detections `(member, detection)` of `m` members, fused.
+fn fuse(all: Vec<(usize, Detection)>, fusion: Fusion, m: f32) -> Vec<Detection> {
+    match fusion {
+        Fusion::Nms => nms(all.into_iter().map(|(_, d)| d).collect(), ENSEMBLE_NMS_IOU),
+        Fusion::ScoreAverage => score_average(all, m),
+    }
+}
 
 impl Predictor for EnsemblePredictor {
     fn predict(&mut self, images: &[&[f32]]) -> Result<Predictions, ExpError> {
         let outputs: Vec<Predictions> = self
-            .0
+            .members
             .iter_mut()
             .map(|m| m.predict(images))
             .collect::<Result<_, _>>()?;
@@ -215,36 +258,12 @@ impl Predictor for EnsemblePredictor {
         let mut detections = Vec::with_capacity(images.len());
         let mut scores = Vec::with_capacity(images.len());
         for i in 0..images.len() {
-            let mut all: Vec<(usize, Detection)> = outputs
+            let all: Vec<(usize, Detection)> = outputs
                 .iter()
                 .enumerate()
                 .flat_map(|(k, o)| o.detections[i].iter().map(move |d| (k, *d)))
                 .collect();
-            all.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
-            let mut used = vec![false; all.len()];
-            let mut fused = Vec::new();
-            for a in 0..all.len() {
-                if used[a] {
-                    continue;
-                }
-                used[a] = true;
-                let (lead_member, lead) = all[a];
-                let mut members = vec![lead_member];
-                let mut total = lead.score;
-                for b in a + 1..all.len() {
-                    let (k, d) = all[b];
-                    if !used[b] && !members.contains(&k) && lead.bbox.iou(&d.bbox) >= 0.5 {
-                        used[b] = true;
-                        members.push(k);
-                        total += d.score;
-                    }
-                }
-                fused.push(Detection {
-                    bbox: lead.bbox,
-                    score: total / m,
-                });
-            }
-            detections.push(fused);
+            detections.push(fuse(all, self.fusion, m));
             let len = outputs[0].scores[i].len();
             scores.push(
                 (0..len)
@@ -393,7 +412,7 @@ pub fn run_arm(
             let predictor = ModelPredictor::new(profile, &outcome.model)?;
             (Some(outcome.model), Box::new(predictor))
         }
-        ArmPlan::Ensemble { members } => {
+        ArmPlan::Ensemble { members, fusion } => {
             let predictors = members
                 .iter()
                 .map(|m| {
@@ -403,7 +422,13 @@ pub fn run_arm(
                     ModelPredictor::new(profile, params)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            (None, Box::new(EnsemblePredictor(predictors)))
+            (
+                None,
+                Box::new(EnsemblePredictor {
+                    members: predictors,
+                    fusion: *fusion,
+                }),
+            )
         }
     };
     let (evals, series) = evaluate(predictor.as_mut(), cohorts)?;
@@ -419,4 +444,39 @@ pub fn run_arm(
         },
         model,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_eval::BBox;
+
+    fn det(x: f32, score: f32) -> Detection {
+        Detection {
+            bbox: BBox::new(x, 0.0, x + 10.0, 10.0),
+            score,
+        }
+    }
+
+    /// The study's ensemble keeps the union's highest-scoring box where boxes overlap
+    /// (IoU > 0.1) and every separate box; score averaging merges only IoU ≥ 0.5 and
+    /// averages over all members.
+    #[test]
+    fn nms_fusion_keeps_the_best_of_the_union_and_score_average_votes() {
+        // Member 0 and 1 overlap at IoU 0.6 (shift 2.5); member 2 overlaps member 0 at
+        // IoU 0.25 (shift 6); member 1 also has a separate box.
+        let all = vec![
+            (0, det(0.0, 0.9)),
+            (1, det(2.5, 0.6)),
+            (2, det(6.0, 0.5)),
+            (1, det(100.0, 0.3)),
+        ];
+        let nms = fuse(all.clone(), Fusion::Nms, 3.0);
+        let scores: Vec<f32> = nms.iter().map(|d| d.score).collect();
+        assert_eq!(scores, vec![0.9, 0.3]);
+        let voted = fuse(all, Fusion::ScoreAverage, 3.0);
+        let mut scores: Vec<f32> = voted.iter().map(|d| d.score).collect();
+        scores.sort_by(f32::total_cmp);
+        assert_eq!(scores, vec![0.1, 0.5 / 3.0, 0.5]);
+    }
 }

@@ -33,7 +33,7 @@ impl<T: Clone> Grid<T> {
 pub enum ArmKind {
     /// Trained on one training site's data only.
     SingleSite,
-    /// Soft-voting ensemble of earlier single-site arms.
+    /// Ensemble of earlier single-site arms (see [`Fusion`]).
     Ensemble,
     /// Centralised training on every training site's data (no privacy).
     Pooled,
@@ -80,6 +80,9 @@ pub struct ArmFile {
     pub site: Option<String>,
     /// ensemble: names of earlier single-site arms.
     pub members: Option<Vec<String>>,
+    /// ensemble: how the members' detections are fused ("nms", the study's, or
+    /// "score-average").
+    pub fusion: Option<Fusion>,
     // Federated settings (grids):
     pub protocol: Option<Grid<Protocol>>,
     pub strategy: Option<Grid<Strategy>>,
@@ -99,6 +102,19 @@ pub struct ArmFile {
     /// "samples" (default: FedAvg's sample-count weights) or "uniform" (every site
     /// counts once; under site-level DP the noise is then calibrated to weight 1).
     pub weighting: Option<Weighting>,
+}
+
+/// How an ensemble fuses its members' detections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fusion {
+    /// The study's: the union of the members' boxes, then non-maximum suppression
+    /// keeping the highest score; score maps averaged.
+    #[default]
+    Nms,
+    /// Soft voting: overlapping detections (IoU ≥ 0.5, one per member) become one at the
+    /// best box with the members' mean score (absent members count 0).
+    ScoreAverage,
 }
 
 /// How a federated arm's coordinator and sites talk: channels in this process, QUIC
@@ -161,8 +177,13 @@ fn is_by_samples(w: &Weighting) -> bool {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ArmPlan {
-    SingleSite { site: String },
-    Ensemble { members: Vec<String> },
+    SingleSite {
+        site: String,
+    },
+    Ensemble {
+        members: Vec<String>,
+        fusion: Fusion,
+    },
     Pooled,
     Federated(FederatedArm),
 }
@@ -287,6 +308,9 @@ impl ExperimentFile {
             if arm.kind != ArmKind::Ensemble && arm.members.is_some() {
                 return invalid(format!("{at}.members: only ensemble arms take this key"));
             }
+            if arm.kind != ArmKind::Ensemble && arm.fusion.is_some() {
+                return invalid(format!("{at}.fusion: only ensemble arms take this key"));
+            }
             let resolved = match arm.kind {
                 ArmKind::SingleSite => {
                     let Some(site) = &arm.site else {
@@ -324,6 +348,7 @@ impl ExperimentFile {
                         &arm.name,
                         ArmPlan::Ensemble {
                             members: members.clone(),
+                            fusion: arm.fusion.unwrap_or_default(),
                         },
                     )]
                 }
