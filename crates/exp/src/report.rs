@@ -645,14 +645,14 @@ fn write_up(
         profile.eval_slice_stride
     );
     out.push_str(
-        "Each arm is one training run with one seed. The 95% intervals cover variation between \
-         patients, not between training runs; a small perturbation of training (other \
+        "Each arm is one training run with one seed. The 95% intervals (percentile bootstrap \
+         over patients) cover variation between patients, not between training runs; a small perturbation of training (other \
          stochastic-rounding draws, for instance) can move a model's mAP by several points, so \
          differences of that size between arms are within run-to-run variation.\n\n",
     );
     out.push_str("## mAP per cohort\n\n");
     out.push_str(summary);
-    out.push_str("\nPer-cohort tables with sensitivity, precision, false positives per slice and mAP (95% CIs) are in `tables/` (Markdown and LaTeX); FROC curves, the ε–utility plot and the longitudinal lesion-burden figure in `figures/` (PNG and SVG).\n\n");
+    out.push_str("\nPer-cohort tables with sensitivity, precision, false positives per slice and mAP (95% percentile-bootstrap intervals over patients, n in every cell) are in `tables/` (Markdown and LaTeX); FROC curves, the ε–utility plot and the longitudinal lesion-burden figure in `figures/` (PNG and SVG).\n\n");
     let claims = claims(results);
     if !claims.is_empty() {
         out.push_str("## The study's claims, checked on these results\n\n");
