@@ -187,61 +187,82 @@ fn messages<'a>(
             } => out.refusals.push((*round, key.clone(), reason.clone())),
             Entry::Receipt(_) => {}
             Entry::Message {
-                session: s,
+                session,
                 round,
                 kind,
                 size,
                 ..
             } => {
-                if kind == "head" {
-                    match sizes::head(s, rec.seq) {
-                        Ok(want) if *size != want => {
-                            ctx.find(at, "size", format!("head of {size} bytes, not {want}"))
-                        }
-                        Ok(_) => {}
-                        Err(e) => ctx.find(at, "size", e.to_string()),
-                    }
-                    continue;
-                }
-                if kind == "plain-update" && trust.policy.require_secure {
-                    ctx.find(
-                        at,
-                        "policy",
-                        "a plain-update: the policy requires secure aggregation",
-                    );
-                }
-                let Some(facts) = rounds.get(&(s.clone(), *round)) else {
-                    ctx.find(
-                        at,
-                        "policy",
-                        format!("a {kind} for round {round}, which the site never admitted"),
-                    );
-                    continue;
-                };
-                match sizes::expected(kind, facts, site) {
-                    Err(SizeError::NotInRound) => ctx.find(
-                        at,
-                        "policy",
-                        format!("a {kind} in a {} round", facts.protocol),
-                    ),
-                    Err(e @ SizeError::Facts(_)) => {
-                        ctx.find(at, "size", format!("round {round}: {e}"))
-                    }
-                    Ok(range) if !range.contains(size) => ctx.find(
-                        at,
-                        "size",
-                        format!(
-                            "{kind} of {size} bytes; round {round}'s parameters imply {}..={}",
-                            range.start(),
-                            range.end()
-                        ),
-                    ),
-                    Ok(_) => {}
-                }
+                let facts = rounds.get(&(session.clone(), *round)).copied();
+                check_message(
+                    trust,
+                    site,
+                    rec.seq,
+                    (session, *round, kind, *size),
+                    facts,
+                    ctx,
+                );
             }
         }
     }
     order
+}
+
+/// One message: its kind against the policy and the round it belongs to, its size
+/// against that round's parameters. `msg` is (session, round, kind, size).
+fn check_message(
+    trust: &Trust,
+    site: u32,
+    seq: u64,
+    msg: (&str, u64, &str, u64),
+    facts: Option<&RoundFacts>,
+    ctx: &mut Ctx,
+) {
+    let (session, round, kind, size) = msg;
+    let at = Some(seq);
+    if kind == "head" {
+        match sizes::head(session, seq) {
+            Ok(want) if size != want => {
+                ctx.find(at, "size", format!("head of {size} bytes, not {want}"))
+            }
+            Ok(_) => {}
+            Err(e) => ctx.find(at, "size", e.to_string()),
+        }
+        return;
+    }
+    if kind == "plain-update" && trust.policy.require_secure {
+        ctx.find(
+            at,
+            "policy",
+            "a plain-update: the policy requires secure aggregation",
+        );
+    }
+    let Some(facts) = facts else {
+        ctx.find(
+            at,
+            "policy",
+            format!("a {kind} for round {round}, which the site never admitted"),
+        );
+        return;
+    };
+    match sizes::expected(kind, facts, site) {
+        Err(SizeError::NotInRound) => ctx.find(
+            at,
+            "policy",
+            format!("a {kind} in a {} round", facts.protocol),
+        ),
+        Err(e @ SizeError::Facts(_)) => ctx.find(at, "size", format!("round {round}: {e}")),
+        Ok(range) if !range.contains(&size) => ctx.find(
+            at,
+            "size",
+            format!(
+                "{kind} of {size} bytes; round {round}'s parameters imply {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ),
+        Ok(_) => {}
+    }
 }
 
 fn check_open(trust: &Trust, open: &OpenFacts, at: Option<u64>, ctx: &mut Ctx) {

@@ -258,36 +258,62 @@ fn stream_data(
                 continue;
             }
             for f in as_list(q.get("quic.frame")) {
-                let kind: u64 = text(f, "quic.frame_type")
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(0);
-                match kind {
-                    0x08..=0x0f => {
-                        let stream = text(f, "quic.stream.stream_id")
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0);
-                        let offset = text(f, "quic.stream.offset")
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0);
-                        let bytes = text(f, "quic.stream_data")
-                            .and_then(unhex_colons)
-                            .unwrap_or_default();
-                        data.entry(n)
-                            .or_default()
-                            .entry(stream)
-                            .or_default()
-                            .entry(offset)
-                            .or_insert(bytes);
+                match frame(f) {
+                    Ok(Frame::Stream {
+                        stream,
+                        offset,
+                        bytes,
+                    }) => {
+                        let pieces = data.entry(n).or_default().entry(stream).or_default();
+                        pieces.entry(offset).or_insert(bytes);
                     }
-                    0x30 | 0x31 => find(format!(
+                    Ok(Frame::Datagram) => find(format!(
                         "packet {frame_no}: a DATAGRAM frame (data outside any stream)"
                     )),
-                    _ => {}
+                    Ok(Frame::Other) => {}
+                    Err(what) => find(format!("packet {frame_no}: {what}")),
                 }
             }
         }
     }
     Ok(data)
+}
+
+/// One QUIC frame as tshark decoded it.
+enum Frame {
+    Stream {
+        stream: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    Datagram,
+    Other,
+}
+
+/// Reads a frame; a field tshark printed that does not parse is an error, never a
+/// default (a STREAM frame's absent offset is 0 and its absent data empty, by RFC 9000).
+fn frame(f: &Value) -> Result<Frame, String> {
+    let number = |key: &str| -> Result<Option<u64>, String> {
+        text(f, key)
+            .map(|t| {
+                t.parse::<u64>()
+                    .map_err(|_| format!("{key} \"{t}\" is not a number"))
+            })
+            .transpose()
+    };
+    let kind = number("quic.frame_type")?.ok_or("a frame without a type")?;
+    Ok(match kind {
+        0x08..=0x0f => Frame::Stream {
+            stream: number("quic.stream.stream_id")?.ok_or("a STREAM frame without a stream id")?,
+            offset: number("quic.stream.offset")?.unwrap_or(0),
+            bytes: match text(f, "quic.stream_data") {
+                Some(hex) => unhex_colons(hex).ok_or("stream data that is not hex")?,
+                None => Vec::new(),
+            },
+        },
+        0x30 | 0x31 => Frame::Datagram,
+        _ => Frame::Other,
+    })
 }
 
 /// Joins a stream's pieces (retransmissions overlap) into its bytes; a gap ends it.
