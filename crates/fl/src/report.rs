@@ -39,8 +39,8 @@ pub enum RejectReason {
     BadShape,
     #[error("a second update from the same site")]
     Duplicate,
-    #[error("for another session")]
-    WrongSession,
+    #[error("a transcript head refused: {0}")]
+    Head(&'static str),
 }
 
 /// A refused message.

@@ -346,3 +346,52 @@ fn uniform_weighting_gives_every_site_one_vote() {
     assert!((by_samples.mean() - weighted(&[0, 1, 2])).abs() < 1e-5);
     assert!((by_samples.mean() - plain).abs() > 1e-4);
 }
+
+/// Receipts of transcript heads: one per site per ended round, never for a transcript
+/// that shrank since the last receipt (which would roll its anchor back).
+#[test]
+fn transcript_heads_are_signed_once_per_round_and_never_backwards() {
+    use std::sync::Arc;
+    use tessera_fl::wire::ToSite;
+    use tessera_net::receipt::ReceiptSigner;
+    let dir = std::env::temp_dir().join(format!("tessera-heads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tessera_fl::loopback::pki_for(&dir, 2).unwrap();
+    let signer = Arc::new(ReceiptSigner::load(&dir.join("pki/coordinator.key")).unwrap());
+    let mut h = Harness::new(config(), 2, &memory::Dropouts::new(), None);
+    h.coordinator
+        .enable_receipts(signer, dir.join("receipts.json"), None)
+        .unwrap();
+    let head = |h: &mut Harness, site: u32, seq: u64| -> bool {
+        let bytes = wire::encode(&ToCoordinator::Head {
+            session: SESSION,
+            seq,
+            head: "ab".repeat(32),
+        })
+        .unwrap();
+        h.coordinator
+            .handle(Event::Message {
+                from: SiteId(site),
+                bytes,
+            })
+            .unwrap();
+        let mut receipted = false;
+        while let Some(action) = h.coordinator.poll_action() {
+            if let Action::Send { to, bytes } = action
+                && to == SiteId(site)
+                && matches!(wire::decode::<ToSite>(&bytes), Ok(ToSite::Receipt(_)))
+            {
+                receipted = true;
+            }
+        }
+        receipted
+    };
+    assert!(!head(&mut h, 0, 5), "no round has ended");
+    assert!(h.round().completed());
+    assert!(head(&mut h, 0, 5));
+    assert!(!head(&mut h, 0, 6), "a second head for the same round");
+    assert!(h.round().completed());
+    assert!(!head(&mut h, 0, 3), "a transcript that shrank");
+    assert!(head(&mut h, 1, 9));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,9 +22,21 @@ impl CoordinatorMachine {
         let Some(receipts) = self.receipts.as_mut() else {
             return Ok(());
         };
-        receipts.due.remove(&from);
-        if session != self.config.session {
-            self.reject(from, RejectReason::WrongSession);
+        // One head per ended round, a transcript that only grows, a well-formed hash:
+        // a site can neither make the coordinator sign at will nor roll its anchor back.
+        let problem = if !receipts.due.remove(&from) {
+            Some("no round ended for it since its last head")
+        } else if session != self.config.session {
+            Some("for another session")
+        } else if receipts.latest.get(&from.0).is_some_and(|r| seq <= r.seq) {
+            Some("its transcript would have shrunk since the last receipt")
+        } else if head.len() != 64 || !head.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some("the head is not a SHA-256 in hex")
+        } else {
+            None
+        };
+        if let Some(why) = problem {
+            self.reject(from, RejectReason::Head(why));
             return Ok(());
         }
         let session = crate::config::session_hex(&session);

@@ -182,6 +182,17 @@ impl CoordinatorMachine {
         path: PathBuf,
         existing: Option<&[u8]>,
     ) -> Result<Self, FlError> {
+        self.enable_receipts(signer, path, existing)?;
+        Ok(self)
+    }
+
+    /// [`Self::with_receipts`] on a running machine.
+    pub fn enable_receipts(
+        &mut self,
+        signer: Arc<ReceiptSigner>,
+        path: PathBuf,
+        existing: Option<&[u8]>,
+    ) -> Result<(), FlError> {
         let latest = match existing {
             Some(bytes) => serde_json::from_slice(bytes).map_err(|e| FlError::File {
                 path: path.clone(),
@@ -195,7 +206,7 @@ impl CoordinatorMachine {
             latest,
             due: BTreeSet::new(),
         });
-        Ok(self)
+        Ok(())
     }
 
     pub fn config(&self) -> &FederationConfig {
