@@ -18,6 +18,8 @@ use crate::error::DpError;
 
 /// Grid step of the privacy loss (the same default as Google's `dp_accounting`).
 pub const DEFAULT_STEP: f64 = 1e-4;
+/// Largest single-round privacy loss the grid covers (e^loss stays finite).
+const MAX_LOSS: f64 = 300.0;
 /// Probability mass below which a tail is folded pessimistically.
 const TAIL: f64 = 1e-20;
 
@@ -84,9 +86,17 @@ impl Curve {
 impl Pld {
     /// One Poisson-subsampled Gaussian mechanism (noise multiplier `sigma` for
     /// sensitivity 1, sampling probability `q` in (0, 1]), one direction of adjacency.
-    fn connect_the_dots(curve: Curve, step: f64) -> Self {
+    fn connect_the_dots(curve: Curve, step: f64) -> Result<Self, DpError> {
         // The grid spans the losses that matter: beyond it the curve is below TAIL.
         let (lo, hi) = loss_range(&curve, step);
+        // e^loss must stay finite (and the grid of a sane size).
+        if (hi as f64 * step) > MAX_LOSS || (lo as f64 * step) < -MAX_LOSS {
+            return Err(DpError::Infeasible(format!(
+                "noise multiplier {} is too small for the PLD accountant (single-round \
+                 losses beyond ±{MAX_LOSS}); use the rdp accountant",
+                curve.sigma
+            )));
+        }
         let n = (hi - lo + 1) as usize;
         let xs: Vec<f64> = (0..n)
             .map(|i| ((lo + i as i64) as f64 * step).exp())
@@ -106,12 +116,12 @@ impl Pld {
             mass[i] = (xs[i] * (right - left)).max(0.0);
             left = right;
         }
-        Self {
+        Ok(Self {
             step,
             offset: lo,
             mass,
             infinite: deltas[n - 1],
-        }
+        })
     }
 
     /// The PLDs of both directions of one subsampled Gaussian mechanism.
@@ -124,7 +134,7 @@ impl Pld {
                 remove: true,
             },
             step,
-        );
+        )?;
         let add = Self::connect_the_dots(
             Curve {
                 sigma,
@@ -132,7 +142,7 @@ impl Pld {
                 remove: false,
             },
             step,
-        );
+        )?;
         Ok([remove, add])
     }
 
@@ -392,5 +402,8 @@ mod tests {
         assert!(gaussian_epsilon(1.0, 1.5, 1, 1e-5, DEFAULT_STEP).is_err());
         assert!(gaussian_epsilon(1.0, 1.0, 0, 1e-5, DEFAULT_STEP).is_err());
         assert!(gaussian_epsilon(1.0, 1.0, 1, 0.0, DEFAULT_STEP).is_err());
+        // Too little noise for the grid: refused, never NaN.
+        let tiny = gaussian_epsilon(0.01, 0.5, 10, 1e-5, DEFAULT_STEP).unwrap_err();
+        assert!(tiny.to_string().contains("rdp"), "{tiny}");
     }
 }
