@@ -3,8 +3,10 @@
 
 use clap::ValueEnum;
 use std::path::PathBuf;
+use tessera_exp::slurm::{SlurmJob, submit, write_scripts};
 use tessera_exp::{
-    Experiment, ProfileName, RunOptions, SiteProcesses, external_map, load_registry, run,
+    Experiment, ProfileName, RunOptions, Shard, SiteProcesses, assemble_report, external_map,
+    load_registry, run, shard,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -33,7 +35,33 @@ pub struct ReproduceArgs {
     runs: PathBuf,
     /// Where the report goes [default: paper/ for the study, paper/<name>/ otherwise].
     #[arg(long)]
-    report: Option<PathBuf>,
+    out: Option<PathBuf>,
+    /// Run only shard K of N (K/N) into the shared run directory; no report.
+    #[arg(long, value_name = "K/N", conflicts_with_all = ["report", "slurm"])]
+    shard: Option<String>,
+    /// Write the report from whatever arms have finished, and list the missing ones.
+    #[arg(long, conflicts_with = "slurm")]
+    report: bool,
+    /// Write a Slurm job array (one task per shard) and a report job, under
+    /// <runs>/<experiment>-<profile>/slurm/.
+    #[arg(long)]
+    slurm: bool,
+    /// With --slurm: the number of shards [default: one per group of arms].
+    #[arg(long, requires = "slurm")]
+    shards: Option<usize>,
+    /// With --slurm: submit both scripts with sbatch.
+    #[arg(long, requires = "slurm")]
+    submit: bool,
+    /// With --slurm: an extra #SBATCH argument (repeatable), e.g. --sbatch=--partition=gpu.
+    #[arg(long = "sbatch", requires = "slurm", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
+}
+
+fn profile_of(arg: ProfileArg) -> ProfileName {
+    match arg {
+        ProfileArg::Quick => ProfileName::Quick,
+        ProfileArg::Full => ProfileName::Full,
+    }
 }
 
 pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
@@ -41,13 +69,48 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
     let path = Experiment::file_for(&args.experiment);
     let experiment = Experiment::load(&path, &registry).map_err(|e| e.to_string())?;
     let report = args
-        .report
+        .out
         .clone()
         .unwrap_or_else(|| experiment.default_report_dir());
-    let profile = match args.profile {
-        ProfileArg::Quick => ProfileName::Quick,
-        ProfileArg::Full => ProfileName::Full,
+    let profile = profile_of(args.profile);
+    let shard = args
+        .shard
+        .as_deref()
+        .map(str::parse::<Shard>)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let opts = RunOptions {
+        profile,
+        data_root: args.data.clone(),
+        runs_root: args.runs.clone(),
+        report_dir: Some(report.clone()),
+        stop_after: None,
+        progress: shard.is_none(),
+        site_processes: SiteProcesses {
+            binary: std::env::current_exe().ok(),
+            registry: Some(args.registry.clone()),
+        },
+        shard,
     };
+    if args.slurm {
+        return slurm_command(args, &experiment, &opts, &report);
+    }
+    if args.report {
+        let done = assemble_report(&experiment, &registry, &registry_text, &opts)
+            .map_err(|e| e.to_string())?;
+        println!(
+            "report in {} from {} of {} arms; missing: {}",
+            report.display(),
+            done.finished.len(),
+            experiment.arms.len(),
+            if done.missing.is_empty() {
+                "none".into()
+            } else {
+                done.missing.join(", ")
+            }
+        );
+        return Ok(());
+    }
     println!(
         "experiment {} ({} arms), profile {}",
         experiment.name,
@@ -55,24 +118,17 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
         profile.name()
     );
     let start = std::time::Instant::now();
-    let summary = run(
-        &experiment,
-        &registry,
-        &registry_text,
-        &RunOptions {
-            profile,
-            data_root: args.data.clone(),
-            runs_root: args.runs.clone(),
-            report_dir: Some(report.clone()),
-            stop_after: None,
-            progress: true,
-            site_processes: SiteProcesses {
-                binary: std::env::current_exe().ok(),
-                registry: Some(args.registry.clone()),
-            },
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let summary = run(&experiment, &registry, &registry_text, &opts).map_err(|e| e.to_string())?;
+    if let Some(shard) = shard {
+        println!(
+            "shard {shard}: {} arms computed, {} reused, in {:.0} s; run directory {}",
+            summary.computed,
+            summary.reused,
+            start.elapsed().as_secs_f64(),
+            summary.dir.display()
+        );
+        return Ok(());
+    }
     println!("arm | external mean mAP");
     for r in &summary.results {
         println!(
@@ -89,5 +145,69 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
         summary.dir.display(),
         report.display()
     );
+    Ok(())
+}
+
+fn absolute(p: &std::path::Path) -> Result<PathBuf, String> {
+    std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// `--slurm`: the job scripts (and, with `--submit`, their submission).
+fn slurm_command(
+    args: &ReproduceArgs,
+    experiment: &Experiment,
+    opts: &RunOptions,
+    report: &std::path::Path,
+) -> Result<(), String> {
+    let experiment_path = Experiment::file_for(&args.experiment);
+    let shards = args
+        .shards
+        .unwrap_or_else(|| shard::groups(experiment).len());
+    let profile = match args.profile {
+        ProfileArg::Quick => "quick",
+        ProfileArg::Full => "full",
+    };
+    let job = SlurmJob {
+        binary: std::env::current_exe().map_err(|e| format!("this executable: {e}"))?,
+        workdir: std::env::current_dir().map_err(|e| format!("working directory: {e}"))?,
+        args: vec![
+            "--profile".into(),
+            profile.into(),
+            "--registry".into(),
+            absolute(&args.registry)?.display().to_string(),
+            "--data".into(),
+            absolute(&args.data)?.display().to_string(),
+            "--runs".into(),
+            absolute(&args.runs)?.display().to_string(),
+            "--out".into(),
+            absolute(report)?.display().to_string(),
+            absolute(&experiment_path)?.display().to_string(),
+        ],
+        shards,
+        name: experiment.name.clone(),
+        sbatch_args: args.sbatch_args.clone(),
+    };
+    let dir = opts
+        .runs_root
+        .join(format!("{}-{profile}", experiment.name))
+        .join("slurm");
+    let scripts = write_scripts(&job, &dir).map_err(|e| e.to_string())?;
+    println!(
+        "{} shards of {} arms: {} and {}",
+        shards,
+        experiment.arms.len(),
+        scripts.array.display(),
+        scripts.report.display()
+    );
+    if args.submit {
+        let (array, report_job) = submit(&scripts).map_err(|e| e.to_string())?;
+        println!("submitted job array {array} and report job {report_job}");
+    } else {
+        println!(
+            "submit with: sbatch {} && sbatch --dependency=afterany:<array job id> {}",
+            scripts.array.display(),
+            scripts.report.display()
+        );
+    }
     Ok(())
 }

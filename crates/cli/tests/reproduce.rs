@@ -94,6 +94,63 @@ fn reproduce_runs_caches_and_rejects_bad_files() {
         !ok && out.contains("experiments/no-such-experiment.toml"),
         "{out}"
     );
+
+    slurm_and_shard_commands(&dir);
+}
+
+/// The cluster commands as a user meets them: shards, the report from a partial run,
+/// the written job scripts, and one line for a bad shard or a missing `sbatch`.
+fn slurm_and_shard_commands(dir: &Path) {
+    for bad in ["3/2", "0/2", "two"] {
+        let (ok, out) = tessera(dir, &["reproduce", "--shard", bad, "tiny.toml"]);
+        assert!(!ok && out.contains("1 ≤ K ≤ N"), "{bad}: {out}");
+        assert_eq!(out.trim().lines().count(), 1, "{out}");
+    }
+    let runs = ["--runs", "sharded"];
+    let (ok, out) = tessera(
+        dir,
+        &["reproduce", "--report", runs[0], runs[1], "tiny.toml"],
+    );
+    assert!(!ok && out.contains("no run there yet"), "{out}");
+    let (ok, out) = tessera(
+        dir,
+        &["reproduce", "--shard", "2/2", runs[0], runs[1], "tiny.toml"],
+    );
+    assert!(ok && out.contains("shard 2/2: 1 arms computed"), "{out}");
+    let (ok, out) = tessera(
+        dir,
+        &["reproduce", "--report", runs[0], runs[1], "tiny.toml"],
+    );
+    assert!(
+        ok && out.contains("from 1 of 2 arms; missing: single"),
+        "{out}"
+    );
+
+    let (ok, out) = tessera(
+        dir,
+        &[
+            "reproduce",
+            "--slurm",
+            "--sbatch=--partition=x",
+            "tiny.toml",
+        ],
+    );
+    assert!(ok && out.contains("2 shards of 2 arms"), "{out}");
+    let script = std::fs::read_to_string(dir.join("runs/tiny-quick/slurm/shards.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --array=1-2") && script.contains("--partition=x"));
+    // No sbatch on PATH: one line saying what to do, nothing submitted.
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .current_dir(dir)
+        .env("PATH", dir)
+        .args(["reproduce", "--slurm", "--submit", "tiny.toml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("sbatch not found"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 const TRANSPORTS: &str = r#"

@@ -4,8 +4,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to `path` through `<path>.partial`: write, fsync the file, rename,
-/// fsync the directory.
+/// Writes `bytes` to `path` through a temporary file beside it: write, fsync the file,
+/// rename, fsync the directory. Writers in several processes (shards of a run on a
+/// shared file system) may write the same path at once: each has its own temporary
+/// file, and the last rename wins whole.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write(path, bytes, false)
 }
@@ -45,11 +47,33 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// `<path>.partial` (appended, so `a.json` and `a.bin` never share a temporary file).
+/// `<path>.partial-<host>-<pid>-<n>`: appended, so `a.json` and `a.bin` never share a
+/// temporary file, and distinct per writer (host, process and call), so concurrent
+/// writers never rename each other's half-written bytes.
 pub fn partial_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
     let mut name = path.as_os_str().to_owned();
-    name.push(".partial");
+    name.push(format!(
+        ".partial-{}-{}-{n}",
+        host_tag(),
+        std::process::id()
+    ));
     PathBuf::from(name)
+}
+
+/// This machine's name as far as it is safe in a file name (Slurm nodes share run
+/// directories, and process ids repeat across nodes).
+fn host_tag() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "host".into());
+    name.trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -64,8 +88,35 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert!(!partial_path(&path).exists());
-        assert_eq!(partial_path(&path), dir.join("a.json.partial"));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("a.json")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_path_never_collide() {
+        let dir = std::env::temp_dir().join(format!("tessera-atomic-c-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("result.json");
+        let a = partial_path(&path);
+        assert_ne!(a, partial_path(&path));
+        assert!(a.to_string_lossy().contains(".partial-"));
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, &[t; 4096]).unwrap();
+                    }
+                });
+            }
+        });
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

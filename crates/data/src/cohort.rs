@@ -231,10 +231,8 @@ fn patient_seed(registry_seed: u64, cohort: &str, index: usize, purpose: u8) -> 
 }
 
 fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), DataError> {
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    let text = serde_json::to_vec_pretty(value).map_err(|e| DataError::io(path, e.into()))?;
+    tessera_core::atomic::write_atomic(path, &text).map_err(|e| DataError::io(path, e))
 }
 
 /// Report of one `synthesize` run.

@@ -18,6 +18,8 @@ mod federated;
 mod profile;
 mod report;
 mod run;
+pub mod shard;
+pub mod slurm;
 mod spec;
 mod transport;
 
@@ -25,6 +27,7 @@ pub use arms::{ArmResult, BurdenPoint, CohortEval, RoundLog, SeriesEval};
 pub use error::ExpError;
 pub use profile::{Profile, ProfileName};
 pub use report::external_map;
-pub use run::{RunOptions, RunSummary, load_registry, run};
+pub use run::{ReportSummary, RunOptions, RunSummary, assemble_report, load_registry, run};
+pub use shard::Shard;
 pub use spec::{Arm, ArmKind, ArmPlan, Experiment, FederatedArm, Settings, Transport};
 pub use transport::SiteProcesses;

@@ -459,6 +459,7 @@ pub fn write(
     profile: &Profile,
     results: &[ArmResult],
     synthetic: bool,
+    missing: &[String],
 ) -> Result<(), ExpError> {
     let tables = dir.join("tables");
     let figures = dir.join("figures");
@@ -605,7 +606,15 @@ pub fn write(
             },
         )?;
     }
-    let readme = write_up(experiment, profile, results, synthetic, &summary);
+    let mut readme = write_up(experiment, profile, results, synthetic, &summary);
+    if !missing.is_empty() {
+        let _ = write!(
+            readme,
+            "\n\n## Incomplete\n\nAssembled from the arms finished so far; not yet finished: {}. \
+             Rerun `tessera reproduce --report` once their shards are done.\n",
+            missing.join(", ")
+        );
+    }
     write_atomic(&dir.join("README.md"), readme.as_bytes())
 }
 

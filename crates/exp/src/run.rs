@@ -7,7 +7,9 @@
 //! (arm, profile, seed, registry, Tessera's version and git commit, so results always
 //! come from the code they name); an arm whose `result.json` exists
 //! is reused, so an interrupted run resumes without recomputing finished arms. Every
-//! file is written atomically.
+//! file is written atomically. Shards of one run (see [`crate::shard`]) share the
+//! directory: each computes its arms, and `assemble_report` writes the report from
+//! whatever has finished.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -20,6 +22,7 @@ use crate::cohorts::Cohorts;
 use crate::error::{ExpError, write_atomic};
 use crate::profile::{Profile, ProfileName};
 use crate::report;
+use crate::shard::{self, Shard};
 use crate::spec::{Arm, Experiment};
 use crate::transport::{ProcessContext, SiteProcesses};
 
@@ -39,6 +42,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// For arms with `transport = "processes"`.
     pub site_processes: SiteProcesses,
+    /// Run only this shard's arms into the shared run directory (no report).
+    pub shard: Option<Shard>,
 }
 
 /// Reads a registry and refuses one with problems (each named); returns it with its
@@ -178,78 +183,156 @@ fn load_model(path: &Path) -> Result<Vec<f32>, ExpError> {
         .collect())
 }
 
-/// Runs (or resumes) an experiment.
+/// A finished arm: its result and, for arms that train one, its model.
+type Finished = (ArmResult, Option<Vec<f32>>);
+
+/// What every mode of a run agrees on: the run directory and each arm's cache key.
+struct RunPlan {
+    profile: Profile,
+    dir: PathBuf,
+    keys: Vec<String>,
+    config_hash: String,
+    commit: Option<String>,
+}
+
+impl RunPlan {
+    fn new(experiment: &Experiment, registry_text: &str, opts: &RunOptions) -> Self {
+        let profile = Profile::new(opts.profile, &experiment.settings);
+        let dir = opts
+            .runs_root
+            .join(format!("{}-{}", experiment.name, opts.profile.name()));
+        let registry_hash = sha256_hex(registry_text.as_bytes());
+        let commit = git_commit();
+        let keys: Vec<String> = experiment
+            .arms
+            .iter()
+            .map(|a| arm_key(a, &profile, experiment.seed, &registry_hash, &commit))
+            .collect();
+        let config_hash = sha256_hex(keys.join(",").as_bytes())[..20].to_string();
+        RunPlan {
+            profile,
+            dir,
+            keys,
+            config_hash,
+            commit,
+        }
+    }
+
+    fn arm_dir(&self, i: usize) -> PathBuf {
+        self.dir.join("arms").join(&self.keys[i])
+    }
+
+    fn write_manifest(&self, experiment: &Experiment, registry: &Registry) -> Result<(), ExpError> {
+        write_json(
+            &self.dir.join("manifest.json"),
+            &Manifest {
+                experiment: &experiment.name,
+                description: &experiment.description,
+                profile: &self.profile,
+                config_hash: self.config_hash.clone(),
+                seed: experiment.seed,
+                git_commit: self.commit.clone(),
+                tessera_version: env!("CARGO_PKG_VERSION"),
+                dependencies: dependencies(),
+                machine: Machine {
+                    os: std::env::consts::OS,
+                    arch: std::env::consts::ARCH,
+                    cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    cuda: tessera_train::cuda_available(),
+                },
+                arms: experiment
+                    .arms
+                    .iter()
+                    .zip(&self.keys)
+                    .map(|(a, k)| (a.name.clone(), k.clone()))
+                    .collect(),
+                synthetic_data: registry.cohorts.iter().any(|c| c.is_synthetic()),
+            },
+        )
+    }
+
+    /// Shards and report assembly share a run directory, so one written for another
+    /// configuration (commit, experiment, profile, registry) is refused, never mixed.
+    fn check_shared_dir(&self) -> Result<(), ExpError> {
+        let path = self.dir.join("manifest.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ExpError::io(&path, e)),
+        };
+        let theirs = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("config_hash")?.as_str().map(str::to_owned))
+            .ok_or_else(|| ExpError::io(&path, "not a run manifest (no config_hash)"))?;
+        if theirs == self.config_hash {
+            return Ok(());
+        }
+        Err(ExpError::Config(format!(
+            "{} was written by another commit or configuration (config {theirs}, this one \
+             {}): give shards of one run the same checkout and arguments, or another --runs",
+            self.dir.display(),
+            self.config_hash
+        )))
+    }
+
+    /// An arm's cached result and model, when it finished.
+    fn cached(&self, i: usize) -> Result<Option<Finished>, ExpError> {
+        let arm_dir = self.arm_dir(i);
+        let Ok(text) = std::fs::read_to_string(arm_dir.join("result.json")) else {
+            return Ok(None);
+        };
+        let Ok(result) = serde_json::from_str::<ArmResult>(&text) else {
+            return Ok(None);
+        };
+        let model_path = arm_dir.join("model.bin");
+        let model = if model_path.exists() {
+            Some(load_model(&model_path)?)
+        } else {
+            None
+        };
+        Ok(Some((result, model)))
+    }
+}
+
+fn progress_bar(opts: &RunOptions, len: usize) -> ProgressBar {
+    if !opts.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} arms  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Runs (or resumes) an experiment: every arm, or with `opts.shard` only that shard's
+/// share (then no report is written: `assemble_report` does that).
 pub fn run(
     experiment: &Experiment,
     registry: &Registry,
     registry_text: &str,
     opts: &RunOptions,
 ) -> Result<RunSummary, ExpError> {
-    let profile = Profile::new(opts.profile, &experiment.settings);
-    let profile_name = match opts.profile {
-        ProfileName::Quick => "quick",
-        ProfileName::Full => "full",
+    let plan = RunPlan::new(experiment, registry_text, opts);
+    let selected: Vec<usize> = match opts.shard {
+        Some(shard) => {
+            plan.check_shared_dir()?;
+            shard.arms(experiment)
+        }
+        None => (0..experiment.arms.len()).collect(),
     };
-    let dir = opts
-        .runs_root
-        .join(format!("{}-{profile_name}", experiment.name));
-    let registry_hash = sha256_hex(registry_text.as_bytes());
-    let commit = git_commit();
-    let keys: Vec<String> = experiment
-        .arms
-        .iter()
-        .map(|a| arm_key(a, &profile, experiment.seed, &registry_hash, &commit))
-        .collect();
-    let config_hash = sha256_hex(keys.join(",").as_bytes())[..20].to_string();
-    write_json(
-        &dir.join("manifest.json"),
-        &Manifest {
-            experiment: &experiment.name,
-            description: &experiment.description,
-            profile: &profile,
-            config_hash,
-            seed: experiment.seed,
-            git_commit: commit.clone(),
-            tessera_version: env!("CARGO_PKG_VERSION"),
-            dependencies: dependencies(),
-            machine: Machine {
-                os: std::env::consts::OS,
-                arch: std::env::consts::ARCH,
-                cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                cuda: tessera_train::cuda_available(),
-            },
-            arms: experiment
-                .arms
-                .iter()
-                .zip(&keys)
-                .map(|(a, k)| (a.name.clone(), k.clone()))
-                .collect(),
-            synthetic_data: registry.cohorts.iter().any(|c| c.is_synthetic()),
-        },
-    )?;
-    let bar = if opts.progress {
-        let bar = ProgressBar::new(experiment.arms.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} arms  {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    plan.write_manifest(experiment, registry)?;
+    let bar = progress_bar(opts, selected.len());
     let mut cohorts: Option<Cohorts> = None;
     let mut models: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut results = Vec::new();
     let (mut computed, mut reused) = (0, 0);
-    for (arm, key) in experiment.arms.iter().zip(&keys) {
-        let arm_dir = dir.join("arms").join(key);
-        let result_path = arm_dir.join("result.json");
-        let model_path = arm_dir.join("model.bin");
-        if let Ok(text) = std::fs::read_to_string(&result_path)
-            && let Ok(result) = serde_json::from_str::<ArmResult>(&text)
-        {
-            if model_path.exists() {
-                models.insert(arm.name.clone(), load_model(&model_path)?);
+    for &i in &selected {
+        let arm = &experiment.arms[i];
+        if let Some((result, model)) = plan.cached(i)? {
+            if let Some(model) = model {
+                models.insert(arm.name.clone(), model);
             }
             results.push(result);
             reused += 1;
@@ -259,76 +342,162 @@ pub fn run(
         if opts.stop_after.is_some_and(|n| computed >= n) {
             bar.finish_and_clear();
             return Ok(RunSummary {
-                dir,
+                dir: plan.dir,
                 results,
                 computed,
                 reused,
                 complete: false,
             });
         }
+        if let Some(shard) = opts.shard {
+            shard::claim(&plan.arm_dir(i), &arm.name, shard)?;
+        }
         if cohorts.is_none() {
             bar.set_message("preparing cohorts");
-            cohorts = Some(Cohorts::prepare(registry, &opts.data_root, &profile)?);
+            cohorts = Some(Cohorts::prepare(registry, &opts.data_root, &plan.profile)?);
         }
         let Some(data) = cohorts.as_ref() else {
             return Err(ExpError::Data("cohorts were not prepared".into()));
         };
         bar.set_message(arm.name.clone());
-        // One session for every arm of the run: arms that differ only in protocol or
-        // transport then draw the same rounding, so their models are comparable (and,
-        // without DP, identical).
-        let session = tessera_core::seed::RootSeed::from_experiment(experiment.seed).session();
-        let inputs = ArmInputs {
-            profile: &profile,
-            cohorts: data,
-            seed: experiment.seed,
-            session,
-            dir: &arm_dir,
-        };
-        let (mut result, model) = run_arm(
-            arm,
-            &inputs,
-            &models,
-            &ProcessContext {
-                processes: &opts.site_processes,
-                data_root: &opts.data_root,
-                profile: opts.profile,
-                settings: &experiment.settings,
-            },
-        )
-        .map_err(|e| ExpError::Arm {
-            arm: arm.name.clone(),
-            source: Box::new(e),
-        })?;
+        let (result, model) = compute_arm(experiment, &plan, i, data, &models, opts)?;
         if let Some(model) = model {
-            result.model_sha256 = Some(sha256_hex(&model_bytes(&model)));
-            save_model(&model_path, &model)?;
             models.insert(arm.name.clone(), model);
         }
-        write_json(&result_path, &result)?;
         results.push(result);
         computed += 1;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    write_json(&dir.join("results.json"), &results)?;
-    write_atomic(&dir.join("results.csv"), report::csv(&results).as_bytes())?;
-    let synthetic = registry.cohorts.iter().any(|c| c.is_synthetic());
-    report::write(
-        &dir.join("report"),
-        experiment,
-        &profile,
-        &results,
-        synthetic,
-    )?;
-    if let Some(out) = &opts.report_dir {
-        report::write(out, experiment, &profile, &results, synthetic)?;
+    if opts.shard.is_none() {
+        write_outputs(experiment, registry, &plan, opts, &results, &[])?;
     }
     Ok(RunSummary {
-        dir,
+        dir: plan.dir,
         results,
         computed,
         reused,
         complete: true,
+    })
+}
+
+/// Trains and evaluates arm `i`, and stores its result (and model) in its directory.
+fn compute_arm(
+    experiment: &Experiment,
+    plan: &RunPlan,
+    i: usize,
+    data: &Cohorts,
+    models: &BTreeMap<String, Vec<f32>>,
+    opts: &RunOptions,
+) -> Result<(ArmResult, Option<Vec<f32>>), ExpError> {
+    let arm = &experiment.arms[i];
+    let arm_dir = plan.arm_dir(i);
+    // One session for every arm of the run: arms that differ only in protocol or
+    // transport then draw the same rounding, so their models are comparable (and,
+    // without DP, identical).
+    let session = tessera_core::seed::RootSeed::from_experiment(experiment.seed).session();
+    let inputs = ArmInputs {
+        profile: &plan.profile,
+        cohorts: data,
+        seed: experiment.seed,
+        session,
+        dir: &arm_dir,
+    };
+    let (mut result, model) = run_arm(
+        arm,
+        &inputs,
+        models,
+        &ProcessContext {
+            processes: &opts.site_processes,
+            data_root: &opts.data_root,
+            profile: opts.profile,
+            settings: &experiment.settings,
+        },
+    )
+    .map_err(|e| ExpError::Arm {
+        arm: arm.name.clone(),
+        source: Box::new(e),
+    })?;
+    if let Some(model) = &model {
+        result.model_sha256 = Some(sha256_hex(&model_bytes(model)));
+        save_model(&arm_dir.join("model.bin"), model)?;
+    }
+    write_json(&arm_dir.join("result.json"), &result)?;
+    Ok((result, model))
+}
+
+/// `results.json`, `results.csv` and the report, in the run directory and in
+/// `opts.report_dir`.
+fn write_outputs(
+    experiment: &Experiment,
+    registry: &Registry,
+    plan: &RunPlan,
+    opts: &RunOptions,
+    results: &[ArmResult],
+    missing: &[String],
+) -> Result<(), ExpError> {
+    write_json(&plan.dir.join("results.json"), &results)?;
+    write_atomic(
+        &plan.dir.join("results.csv"),
+        report::csv(results).as_bytes(),
+    )?;
+    let synthetic = registry.cohorts.iter().any(|c| c.is_synthetic());
+    let mut dirs = vec![plan.dir.join("report")];
+    dirs.extend(opts.report_dir.clone());
+    for dir in &dirs {
+        report::write(dir, experiment, &plan.profile, results, synthetic, missing)?;
+    }
+    Ok(())
+}
+
+/// What `assemble_report` found.
+#[derive(Debug)]
+pub struct ReportSummary {
+    pub dir: PathBuf,
+    /// Arms with a result, in file order.
+    pub finished: Vec<String>,
+    /// Arms without one yet (named in the report too).
+    pub missing: Vec<String>,
+}
+
+/// Writes the report from whatever arms of the run have finished (their shards may
+/// still be running) and lists the others. Computes nothing.
+pub fn assemble_report(
+    experiment: &Experiment,
+    registry: &Registry,
+    registry_text: &str,
+    opts: &RunOptions,
+) -> Result<ReportSummary, ExpError> {
+    let plan = RunPlan::new(experiment, registry_text, opts);
+    if !plan.dir.join("manifest.json").exists() {
+        return Err(ExpError::Config(format!(
+            "{}: no run there yet; start its shards first (tessera reproduce --shard K/N)",
+            plan.dir.display()
+        )));
+    }
+    plan.check_shared_dir()?;
+    let mut results = Vec::new();
+    let (mut finished, mut missing) = (Vec::new(), Vec::new());
+    for (i, arm) in experiment.arms.iter().enumerate() {
+        match plan.cached(i)? {
+            Some((result, _)) => {
+                results.push(result);
+                finished.push(arm.name.clone());
+            }
+            None => missing.push(arm.name.clone()),
+        }
+    }
+    if results.is_empty() {
+        return Err(ExpError::Config(format!(
+            "{}: no arm has finished yet ({} missing); nothing to report",
+            plan.dir.display(),
+            missing.len()
+        )));
+    }
+    write_outputs(experiment, registry, &plan, opts, &results, &missing)?;
+    Ok(ReportSummary {
+        dir: plan.dir,
+        finished,
+        missing,
     })
 }

@@ -3,46 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use tessera_data::Registry;
-use tessera_exp::{Experiment, ProfileName, RunOptions, run};
+use tessera_exp::{Experiment, ProfileName, RunOptions, Shard, assemble_report, run};
 
-/// Two training sites (3 + 1 patients) and one external cohort (1 patient), with the
-/// default registry's acquisition and disease settings.
-const REGISTRY: &str = r#"
-seed = 5
-
-[[cohort]]
-id = "hk-a"
-name = "site A (synthetic)"
-country = "test"
-role = "training-site"
-train_patients = 2
-test_patients = 1
-source = { kind = "synthetic", volumes = "volumes/{id}.nii.gz", lesion_masks = "lesion_masks/{id}.nii.gz", lung_masks = "lung_masks/{id}.nii.gz" }
-acquisition = { in_plane_spacing_mm = 0.70, slice_thickness_mm = 5.0, field_of_view_mm = 360, noise_hu = 20, kernel_blur_mm = 0.6, hu_scale = 1.0, hu_offset = 0 }
-population = { lesion_free_share = 0.0, lesions_mean = 3.0, lesion_diameter_mm = [10, 45], consolidation_share = 0.25 }
-longitudinal = { patients = 1, scans = 2, interval_days = 5 }
-
-[[cohort]]
-id = "hk-b"
-name = "site B (synthetic)"
-country = "test"
-role = "training-site"
-train_patients = 2
-test_patients = 1
-source = { kind = "synthetic", volumes = "volumes/{id}.nii.gz", lesion_masks = "lesion_masks/{id}.nii.gz", lung_masks = "lung_masks/{id}.nii.gz" }
-acquisition = { in_plane_spacing_mm = 0.74, slice_thickness_mm = 5.0, field_of_view_mm = 380, noise_hu = 25, kernel_blur_mm = 0.8, hu_scale = 1.0, hu_offset = 5 }
-population = { lesion_free_share = 0.0, lesions_mean = 3.0, lesion_diameter_mm = [10, 45], consolidation_share = 0.25 }
-
-[[cohort]]
-id = "cn-sz"
-name = "external (synthetic)"
-country = "test"
-role = "external"
-patients = 1
-source = { kind = "synthetic", volumes = "volumes/{id}.nii.gz", lesion_masks = "lesion_masks/{id}.nii.gz", lung_masks = "lung_masks/{id}.nii.gz" }
-acquisition = { in_plane_spacing_mm = 0.78, slice_thickness_mm = 5.0, field_of_view_mm = 400, noise_hu = 35, kernel_blur_mm = 1.2, hu_scale = 1.0, hu_offset = -40 }
-population = { lesion_free_share = 0.0, lesions_mean = 4.0, lesion_diameter_mm = [10, 60], consolidation_share = 0.4 }
-"#;
+/// A tiny registry (tests/smoke-datasets.toml): two training sites and one external
+/// cohort.
+const REGISTRY: &str = include_str!("../../../tests/smoke-datasets.toml");
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -74,6 +39,7 @@ fn options(dir: &Path, runs: &str, stop_after: Option<usize>) -> RunOptions {
         stop_after,
         progress: false,
         site_processes: Default::default(),
+        shard: None,
     }
 }
 
@@ -187,6 +153,64 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     // A third run reuses everything.
     let third = run(&exp, &reg, REGISTRY, &options(&dir, "resumed", None)).unwrap();
     assert_eq!((third.computed, third.reused), (0, 7));
+
+    sharded_runs_equal_the_local_run(&dir, &reg, &exp, &read(&full.dir.join("results.json")));
+}
+
+/// Shards fill one run directory (two of them at once), the report assembles from what
+/// has finished and names the rest, and the finished run equals the unsharded one.
+fn sharded_runs_equal_the_local_run(dir: &Path, reg: &Registry, exp: &Experiment, full: &str) {
+    let groups = tessera_exp::shard::groups(exp);
+    // The ensemble travels with its members; every other arm is its own group.
+    assert_eq!(
+        groups,
+        vec![vec![0, 1, 2], vec![3], vec![4], vec![5], vec![6]]
+    );
+    let sharded = |k: usize| {
+        let mut o = options(dir, "sharded", None);
+        o.shard = Some(Shard::new(k, 3).unwrap());
+        o
+    };
+    let one = run(exp, reg, REGISTRY, &sharded(1)).unwrap();
+    assert_eq!(
+        one.computed, 4,
+        "groups 1 and 4: the ensemble with its members, and fedavg[protocol=secagg]"
+    );
+    assert!(
+        !dir.join("sharded-report").exists(),
+        "a shard writes no report"
+    );
+    let partial = assemble_report(exp, reg, REGISTRY, &options(dir, "sharded", None)).unwrap();
+    assert_eq!(
+        partial.missing,
+        ["pooled", "fedavg[protocol=plaintext]", "ddg"]
+    );
+    let readme = std::fs::read_to_string(dir.join("sharded-report/README.md")).unwrap();
+    assert!(readme.contains("not yet finished: pooled, fedavg[protocol=plaintext], ddg"));
+    std::thread::scope(|s| {
+        let two = s.spawn(|| run(exp, reg, REGISTRY, &sharded(2)).unwrap());
+        let three = s.spawn(|| run(exp, reg, REGISTRY, &sharded(3)).unwrap());
+        assert_eq!(
+            two.join().unwrap().computed + three.join().unwrap().computed,
+            3
+        );
+    });
+    let done = assemble_report(exp, reg, REGISTRY, &options(dir, "sharded", None)).unwrap();
+    assert!(done.missing.is_empty());
+    let merged = std::fs::read_to_string(done.dir.join("results.json")).unwrap();
+    assert_eq!(merged, full);
+
+    // A shard of another configuration (here another seed) may not join this run.
+    let mut other = exp.clone();
+    other.seed += 1;
+    let e = run(&other, reg, REGISTRY, &sharded(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another commit or configuration"), "{e}");
+    let e = assemble_report(&other, reg, REGISTRY, &options(dir, "sharded", None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another commit or configuration"), "{e}");
 }
 
 #[test]
