@@ -20,6 +20,7 @@ static SETUP: LazyLock<(Arc<RoundConfig>, Arc<Roster>)> = LazyLock::new(|| {
         threshold: 2,
         graph: GraphSpec::Complete,
         context: [0; 32],
+        mask_prg: Default::default(),
     })
     .unwrap();
     (config, test_identities(&ids, [0; 32]).1)

@@ -54,6 +54,9 @@ pub struct SimulateArgs {
     /// results do not depend on it (or on load) unless a site is truly stuck.
     #[arg(long, default_value_t = 60_000)]
     phase_timeout_ms: u64,
+    /// The mask generator: aes-256-ctr or chacha20.
+    #[arg(long, default_value = "aes-256-ctr")]
+    mask_prg: tessera_secagg::MaskPrg,
 }
 
 fn print_plan(spec: &SimulationSpec) -> Result<f64, String> {
@@ -134,6 +137,7 @@ pub fn run_command(args: &SimulateArgs) -> Result<ExitCode, String> {
         quic: args.quic,
         phase_timeout: Duration::from_millis(args.phase_timeout_ms.max(1)),
         max_weight: 1000,
+        mask_prg: args.mask_prg,
     };
     print_plan(&spec)?;
     let work = std::env::temp_dir().join(format!("tessera-simulate-{}", std::process::id()));

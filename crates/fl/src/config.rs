@@ -92,6 +92,9 @@ pub struct FederationConfig {
     pub max_weight: u64,
     #[serde(default)]
     pub weighting: Weighting,
+    /// The generator that expands SecAgg masks (a signed round parameter).
+    #[serde(default)]
+    pub mask_prg: tessera_secagg::MaskPrg,
     /// Fraction of the connected sites selected for each round (1 = all), drawn
     /// afresh every round from the session and round number.
     pub sample_fraction: f64,
@@ -132,6 +135,7 @@ impl FederationConfig {
             clip: 1.0,
             max_weight: 1000,
             weighting: Weighting::Samples,
+            mask_prg: tessera_secagg::MaskPrg::default(),
             sample_fraction: 1.0,
             training_timeout: Duration::from_secs(60),
             phase_timeout: Duration::from_secs(10),
@@ -270,6 +274,12 @@ impl FederationBuilder {
 
     pub fn weighting(mut self, weighting: Weighting) -> Self {
         self.0.weighting = weighting;
+        self
+    }
+
+    /// The mask generator of every round (default AES-256-CTR).
+    pub fn mask_prg(mut self, prg: tessera_secagg::MaskPrg) -> Self {
+        self.0.mask_prg = prg;
         self
     }
 

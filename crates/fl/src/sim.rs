@@ -177,6 +177,8 @@ pub struct SimulationSpec {
     /// simulation never waits for it unless something is wrong).
     pub phase_timeout: Duration,
     pub max_weight: u64,
+    /// The SecAgg mask generator.
+    pub mask_prg: tessera_secagg::MaskPrg,
 }
 
 /// What the simulation will run with.
@@ -256,6 +258,7 @@ pub async fn run(
         .protocol(spec.protocol)
         .rates(spec.dropout, spec.corruption)
         .codec(spec.bits, spec.clip, spec.max_weight)
+        .mask_prg(spec.mask_prg)
         .timeouts(spec.phase_timeout * 2, spec.phase_timeout)
         .build()?;
     let layout = KnownUpdateTrainer::layout_for(spec.dim)?;

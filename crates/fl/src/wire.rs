@@ -12,7 +12,7 @@ use tessera_secagg::{Envelope, PlainVector, RoundParams};
 use thiserror::Error;
 
 /// Version of this message format.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 
 /// Everything a site needs to take part in a round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -224,6 +224,7 @@ mod tests {
                         threshold: 2,
                         graph,
                         context: [0; 32],
+                        mask_prg: Default::default(),
                     },
                     codec: CodecSpec::FixedPoint(FixedPointSpec {
                         bits: 16,

@@ -15,6 +15,7 @@ use chacha20::ChaCha20Rng;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use tessera_secagg::MaskPrg;
 use tessera_secagg::plan::{Plan, PlanRequest, plan_secagg, plan_secagg_plus};
 use tessera_secagg::simulation::{site_rng, test_identities};
 use tessera_secagg::{
@@ -96,6 +97,7 @@ fn measure(graph_name: &'static str, n: usize, m: usize, dropout: f64) -> Measur
         threshold: plan.threshold as u32,
         graph,
         context: [0; 32],
+        mask_prg: MaskPrg::default(),
     })
     .unwrap();
     let (identities, roster) = test_identities(&ids, [2; 32]);

@@ -6,21 +6,19 @@
 //!   (which already binds session, round, participants, vector length, modulus, graph
 //!   and threshold); the info string carries a purpose label and the parties.
 //! - Share transport: ChaCha20-Poly1305 (ring), one fresh key per ordered pair and round.
-//! - Mask expansion: the ChaCha20 keystream keyed with the full 256-bit derived seed.
+//! - Mask expansion (module `mask`): the keystream of the round's signed [`MaskPrg`]
+//!   (AES-256-CTR by default, or ChaCha20) keyed with the full 256-bit derived seed.
 
-use chacha20::ChaCha20;
-use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+pub use crate::mask::{MaskPrg, MaskSeed, add_mask_stream, raw_keystream};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use curve25519_dalek::scalar::Scalar;
 use rand_core::CryptoRng;
-use rayon::prelude::*;
 use ring::{aead, digest, hkdf, signature};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::ids::SiteId;
-use crate::ring::MaskSign;
 
 /// Failures of the cryptographic primitives.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -360,84 +358,6 @@ pub(crate) fn open_shares(
     Ok(out)
 }
 
-// ---------------------------------------------------------------------------------------
-// Mask expansion
-
-/// A 256-bit key for one mask stream; zeroized on drop.
-#[derive(Zeroize, ZeroizeOnDrop)]
-pub struct MaskSeed([u8; 32]);
-
-impl MaskSeed {
-    pub(crate) fn new(bytes: Zeroizing<[u8; 32]>) -> Self {
-        Self(*bytes)
-    }
-
-    /// A seed from raw bytes, for benchmarks and tests of the expansion itself.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-}
-
-/// One mask stream to add or subtract.
-pub(crate) struct MaskJob {
-    pub seed: MaskSeed,
-    pub sign: MaskSign,
-}
-
-/// Words of keystream generated per step; 16 KiB stays in L1/L2 with the accumulator.
-const KEYSTREAM_WORDS: usize = 4096;
-/// Coordinates per parallel work item when applying many streams.
-const PARALLEL_CHUNK_WORDS: usize = 1 << 16;
-
-/// Adds (or subtracts) the ChaCha20 keystream of `seed`, read as little-endian `u32`
-/// words starting at word `offset`, into `acc` (mod 2^32). Single-threaded.
-pub(crate) fn apply_mask_stream(acc: &mut [u32], seed: &MaskSeed, sign: MaskSign, offset: usize) {
-    let mut cipher = ChaCha20::new(&seed.0.into(), &[0u8; 12].into());
-    cipher.seek((offset as u64) * 4);
-    let mut buf = [0u8; KEYSTREAM_WORDS * 4];
-    for chunk in acc.chunks_mut(KEYSTREAM_WORDS) {
-        let bytes = &mut buf[..chunk.len() * 4];
-        cipher.write_keystream(bytes);
-        let words = bytes
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        match sign {
-            MaskSign::Add => chunk
-                .iter_mut()
-                .zip(words)
-                .for_each(|(a, w)| *a = a.wrapping_add(w)),
-            MaskSign::Sub => chunk
-                .iter_mut()
-                .zip(words)
-                .for_each(|(a, w)| *a = a.wrapping_sub(w)),
-        }
-    }
-    buf.zeroize();
-}
-
-/// Applies many mask streams, splitting the coordinates across the rayon pool so that
-/// each thread streams every job over a cache-resident slice of the accumulator.
-pub(crate) fn apply_mask_streams(acc: &mut [u32], jobs: &[MaskJob]) {
-    acc.par_chunks_mut(PARALLEL_CHUNK_WORDS)
-        .enumerate()
-        .for_each(|(i, slice)| {
-            for job in jobs {
-                apply_mask_stream(slice, &job.seed, job.sign, i * PARALLEL_CHUNK_WORDS);
-            }
-        });
-}
-
-/// Adds one mask stream to `acc` on the calling thread (public for benchmarks).
-pub fn add_mask_stream(acc: &mut [u32], seed: &MaskSeed) {
-    apply_mask_stream(acc, seed, MaskSign::Add, 0);
-}
-
-/// Fills `out` with the raw ChaCha20 keystream of `seed` (the benchmark's speed limit).
-pub fn raw_keystream(out: &mut [u8], seed: &MaskSeed) {
-    let mut cipher = ChaCha20::new(&seed.0.into(), &[0u8; 12].into());
-    cipher.write_keystream(out);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,48 +444,6 @@ mod tests {
             a.agree(&AgreementPublicKey(one)).unwrap_err(),
             CryptoError::LowOrderPoint
         );
-    }
-
-    #[test]
-    fn chacha20_matches_rfc8439_keystream() {
-        // RFC 8439 §2.4.2 uses nonce 000000000000004a00000000 and counter 1; instead we
-        // check the §A.1 test vector #1: all-zero key and nonce, counter 0.
-        let mut out = [0u8; 64];
-        raw_keystream(&mut out, &MaskSeed([0u8; 32]));
-        assert_eq!(
-            &out[..16],
-            &[
-                0x76, 0xb8, 0xe0, 0xad, 0xa0, 0xf1, 0x3d, 0x90, 0x40, 0x5d, 0x6a, 0xe5, 0x53, 0x86,
-                0xbd, 0x28
-            ]
-        );
-    }
-
-    #[test]
-    fn chunked_parallel_streams_equal_sequential() {
-        let n = PARALLEL_CHUNK_WORDS * 2 + 777;
-        let seeds = [[1u8; 32], [2u8; 32], [3u8; 32]];
-        let mut seq = vec![5u32; n];
-        apply_mask_stream(&mut seq, &MaskSeed(seeds[0]), MaskSign::Add, 0);
-        apply_mask_stream(&mut seq, &MaskSeed(seeds[1]), MaskSign::Sub, 0);
-        apply_mask_stream(&mut seq, &MaskSeed(seeds[2]), MaskSign::Add, 0);
-        let jobs: Vec<MaskJob> = seeds
-            .iter()
-            .zip([MaskSign::Add, MaskSign::Sub, MaskSign::Add])
-            .map(|(s, sign)| MaskJob {
-                seed: MaskSeed(*s),
-                sign,
-            })
-            .collect();
-        let mut par = vec![5u32; n];
-        apply_mask_streams(&mut par, &jobs);
-        assert_eq!(seq, par);
-        // and adding then subtracting the same stream is the identity
-        let mut v = vec![9u32; 1000];
-        apply_mask_stream(&mut v, &MaskSeed([4u8; 32]), MaskSign::Add, 0);
-        assert_ne!(v, vec![9u32; 1000]);
-        apply_mask_stream(&mut v, &MaskSeed([4u8; 32]), MaskSign::Sub, 0);
-        assert_eq!(v, vec![9u32; 1000]);
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //!    (t-of-holders, over the Curve25519 scalar field) among its neighbours, encrypting
 //!    each pair of shares with ChaCha20-Poly1305 under an X25519 + HKDF key.
 //! 3. **Masked input.** y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u)} ±PRG(s_uv) mod 2^b, where the
-//!    PRG is the ChaCha20 keystream under the full 256-bit HKDF-derived seed. A
+//!    PRG is the round's signed [`MaskPrg`] (AES-256-CTR by default, or ChaCha20) keyed
+//!    with the full 256-bit HKDF-derived seed. A
 //!    neighbour whose share ciphertext does not open is left out of the sum and named
 //!    (accused); the aggregator excludes accused sites, so one site sending garbage
 //!    cannot make honest sites abandon the round.
@@ -50,6 +51,7 @@ pub mod crypto;
 mod encoding;
 mod error;
 mod ids;
+mod mask;
 mod messages;
 mod params;
 pub mod plan;
@@ -60,7 +62,7 @@ pub mod simulation;
 mod site;
 
 pub use aggregator::{AggregateSum, Aggregator, Outgoing, Status};
-pub use crypto::{AgreementPublicKey, IdentityKeyPair, IdentityPublicKey, Signature};
+pub use crypto::{AgreementPublicKey, IdentityKeyPair, IdentityPublicKey, MaskPrg, Signature};
 pub use encoding::{EncodingError, FixedPoint, WeightDigits, WeightedMean};
 pub use error::{AbortReason, AggregatorError, MessageError, SiteError};
 pub use ids::{Party, Phase, Round, SessionId, SiteId, SiteSet};

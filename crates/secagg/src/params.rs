@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use thiserror::Error;
 
-use crate::crypto::{self, Purpose};
+use crate::crypto::{self, MaskPrg, Purpose};
 use crate::ids::{Round, SessionId, SiteId};
 use crate::ring::Modulus;
 
@@ -44,6 +44,9 @@ pub struct RoundParams {
     /// digest, so sites that were shown different contexts cannot verify each other's
     /// signatures and the round fails instead of leaking. Zeros when unused.
     pub context: [u8; 32],
+    /// The generator that expands mask seeds (every party must use the same one, so it
+    /// is signed with the rest).
+    pub mask_prg: MaskPrg,
 }
 
 /// Largest supported vector (2^28 elements, 1 GiB as `u32`).
@@ -298,6 +301,7 @@ mod tests {
             threshold,
             graph,
             context: [0; 32],
+            mask_prg: MaskPrg::default(),
         }
     }
 
@@ -414,5 +418,10 @@ mod tests {
         let c = RoundConfig::new(params(5, GraphSpec::Complete, 4)).unwrap();
         assert_ne!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
+        // The mask generator is signed too: a site told another one cannot verify.
+        let mut p = params(5, GraphSpec::Complete, 3);
+        p.mask_prg = MaskPrg::ChaCha20;
+        let d = RoundConfig::new(p).unwrap();
+        assert_ne!(a.digest(), d.digest());
     }
 }

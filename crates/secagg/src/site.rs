@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::crypto::{self, AgreementSecret, IdentityKeyPair, MaskJob, random_scalar};
+use crate::crypto::{self, AgreementSecret, IdentityKeyPair, random_scalar};
 use crate::error::{MessageError, SiteError};
 use crate::ids::{Party, Phase, SiteId};
+use crate::mask::MaskJob;
 use crate::messages::{
     Body, EncryptedShares, Envelope, Header, KeyAdvertisement, MaskedUpload, PROTOCOL_VERSION,
     RevealedShare, ShareValue, UnmaskRequest, UnmaskShares,
@@ -360,7 +361,7 @@ impl Site {
         }
         let modulus = input.modulus();
         let mut words = input.into_words();
-        crypto::apply_mask_streams(&mut words, &jobs);
+        crate::mask::apply_mask_streams(&mut words, self.config.params().mask_prg, &jobs);
         held.insert(self.id, own);
         Ok((
             State::AwaitingSurvivors { held },

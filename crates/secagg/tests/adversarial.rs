@@ -31,6 +31,7 @@ fn sized_params(round: u64, n: u32, threshold: u32) -> RoundParams {
         threshold,
         graph: GraphSpec::Complete,
         context: [0; 32],
+        mask_prg: Default::default(),
     }
 }
 

@@ -353,6 +353,7 @@ impl CoordinatorMachine {
             threshold,
             graph,
             context,
+            mask_prg: self.config.mask_prg,
         };
         let round_config = RoundConfig::new(params.clone())?;
         let start = RoundStart {

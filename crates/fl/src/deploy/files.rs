@@ -93,6 +93,9 @@ pub struct CoordinatorFile {
     /// "samples" (default) or "uniform".
     #[serde(default)]
     pub weighting: crate::Weighting,
+    /// "aes-256-ctr" (default) or "chacha20": the SecAgg mask generator.
+    #[serde(default)]
+    pub mask_prg: tessera_secagg::MaskPrg,
     #[serde(default = "all_sites")]
     pub sample_fraction: f64,
     pub training_timeout_s: f64,
@@ -298,6 +301,7 @@ impl CoordinatorPlan {
             .threat(file.threat)
             .codec(file.bits, file.clip, file.max_weight)
             .weighting(file.weighting)
+            .mask_prg(file.mask_prg)
             .sample_fraction(file.sample_fraction)
             .timeouts(
                 seconds("training_timeout_s", file.training_timeout_s)?,

@@ -7,9 +7,10 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 use super::{AggregateSum, Aggregator, Status};
-use crate::crypto::{self, AgreementSecret, MaskJob};
+use crate::crypto::AgreementSecret;
 use crate::error::AbortReason;
 use crate::ids::SiteId;
+use crate::mask::MaskJob;
 use crate::protocol;
 use crate::ring::{MaskSign, PlainVector};
 use crate::shamir;
@@ -100,7 +101,7 @@ impl Aggregator {
             Err(reason) => return self.abort(reason),
         }
         let mut sum = std::mem::take(&mut self.masked_sum);
-        crypto::apply_mask_streams(&mut sum, &jobs);
+        crate::mask::apply_mask_streams(&mut sum, self.config.params().mask_prg, &jobs);
         self.result = Some(AggregateSum {
             contributors: masked.into_iter().collect(),
             sum: PlainVector::new(self.config.modulus(), sum),
