@@ -9,7 +9,9 @@ use tessera_core::{
 
 pub struct KnownUpdateTrainer {
     layout: ParamLayout,
-    params: Vec<f32>,
+    /// The model after the last round; `None` for a stateless trainer.
+    params: Option<Vec<f32>>,
+    dim: usize,
     step: f32,
     samples: u64,
 }
@@ -20,10 +22,22 @@ impl KnownUpdateTrainer {
         let layout = Self::layout_for(dim)?;
         Ok(Self {
             layout,
-            params: vec![0.0; dim],
+            params: Some(vec![0.0; dim]),
+            dim,
             step,
             samples,
         })
+    }
+
+    /// A trainer that keeps no model between rounds, for simulations of thousands of
+    /// sites in one process (one model fewer per site). Its single entry is a weight,
+    /// which every strategy federates, so a round starts from the global model and never
+    /// from the site's own ([`crate::TrainRequest::run`] does not ask for it); its
+    /// `parameters()` is therefore always its initial (zero) model.
+    pub fn stateless(dim: usize, step: f32, samples: u64) -> Result<Self, LayoutError> {
+        let mut t = Self::new(dim, step, samples)?;
+        t.params = None;
+        Ok(t)
     }
 
     /// The layout every participant of a known-update federation shares.
@@ -44,15 +58,57 @@ impl LocalTrainer for KnownUpdateTrainer {
     }
 
     fn parameters(&self) -> Vec<f32> {
-        self.params.clone()
+        self.params.clone().unwrap_or_else(|| vec![0.0; self.dim])
     }
 
     fn train(&mut self, start: &[f32], _: &LocalTrainingConfig) -> Result<LocalUpdate, Infallible> {
-        self.params = start.iter().map(|p| p + self.step).collect();
+        let trained: Vec<f32> = start.iter().map(|p| p + self.step).collect();
+        if let Some(params) = &mut self.params {
+            params.clone_from(&trained);
+        }
         Ok(LocalUpdate {
-            parameters: self.params.clone(),
+            parameters: trained,
             samples: self.samples,
             mean_loss: 0.0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TrainRequest;
+    use tessera_core::Strategy;
+
+    /// A stateless trainer gives every strategy's round the same update as one that keeps
+    /// its model, since its only entry is a weight, which every strategy federates.
+    #[test]
+    fn a_stateless_trainer_trains_like_a_stateful_one() {
+        let config = LocalTrainingConfig {
+            steps: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            proximal_mu: 0.0,
+            seed: 0,
+        };
+        for strategy in [Strategy::FedAvg, Strategy::FedBn] {
+            let mut kept = KnownUpdateTrainer::new(5, 0.25, 3).unwrap();
+            let mut stateless = KnownUpdateTrainer::stateless(5, 0.25, 3).unwrap();
+            for round in 0..3u64 {
+                let request = TrainRequest {
+                    round,
+                    global: vec![round as f32; 5],
+                    strategy: strategy.clone(),
+                    config: config.clone(),
+                    private: round == 2,
+                };
+                let a = request.run(&mut kept).unwrap();
+                let b = request.run(&mut stateless).unwrap();
+                assert_eq!(a.parameters, b.parameters);
+                assert_eq!(a.parameters, vec![round as f32 + 0.25; 5]);
+            }
+            assert_eq!(kept.parameters(), vec![2.25; 5]);
+            assert_eq!(stateless.parameters(), vec![0.0; 5]);
+        }
     }
 }

@@ -97,7 +97,7 @@ impl KnownWorkload {
         self.steps
             .iter()
             .zip(&self.weights)
-            .map(|(s, w)| KnownUpdateTrainer::new(dim, *s, *w))
+            .map(|(s, w)| KnownUpdateTrainer::stateless(dim, *s, *w))
             .collect()
     }
 

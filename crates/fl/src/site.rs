@@ -60,6 +60,15 @@ pub struct TrainRequest {
 
 impl TrainRequest {
     pub fn run<T: LocalTrainer>(&self, trainer: &mut T) -> Result<LocalUpdate, T::Error> {
+        let layout = trainer.layout();
+        // Where the strategy federates every entry, the site's own model plays no part.
+        if layout
+            .entries()
+            .iter()
+            .all(|e| self.strategy.is_federated(e.kind, self.private))
+        {
+            return trainer.train(&self.global, &self.config);
+        }
         let local = trainer.parameters();
         let from =
             self.strategy

@@ -164,17 +164,39 @@ fn deliver_partial(agg: &mut Aggregator, uplink: Vec<(SiteId, Envelope)>) {
     }
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; a filter argument selects graphs by name.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let full = std::env::var("TESSERA_BENCH_FULL").is_ok_and(|v| v == "1");
-    println!("| protocol | n | m | dropout | k | t | site masking | aggregator unmasking |");
-    println!("|---|---|---|---|---|---|---|---|");
+/// `TESSERA_BENCH_CONFIGS="secagg+:10:1000000:0,secagg:100:100000:0.1"` picks
+/// configurations (protocol:n:m:dropout) instead of the grid, as `scripts/bench-flower.sh`
+/// does; `TESSERA_BENCH_JSON=1` prints one JSON object per configuration.
+fn chosen_configs() -> Option<Vec<(&'static str, usize, usize, f64)>> {
+    let text = std::env::var("TESSERA_BENCH_CONFIGS").ok()?;
+    let parse = |c: &str| -> Option<(&'static str, usize, usize, f64)> {
+        let parts: Vec<&str> = c.trim().split(':').collect();
+        let [graph, n, m, dropout] = parts.as_slice() else {
+            return None;
+        };
+        let graph = match graph.to_ascii_lowercase().as_str() {
+            "secagg" => "SecAgg",
+            "secagg+" => "SecAgg+",
+            _ => return None,
+        };
+        Some((
+            graph,
+            n.parse().ok()?,
+            m.parse().ok()?,
+            dropout.parse().ok()?,
+        ))
+    };
+    let configs: Option<Vec<_>> = text.split(',').map(parse).collect();
+    match configs {
+        Some(c) => Some(c),
+        None => panic!("TESSERA_BENCH_CONFIGS: give protocol:n:m:dropout,… ({text})"),
+    }
+}
+
+fn grid(filter: Option<&str>, full: bool) -> Vec<(&'static str, usize, usize, f64)> {
+    let mut out = Vec::new();
     for graph in ["SecAgg", "SecAgg+"] {
-        if filter
-            .as_deref()
-            .is_some_and(|f| !graph.eq_ignore_ascii_case(f))
-        {
+        if filter.is_some_and(|f| !graph.eq_ignore_ascii_case(f)) {
             continue;
         }
         for n in [10, 100, 500] {
@@ -183,20 +205,45 @@ fn main() {
                     continue;
                 }
                 for dropout in [0.0, 0.1, 0.3] {
-                    let r = measure(graph, n, m, dropout);
-                    println!(
-                        "| {} | {} | {} | {:.0}% | {} | {} | {:.1} ms | {:.1} ms |",
-                        r.graph,
-                        r.n,
-                        r.m,
-                        r.dropout * 100.0,
-                        r.degree,
-                        r.threshold,
-                        r.site_masking.as_secs_f64() * 1e3,
-                        r.unmasking.as_secs_f64() * 1e3
-                    );
+                    out.push((graph, n, m, dropout));
                 }
             }
+        }
+    }
+    out
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects graphs by name.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let full = std::env::var("TESSERA_BENCH_FULL").is_ok_and(|v| v == "1");
+    let json = std::env::var("TESSERA_BENCH_JSON").is_ok_and(|v| v == "1");
+    let configs = chosen_configs().unwrap_or_else(|| grid(filter.as_deref(), full));
+    if !json {
+        println!("| protocol | n | m | dropout | k | t | site masking | aggregator unmasking |");
+        println!("|---|---|---|---|---|---|---|---|");
+    }
+    for (graph, n, m, dropout) in configs {
+        let r = measure(graph, n, m, dropout);
+        let (mask_ms, unmask_ms) = (
+            r.site_masking.as_secs_f64() * 1e3,
+            r.unmasking.as_secs_f64() * 1e3,
+        );
+        if json {
+            println!(
+                "{{\"protocol\": \"{}\", \"n\": {}, \"m\": {}, \"dropout\": {}, \"k\": {}, \"t\": {}, \"site_masking_ms\": {mask_ms:.3}, \"unmasking_ms\": {unmask_ms:.3}}}",
+                r.graph, r.n, r.m, r.dropout, r.degree, r.threshold
+            );
+        } else {
+            println!(
+                "| {} | {} | {} | {:.0}% | {} | {} | {mask_ms:.1} ms | {unmask_ms:.1} ms |",
+                r.graph,
+                r.n,
+                r.m,
+                r.dropout * 100.0,
+                r.degree,
+                r.threshold,
+            );
         }
     }
 }

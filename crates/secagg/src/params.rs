@@ -8,7 +8,7 @@ use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use thiserror::Error;
 
 use crate::crypto::{self, MaskPrg, Purpose};
@@ -82,6 +82,9 @@ pub enum ConfigError {
 }
 
 /// Validated round parameters, their digest and the communication graph.
+/// Configs alive in this process, by digest (see [`RoundConfig::new`]).
+static INTERNED: Mutex<Vec<([u8; 32], Weak<RoundConfig>)>> = Mutex::new(Vec::new());
+
 #[derive(Debug)]
 pub struct RoundConfig {
     params: RoundParams,
@@ -129,12 +132,27 @@ impl RoundConfig {
         }
         let encoded = postcard::to_allocvec(&params).expect("round parameters always serialise");
         let digest = crypto::hash(Purpose::Parameters, &[0u8; 32], &[], &encoded);
+        // Parties in one process (a simulation of thousands of sites) that build the
+        // same parameters share one config: the SecAgg+ graph is O(n·k) to draw and to
+        // hold, so one per site would make a simulation O(n²·k). The config is a pure
+        // function of the parameters, so sharing it changes nothing they compute.
+        let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        interned.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(config) = interned
+            .iter()
+            .filter(|(d, _)| *d == digest)
+            .find_map(|(_, w)| w.upgrade().filter(|c| c.params == params))
+        {
+            return Ok(config);
+        }
         let graph = CommunicationGraph::build(&params, &digest)?;
-        Ok(Arc::new(Self {
+        let config = Arc::new(Self {
             params,
             digest,
             graph,
-        }))
+        });
+        interned.push((digest, Arc::downgrade(&config)));
+        Ok(config)
     }
 
     pub fn params(&self) -> &RoundParams {
@@ -419,6 +437,10 @@ mod tests {
         assert_ne!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
         // The mask generator is signed too: a site told another one cannot verify.
+        // Equal parameters give one shared config; others their own.
+        let again = RoundConfig::new(params(5, GraphSpec::Complete, 3)).unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(!Arc::ptr_eq(&a, &c));
         let mut p = params(5, GraphSpec::Complete, 3);
         p.mask_prg = MaskPrg::ChaCha20;
         let d = RoundConfig::new(p).unwrap();
