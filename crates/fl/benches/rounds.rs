@@ -3,6 +3,9 @@
 //! the machine with the coordinator): plaintext FedAvg vs SecAgg vs SecAgg+, with the
 //! frame payload bytes each way, and raw single-stream QUIC throughput in the same run.
 //!
+//! `TESSERA_BENCH_QUIC_COST=1 cargo bench -p tessera-fl --bench rounds` prints only the
+//! plaintext round against raw QUIC moving the same bytes over as many connections.
+//!
 //! `cargo bench -p tessera-fl --bench rounds` prints a Markdown table: per configuration,
 //! the median wall time of five rounds after a warm-up round and the mean bytes per
 //! round (setting up a federation per configuration makes criterion impractical here).
@@ -149,11 +152,109 @@ async fn raw_throughput(bytes: usize) -> f64 {
     got as f64 / secs / 1e6
 }
 
+/// What raw QUIC needs to move a plaintext round's bytes the way the round moves them:
+/// n connections on loopback (mutual TLS, the federation's QUIC settings), the server
+/// sending each client `down` bytes in one frame, each client answering with `up`
+/// bytes once it has them all; seconds until the server has every answer (median of
+/// five, after one warm-up).
+async fn raw_round(n: usize, down: usize, up: usize) -> f64 {
+    let dir = federation_dir(3).join("pki");
+    if !dir.join("site-0.pem").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        init(&dir).unwrap();
+        issue(&dir, "coordinator", Role::Coordinator).unwrap();
+        issue(&dir, "site-0", Role::Site(SiteId(0))).unwrap();
+    }
+    let endpoint = server(
+        ([127, 0, 0, 1], 0).into(),
+        &Credentials::load(&dir, "coordinator").unwrap(),
+        false,
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let ep = client(&Credentials::load(&dir, "site-0").unwrap(), false).unwrap();
+    let mut clients = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        clients.push(connect(&ep, addr, "coordinator").await.unwrap());
+        servers.push(endpoint.accept().await.unwrap().await.unwrap());
+    }
+    let down_bytes = std::sync::Arc::new(vec![7u8; down]);
+    let up_bytes = std::sync::Arc::new(vec![9u8; up]);
+    let mut times = Vec::new();
+    for _ in 0..6 {
+        let answering: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let (c, up_bytes) = (c.clone(), up_bytes.clone());
+                tokio::spawn(async move {
+                    let (mut send, mut recv) = c.accept_bi().await.unwrap();
+                    read_frame(&mut recv, MAX_FRAME).await.unwrap().unwrap();
+                    write_frame(&mut send, &up_bytes, MAX_FRAME).await.unwrap();
+                    send.finish().unwrap();
+                    let _ = send.stopped().await;
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let asking: Vec<_> = servers
+            .iter()
+            .map(|c| {
+                let (c, down_bytes) = (c.clone(), down_bytes.clone());
+                tokio::spawn(async move {
+                    let (mut send, mut recv) = c.open_bi().await.unwrap();
+                    write_frame(&mut send, &down_bytes, MAX_FRAME)
+                        .await
+                        .unwrap();
+                    read_frame(&mut recv, MAX_FRAME)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .len()
+                })
+            })
+            .collect();
+        for a in asking {
+            assert_eq!(a.await.unwrap(), up);
+        }
+        times.push(start.elapsed().as_secs_f64());
+        for a in answering {
+            a.await.unwrap();
+        }
+    }
+    median(times[1..].to_vec())
+}
+
+/// The plaintext round against raw QUIC moving the same bytes (`raw_round`).
+async fn quic_cost() {
+    println!("| n | m | plaintext round | raw QUIC, same bytes | round ÷ raw |");
+    println!("|---|---|---|---|---|");
+    for (n, m) in [(10, 100_000), (10, 1_000_000), (50, 1_000_000)] {
+        let plain = round(n, m, Protocol::Plaintext).await;
+        let raw = raw_round(
+            n,
+            (plain.down / n as u64) as usize,
+            (plain.up / n as u64) as usize,
+        )
+        .await;
+        println!(
+            "| {n} | {m} | {:.3} s | {:.3} s | {:.2}× |",
+            plain.wall,
+            raw,
+            plain.wall / raw
+        );
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var("TESSERA_BENCH_QUIC_COST").is_ok_and(|v| v == "1") {
+        rt.block_on(quic_cost());
+        return;
+    }
     rt.block_on(async {
         println!("raw single-stream QUIC over loopback (mutual TLS, 1 MiB frames, 256 MiB): {:.0} MB/s", raw_throughput(256 << 20).await);
         println!();
