@@ -176,8 +176,11 @@ async fn raw_round(n: usize, down: usize, up: usize) -> f64 {
     let mut clients = Vec::new();
     let mut servers = Vec::new();
     for _ in 0..n {
-        clients.push(connect(&ep, addr, "coordinator").await.unwrap());
-        servers.push(endpoint.accept().await.unwrap().await.unwrap());
+        let (c, s) = tokio::join!(connect(&ep, addr, "coordinator"), async {
+            endpoint.accept().await.unwrap().await.unwrap()
+        });
+        clients.push(c.unwrap());
+        servers.push(s);
     }
     let down_bytes = std::sync::Arc::new(vec![7u8; down]);
     let up_bytes = std::sync::Arc::new(vec![9u8; up]);
