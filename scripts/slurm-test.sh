@@ -17,15 +17,9 @@ for c in slurmctld slurmd sbatch squeue sinfo; do
     command -v "$c" > /dev/null 2>&1 || need=(slurm-wlm)
 done
 command -v munged > /dev/null 2>&1 || need+=(munge)
-if [ "${#need[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-        echo "slurm-test: installing ${need[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null
-    else
-        fail "needs ${need[*]} (as root: apt-get install ${need[*]})"
-    fi
-fi
+# shellcheck source=scripts/debian-packages.sh
+. scripts/debian-packages.sh
+install_debian_packages "${need[@]}" || fail "needs ${need[*]}"
 [ "$(id -u)" = 0 ] || fail "slurmd must start as root to launch jobs; run this as root"
 
 bash scripts/setup-libtorch.sh > /dev/null

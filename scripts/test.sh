@@ -9,15 +9,9 @@ bash scripts/setup-libtorch.sh
 need=()
 command -v ip > /dev/null 2>&1 || need+=(iproute2)
 command -v tshark > /dev/null 2>&1 && command -v dumpcap > /dev/null 2>&1 || need+=(tshark)
-if [ "${#need[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-        echo "installing ${need[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null
-    else
-        echo "missing ${need[*]}: install them as root (apt-get install ${need[*]})" >&2
-    fi
-fi
+# shellcheck source=scripts/debian-packages.sh
+. scripts/debian-packages.sh
+install_debian_packages "${need[@]}" || true
 # Disk is the scarce resource on CI machines (a run once failed with ENOSPC): no
 # incremental caches, line tables only (Cargo.toml), and every temporary folder the
 # tests make lives under target/test-tmp, emptied before and after the run.

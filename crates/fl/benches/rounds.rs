@@ -113,7 +113,9 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
     }
 }
 
-async fn raw_throughput(bytes: usize) -> f64 {
+/// A throwaway PKI's coordinator endpoint on 127.0.0.1, its address, and a site's
+/// client endpoint, for raw QUIC beside the federation.
+fn raw_endpoints() -> (quinn::Endpoint, std::net::SocketAddr, quinn::Endpoint) {
     let dir = federation_dir(3).join("pki");
     if !dir.join("site-0.pem").exists() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -128,6 +130,12 @@ async fn raw_throughput(bytes: usize) -> f64 {
     )
     .unwrap();
     let addr = endpoint.local_addr().unwrap();
+    let ep = client(&Credentials::load(&dir, "site-0").unwrap(), false).unwrap();
+    (endpoint, addr, ep)
+}
+
+async fn raw_throughput(bytes: usize) -> f64 {
+    let (endpoint, addr, ep) = raw_endpoints();
     let receiver = tokio::spawn(async move {
         let conn = endpoint.accept().await.unwrap().await.unwrap();
         let (_, mut recv) = conn.accept_bi().await.unwrap();
@@ -137,7 +145,6 @@ async fn raw_throughput(bytes: usize) -> f64 {
         }
         got
     });
-    let ep = client(&Credentials::load(&dir, "site-0").unwrap(), false).unwrap();
     let conn = connect(&ep, addr, "coordinator").await.unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     let chunk = vec![7u8; 1 << 20];
@@ -158,21 +165,7 @@ async fn raw_throughput(bytes: usize) -> f64 {
 /// bytes once it has them all; seconds until the server has every answer (median of
 /// five, after one warm-up).
 async fn raw_round(n: usize, down: usize, up: usize) -> f64 {
-    let dir = federation_dir(3).join("pki");
-    if !dir.join("site-0.pem").exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        init(&dir).unwrap();
-        issue(&dir, "coordinator", Role::Coordinator).unwrap();
-        issue(&dir, "site-0", Role::Site(SiteId(0))).unwrap();
-    }
-    let endpoint = server(
-        ([127, 0, 0, 1], 0).into(),
-        &Credentials::load(&dir, "coordinator").unwrap(),
-        false,
-    )
-    .unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let ep = client(&Credentials::load(&dir, "site-0").unwrap(), false).unwrap();
+    let (endpoint, addr, ep) = raw_endpoints();
     let mut clients = Vec::new();
     let mut servers = Vec::new();
     for _ in 0..n {
