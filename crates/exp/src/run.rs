@@ -275,16 +275,18 @@ impl RunPlan {
         )))
     }
 
-    /// An arm's cached result and model, when it finished.
+    /// An arm's result, when it finished.
+    fn finished(&self, i: usize) -> Option<ArmResult> {
+        let text = std::fs::read_to_string(self.arm_dir(i).join("result.json")).ok()?;
+        serde_json::from_str::<ArmResult>(&text).ok()
+    }
+
+    /// An arm's result and model (for arms that train one), when it finished.
     fn cached(&self, i: usize) -> Result<Option<Finished>, ExpError> {
-        let arm_dir = self.arm_dir(i);
-        let Ok(text) = std::fs::read_to_string(arm_dir.join("result.json")) else {
+        let Some(result) = self.finished(i) else {
             return Ok(None);
         };
-        let Ok(result) = serde_json::from_str::<ArmResult>(&text) else {
-            return Ok(None);
-        };
-        let model_path = arm_dir.join("model.bin");
+        let model_path = self.arm_dir(i).join("model.bin");
         let model = if model_path.exists() {
             Some(load_model(&model_path)?)
         } else {
@@ -479,8 +481,8 @@ pub fn assemble_report(
     let mut results = Vec::new();
     let (mut finished, mut missing) = (Vec::new(), Vec::new());
     for (i, arm) in experiment.arms.iter().enumerate() {
-        match plan.cached(i)? {
-            Some((result, _)) => {
+        match plan.finished(i) {
+            Some(result) => {
                 results.push(result);
                 finished.push(arm.name.clone());
             }
