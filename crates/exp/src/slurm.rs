@@ -154,7 +154,13 @@ pub fn submit(scripts: &SlurmScripts) -> Result<(String, String), ExpError> {
     let report = sbatch(&[
         &format!("--dependency=afterany:{array}"),
         &scripts.report.to_string_lossy(),
-    ])?;
+    ])
+    .map_err(|e| {
+        ExpError::Config(format!(
+            "job array {array} was submitted, but its report job was not ({e}); once the \
+             array is done, run `tessera reproduce --report` with the same arguments"
+        ))
+    })?;
     Ok((array, report))
 }
 
