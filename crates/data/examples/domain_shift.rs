@@ -146,6 +146,7 @@ fn main() {
             .map(prepare)
             .map(|(id, ss)| PatientResult {
                 patient: id,
+                volume_slices: None,
                 slices: ss
                     .iter()
                     .map(|s| SliceResult {

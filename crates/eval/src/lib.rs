@@ -8,14 +8,17 @@
 //! 0.1. This crate implements that protocol, plus mAP, percentile-bootstrap intervals
 //! (which [`summarise`] reports: they stay inside each metric's range, where the
 //! study's normal interval does not) and a patient-level ROC AUC, on plain boxes and
-//! masks (no model, no I/O).
+//! masks (no model, no I/O). Matching follows an [`EvalProtocol`]: `strict` (PASCAL VOC)
+//! or `authors` (the study's released code, with its lenient hits and exclusions).
 
 mod boxes;
 mod metrics;
+mod protocol;
 
 pub use boxes::{BBox, Detection, nms, remove_nested};
 pub use metrics::{
     CohortSummary, DEFAULT_SCORE_THRESHOLD, Estimate, FrocPoint, HIT_IOU, PatientMetrics,
-    PatientResult, SliceResult, bootstrap_ci, froc, lesion_burden, normal_ci, predicted_burden,
-    roc_auc, summarise,
+    PatientResult, SliceResult, bootstrap_ci, froc, froc_with, lesion_burden, normal_ci,
+    normal_ci_population, predicted_burden, roc_auc, summarise, summarise_with,
 };
+pub use protocol::EvalProtocol;

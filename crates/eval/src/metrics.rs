@@ -1,13 +1,13 @@
 //! The study's detection metrics, per patient, and their summaries.
 //!
-//! Matching: on each slice, detections above the score threshold are taken in
-//! decreasing score order and each is matched to the unmatched ground-truth box with
-//! which it has the highest IoU, if that IoU is at least 0.5 (one-to-one, as in PASCAL
-//! VOC). A matched detection is a true positive; a matched box is a detected lesion.
+//! Matching follows an [`EvalProtocol`] (`crate::protocol`): `strict` (PASCAL VOC, the
+//! default) or `authors` (the study's released code). A hit is a true positive; a hit
+//! box is a detected lesion.
 
 use serde::{Deserialize, Serialize};
 
 use crate::boxes::{BBox, Detection};
+use crate::protocol::{EvalProtocol, Outcome, match_slice};
 
 /// IoU at which a detection hits a lesion.
 pub const HIT_IOU: f32 = 0.5;
@@ -26,6 +26,10 @@ pub struct SliceResult {
 pub struct PatientResult {
     pub patient: String,
     pub slices: Vec<SliceResult>,
+    /// Slices of the whole volume, when fewer were evaluated (the authors' protocol
+    /// divides false positives by every slice); `None`: the evaluated ones.
+    #[serde(default)]
+    pub volume_slices: Option<usize>,
 }
 
 /// Per-patient metrics at one score threshold.
@@ -44,48 +48,35 @@ pub struct PatientMetrics {
     pub false_positives_per_slice: f64,
 }
 
-/// Flags, in decreasing score order, which detections above `threshold` are hits.
-fn match_slice(slice: &SliceResult, threshold: f32) -> Vec<(f32, bool)> {
-    let mut dets: Vec<&Detection> = slice
-        .detections
-        .iter()
-        .filter(|d| d.score >= threshold)
-        .collect();
-    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut taken = vec![false; slice.truth.len()];
-    dets.iter()
-        .map(|d| {
-            let best = slice
-                .truth
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !taken[*i])
-                .map(|(i, t)| (i, t.iou(&d.bbox)))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            match best {
-                Some((i, iou)) if iou >= HIT_IOU => {
-                    taken[i] = true;
-                    (d.score, true)
-                }
-                _ => (d.score, false),
-            }
-        })
-        .collect()
-}
-
 impl PatientResult {
-    /// Metrics with detections scoring at least `threshold`.
+    /// Metrics with detections scoring at least `threshold`, under the strict protocol.
     pub fn metrics(&self, threshold: f32) -> PatientMetrics {
-        let mut lesions = 0;
-        let mut detections = 0;
-        let mut hits = 0;
+        self.metrics_with(threshold, EvalProtocol::Strict)
+    }
+
+    /// Metrics with detections scoring at least `threshold`, under `protocol`.
+    pub fn metrics_with(&self, threshold: f32, protocol: EvalProtocol) -> PatientMetrics {
+        let (mut lesions, mut hits, mut false_positives) = (0, 0, 0);
         for slice in &self.slices {
             lesions += slice.truth.len();
-            let matched = match_slice(slice, threshold);
-            detections += matched.len();
-            hits += matched.iter().filter(|(_, hit)| *hit).count();
+            for (_, outcome) in match_slice(slice, threshold, protocol) {
+                match outcome {
+                    Outcome::Hit => hits += 1,
+                    Outcome::FalsePositive => false_positives += 1,
+                    Outcome::Ignored => {}
+                }
+            }
         }
-        let slices = self.slices.len();
+        let detections = hits + false_positives;
+        let slices = match protocol {
+            EvalProtocol::Strict => self.slices.len(),
+            EvalProtocol::Authors => self.volume_slices.unwrap_or(self.slices.len()),
+        };
+        let precision = match (detections, protocol) {
+            (0, EvalProtocol::Strict) => None,
+            (0, EvalProtocol::Authors) => Some(0.0),
+            _ => Some(hits as f64 / detections as f64),
+        };
         PatientMetrics {
             patient: self.patient.clone(),
             lesions,
@@ -94,45 +85,43 @@ impl PatientResult {
             true_positives: hits,
             slices,
             sensitivity: (lesions > 0).then(|| hits as f64 / lesions as f64),
-            precision: (detections > 0).then(|| hits as f64 / detections as f64),
+            precision,
             false_positives_per_slice: if slices > 0 {
-                (detections - hits) as f64 / slices as f64
+                false_positives as f64 / slices as f64
             } else {
                 0.0
             },
         }
     }
 
-    /// Average precision over all the patient's detections (all-point interpolation);
-    /// `None` for a patient without lesions.
+    /// Average precision under the strict protocol (every detection, tied scores one
+    /// point); `None` for a patient without lesions.
     pub fn average_precision(&self) -> Option<f64> {
+        self.average_precision_with(EvalProtocol::Strict, DEFAULT_SCORE_THRESHOLD)
+    }
+
+    /// Average precision (all-point interpolation) under `protocol`: strict over every
+    /// detection with tied scores grouped, authors over the detections at or above
+    /// `threshold`; `None` for a patient without lesions.
+    pub fn average_precision_with(&self, protocol: EvalProtocol, threshold: f32) -> Option<f64> {
         let lesions: usize = self.slices.iter().map(|s| s.truth.len()).sum();
         if lesions == 0 {
             return None;
         }
-        let mut scored: Vec<(f32, bool)> = self
+        let from = match protocol {
+            EvalProtocol::Strict => f32::NEG_INFINITY,
+            EvalProtocol::Authors => threshold,
+        };
+        let mut scored: Vec<(f32, Outcome)> = self
             .slices
             .iter()
-            .flat_map(|s| match_slice(s, f32::NEG_INFINITY))
+            .flat_map(|s| match_slice(s, from, protocol))
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut points = Vec::with_capacity(scored.len());
-        let mut tp = 0usize;
-        for (i, (_, hit)) in scored.iter().enumerate() {
-            tp += usize::from(*hit);
-            points.push((tp as f64 / lesions as f64, tp as f64 / (i + 1) as f64));
-        }
-        // Precision envelope from the right, then the area under the recall steps.
-        for i in (0..points.len().saturating_sub(1)).rev() {
-            points[i].1 = points[i].1.max(points[i + 1].1);
-        }
-        let mut ap = 0.0;
-        let mut prev_recall = 0.0;
-        for (recall, precision) in points {
-            ap += (recall - prev_recall) * precision;
-            prev_recall = recall;
-        }
-        Some(ap)
+        let group_ties = protocol == EvalProtocol::Strict;
+        Some(crate::protocol::average_precision(
+            &scored, lesions, group_ties,
+        ))
     }
 }
 
@@ -145,15 +134,25 @@ pub struct Estimate {
     pub n: usize,
 }
 
-/// The study's interval: mean ± 1.96·SD/√n over patients (sample SD); `None` when empty.
+/// Mean ± 1.96·SD/√n over patients with the sample SD; `None` when empty.
 pub fn normal_ci(values: &[f64]) -> Option<Estimate> {
+    normal_interval(values, 1)
+}
+
+/// The study's interval, as its released code computes it: mean ± 1.96·SD/√n with the
+/// population SD (NumPy's default, ddof 0); `None` when empty.
+pub fn normal_ci_population(values: &[f64]) -> Option<Estimate> {
+    normal_interval(values, 0)
+}
+
+fn normal_interval(values: &[f64], ddof: usize) -> Option<Estimate> {
     let n = values.len();
     if n == 0 {
         return None;
     }
     let mean = values.iter().sum::<f64>() / n as f64;
-    let half = if n > 1 {
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = if n > ddof {
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - ddof) as f64;
         1.96 * var.sqrt() / (n as f64).sqrt()
     } else {
         0.0
@@ -210,19 +209,35 @@ pub struct CohortSummary {
 pub const SUMMARY_RESAMPLES: usize = 2000;
 const SUMMARY_SEED: u64 = 0x5eed;
 
-/// Per-patient metrics averaged over patients, each with a 95% percentile-bootstrap
-/// interval over patients: unlike mean ± 1.96·SD/√n (the study's, [`normal_ci`]) it
-/// never leaves the metric's range, and with one patient it is the single value (no
-/// interval; the report says so).
+/// [`summarise_with`] under the strict protocol.
 pub fn summarise(patients: &[PatientResult], threshold: f32) -> CohortSummary {
-    let metrics: Vec<PatientMetrics> = patients.iter().map(|p| p.metrics(threshold)).collect();
+    summarise_with(patients, threshold, EvalProtocol::Strict)
+}
+
+/// Per-patient metrics averaged over patients with 95% intervals: under the strict
+/// protocol a percentile bootstrap over patients, which never leaves the metric's range
+/// (with one patient it is the single value, and the report says so); under the
+/// authors' protocol their mean ± 1.96·SD/√n with the population SD.
+pub fn summarise_with(
+    patients: &[PatientResult],
+    threshold: f32,
+    protocol: EvalProtocol,
+) -> CohortSummary {
+    let metrics: Vec<PatientMetrics> = patients
+        .iter()
+        .map(|p| p.metrics_with(threshold, protocol))
+        .collect();
     let collect = |f: &dyn Fn(&PatientMetrics) -> Option<f64>| {
         metrics.iter().filter_map(f).collect::<Vec<f64>>()
     };
     let aps: Vec<f64> = patients
         .iter()
-        .filter_map(PatientResult::average_precision)
+        .filter_map(|p| p.average_precision_with(protocol, threshold))
         .collect();
+    let interval = |values: &[f64]| match protocol {
+        EvalProtocol::Strict => bootstrap_ci(values, SUMMARY_RESAMPLES, SUMMARY_SEED),
+        EvalProtocol::Authors => normal_ci_population(values),
+    };
     CohortSummary {
         patients: patients.len(),
         sensitivity: interval(&collect(&|m| m.sensitivity)),
@@ -230,10 +245,6 @@ pub fn summarise(patients: &[PatientResult], threshold: f32) -> CohortSummary {
         false_positives_per_slice: interval(&collect(&|m| Some(m.false_positives_per_slice))),
         mean_average_precision: interval(&aps),
     }
-}
-
-fn interval(values: &[f64]) -> Option<Estimate> {
-    bootstrap_ci(values, SUMMARY_RESAMPLES, SUMMARY_SEED)
 }
 
 /// One point of the FROC-style sweep.
@@ -244,26 +255,38 @@ pub struct FrocPoint {
     pub false_positives_per_slice: f64,
 }
 
-/// The study's sweep: score thresholds 0, 0.02, …, 0.98; patient-averaged sensitivity
-/// (over patients with lesions) and false positives per slice.
+/// [`froc_with`] under the strict protocol: thresholds 0, 0.02, …, 0.98.
 pub fn froc(patients: &[PatientResult]) -> Vec<FrocPoint> {
-    (0..50)
+    froc_with(patients, EvalProtocol::Strict)
+}
+
+/// The score sweep: patient-averaged sensitivity (over patients with lesions) and false
+/// positives per slice at thresholds 0, 0.02, …, 0.98 (strict) or 0, 0.01, …, 0.99
+/// (authors, as their `--score-loop`).
+pub fn froc_with(patients: &[PatientResult], protocol: EvalProtocol) -> Vec<FrocPoint> {
+    let (steps, step) = match protocol {
+        EvalProtocol::Strict => (50, 0.02),
+        EvalProtocol::Authors => (100, 0.01),
+    };
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    (0..steps)
         .map(|i| {
-            let threshold = i as f32 * 0.02;
-            let metrics: Vec<PatientMetrics> =
-                patients.iter().map(|p| p.metrics(threshold)).collect();
+            let threshold = i as f32 * step;
+            let metrics: Vec<PatientMetrics> = patients
+                .iter()
+                .map(|p| p.metrics_with(threshold, protocol))
+                .collect();
             let sens: Vec<f64> = metrics.iter().filter_map(|m| m.sensitivity).collect();
             let fps: Vec<f64> = metrics
                 .iter()
                 .map(|m| m.false_positives_per_slice)
                 .collect();
-            let mean = |v: &[f64]| {
-                if v.is_empty() {
-                    0.0
-                } else {
-                    v.iter().sum::<f64>() / v.len() as f64
-                }
-            };
             FrocPoint {
                 threshold,
                 sensitivity: mean(&sens),
@@ -338,6 +361,7 @@ mod tests {
         let lesion_b = BBox::new(20.0, 20.0, 30.0, 30.0);
         PatientResult {
             patient: "p".into(),
+            volume_slices: None,
             slices: vec![
                 // hit on a (IoU 81/100), a duplicate (FP), and a miss of b
                 SliceResult {
@@ -387,9 +411,48 @@ mod tests {
         assert!((ap - 5.0 / 9.0).abs() < 1e-12, "{ap}");
         let empty = PatientResult {
             patient: "n".into(),
+            volume_slices: None,
             slices: vec![SliceResult::default()],
         };
         assert_eq!(empty.average_precision(), None);
+    }
+
+    #[test]
+    fn the_authors_protocol_by_hand() {
+        let p = patient();
+        let a = EvalProtocol::Authors;
+        // At 0.4: the lesion-free slice's 0.5 box is ignored; two hits, nothing else.
+        let m = p.metrics_with(0.4, a);
+        assert_eq!((m.detections, m.true_positives), (2, 2));
+        assert_eq!(m.precision, Some(1.0));
+        assert_eq!(m.false_positives_per_slice, 0.0);
+        // At 0: the 0.3 second hit on lesion a counts as neither.
+        assert_eq!(p.metrics_with(0.0, a).detections, 2);
+        // Nothing detected: precision 0, not undefined.
+        assert_eq!(p.metrics_with(0.95, a).precision, Some(0.0));
+        // AP over the detections ≥ 0.4, the ignored one left out: 0.9 hit, 0.45 hit → 2/3.
+        let ap = p.average_precision_with(a, 0.4).unwrap();
+        assert!((ap - 2.0 / 3.0).abs() < 1e-12, "{ap}");
+        // False positives per slice over the whole volume.
+        let mut fp = p.clone();
+        fp.slices[0].truth.pop();
+        fp.slices[0]
+            .detections
+            .push(det(20.0, 20.0, 30.0, 30.0, 0.8));
+        fp.volume_slices = Some(30);
+        assert!((fp.metrics_with(0.4, a).false_positives_per_slice - 1.0 / 30.0).abs() < 1e-12);
+        assert!(
+            (fp.metrics_with(0.4, EvalProtocol::Strict)
+                .false_positives_per_slice
+                - 2.0 / 3.0)
+                .abs()
+                < 1e-12
+        );
+        // Their interval uses the population SD; the sweep steps by 0.01.
+        let e = normal_ci_population(&[1.0, 2.0, 3.0]).unwrap();
+        assert!((e.high - (2.0 + 1.96 * (2.0f64 / 3.0).sqrt() / 3f64.sqrt())).abs() < 1e-12);
+        assert_eq!(froc_with(std::slice::from_ref(&p), a).len(), 100);
+        assert_eq!(froc_with(&[p], EvalProtocol::Strict).len(), 50);
     }
 
     #[test]
@@ -467,6 +530,7 @@ mod tests {
     fn summary_intervals_stay_inside_the_metric_range() {
         let missed = PatientResult {
             patient: "m".into(),
+            volume_slices: None,
             slices: vec![SliceResult {
                 truth: vec![BBox::new(0.0, 0.0, 10.0, 10.0)],
                 detections: vec![],
@@ -474,6 +538,7 @@ mod tests {
         };
         let found = PatientResult {
             patient: "f".into(),
+            volume_slices: None,
             slices: vec![SliceResult {
                 truth: vec![BBox::new(0.0, 0.0, 10.0, 10.0)],
                 detections: vec![det(0.0, 0.0, 10.0, 10.0, 0.9)],

@@ -306,6 +306,7 @@ fn scan_results(
     Ok((
         PatientResult {
             patient: scan.patient.clone(),
+            volume_slices: None,
             slices: results,
         },
         lesion_burden(&lesions, &lungs),

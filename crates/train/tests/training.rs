@@ -103,6 +103,7 @@ fn loss_decreases_and_a_handful_of_slices_is_overfitted() {
         .enumerate()
         .map(|(i, (e, d))| PatientResult {
             patient: i.to_string(),
+            volume_slices: None,
             slices: vec![SliceResult {
                 truth: e.boxes.clone(),
                 detections: d,
