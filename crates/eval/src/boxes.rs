@@ -85,16 +85,18 @@ pub fn remove_nested(mut dets: Vec<Detection>, threshold: f32) -> Vec<Detection>
     kept
 }
 
+/// A detection from its corners and score (tests).
+#[cfg(test)]
+pub(crate) fn det(x0: f32, y0: f32, x1: f32, y1: f32, score: f32) -> Detection {
+    Detection {
+        bbox: BBox::new(x0, y0, x1, y1),
+        score,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn det(x0: f32, y0: f32, x1: f32, y1: f32, score: f32) -> Detection {
-        Detection {
-            bbox: BBox::new(x0, y0, x1, y1),
-            score,
-        }
-    }
 
     #[test]
     fn iou_by_hand() {

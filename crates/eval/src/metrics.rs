@@ -348,13 +348,7 @@ pub fn predicted_burden(scores: &[f32], lung: &[bool], threshold: f32) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn det(x0: f32, y0: f32, x1: f32, y1: f32, score: f32) -> Detection {
-        Detection {
-            bbox: BBox::new(x0, y0, x1, y1),
-            score,
-        }
-    }
+    use crate::boxes::det;
 
     fn patient() -> PatientResult {
         let lesion_a = BBox::new(0.0, 0.0, 10.0, 10.0);

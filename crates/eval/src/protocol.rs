@@ -179,13 +179,7 @@ pub(crate) fn average_precision(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn det(x0: f32, y0: f32, x1: f32, y1: f32, score: f32) -> Detection {
-        Detection {
-            bbox: BBox::new(x0, y0, x1, y1),
-            score,
-        }
-    }
+    use crate::boxes::det;
 
     fn outcomes(slice: &SliceResult, p: EvalProtocol) -> Vec<Outcome> {
         match_slice(slice, 0.0, p)
