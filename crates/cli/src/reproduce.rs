@@ -33,6 +33,10 @@ pub struct ReproduceArgs {
     /// Where run directories go.
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
+    /// Train every arm with N seeds (the experiment's seed, seed + 1, …) [default: the
+    /// experiment file's `seeds`, else 1]; tables then give mean ± SD over seeds.
+    #[arg(long, value_name = "N")]
+    seeds: Option<usize>,
     /// Where the report goes [default: paper/ for the study, paper/<name>/ otherwise].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -67,7 +71,10 @@ fn profile_of(arg: ProfileArg) -> ProfileName {
 pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
     let (registry, registry_text) = load_registry(&args.registry).map_err(|e| e.to_string())?;
     let path = Experiment::file_for(&args.experiment);
-    let experiment = Experiment::load(&path, &registry).map_err(|e| e.to_string())?;
+    let mut experiment = Experiment::load(&path, &registry).map_err(|e| e.to_string())?;
+    if let Some(n) = args.seeds {
+        experiment = experiment.with_seeds(n).map_err(|e| e.to_string())?;
+    }
     let report = args
         .out
         .clone()
@@ -99,10 +106,10 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
         let done = assemble_report(&experiment, &registry, &registry_text, &opts)
             .map_err(|e| e.to_string())?;
         println!(
-            "report in {} from {} of {} arms; missing: {}",
+            "report in {} from {} of {} training runs; missing: {}",
             report.display(),
             done.finished.len(),
-            experiment.arms.len(),
+            experiment.arms.len() * experiment.seeds,
             if done.missing.is_empty() {
                 "none".into()
             } else {
@@ -112,16 +119,17 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "experiment {} ({} arms), profile {}",
+        "experiment {} ({} arms × {} seeds), profile {}",
         experiment.name,
         experiment.arms.len(),
+        experiment.seeds,
         profile.name()
     );
     let start = std::time::Instant::now();
     let summary = run(&experiment, &registry, &registry_text, &opts).map_err(|e| e.to_string())?;
     if let Some(shard) = shard {
         println!(
-            "shard {shard}: {} arms computed, {} reused, in {:.0} s; run directory {}",
+            "shard {shard}: {} training runs computed, {} reused, in {:.0} s; run directory {}",
             summary.computed,
             summary.reused,
             start.elapsed().as_secs_f64(),
@@ -129,16 +137,17 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
         );
         return Ok(());
     }
-    println!("arm | external mean mAP");
+    println!("arm | seed | external mean mAP (strict)");
     for r in &summary.results {
         println!(
-            "{} | {}",
+            "{} | {} | {}",
             r.arm.name,
+            r.seed,
             external_map(r).map_or("–".into(), |v| format!("{v:.3}"))
         );
     }
     println!(
-        "{} arms computed, {} reused from the cache, in {:.0} s; run directory {}, report in {}",
+        "{} training runs computed, {} reused from the cache, in {:.0} s; run directory {}, report in {}",
         summary.computed,
         summary.reused,
         start.elapsed().as_secs_f64(),
@@ -160,9 +169,7 @@ fn slurm_command(
     report: &std::path::Path,
 ) -> Result<(), String> {
     let experiment_path = Experiment::file_for(&args.experiment);
-    let shards = args
-        .shards
-        .unwrap_or_else(|| shard::groups(experiment).len());
+    let shards = args.shards.unwrap_or_else(|| shard::units(experiment));
     let profile = match args.profile {
         ProfileArg::Quick => "quick",
         ProfileArg::Full => "full",
@@ -181,6 +188,8 @@ fn slurm_command(
             absolute(&args.runs)?.display().to_string(),
             "--out".into(),
             absolute(report)?.display().to_string(),
+            "--seeds".into(),
+            experiment.seeds.to_string(),
             absolute(&experiment_path)?.display().to_string(),
         ],
         shards,
@@ -193,9 +202,10 @@ fn slurm_command(
         .join("slurm");
     let scripts = write_scripts(&job, &dir).map_err(|e| e.to_string())?;
     println!(
-        "{} shards of {} arms: {} and {}",
+        "{} shards of {} arms × {} seeds: {} and {}",
         shards,
         experiment.arms.len(),
+        experiment.seeds,
         scripts.array.display(),
         scripts.report.display()
     );

@@ -72,12 +72,15 @@ fn reproduce_runs_caches_and_rejects_bad_files() {
     std::fs::write(dir.join("tiny.toml"), EXPERIMENT).unwrap();
     let (ok, out) = tessera(&dir, &["reproduce", "tiny.toml"]);
     assert!(ok, "{out}");
-    assert!(out.contains("2 arms computed, 0 reused"), "{out}");
+    assert!(out.contains("2 training runs computed, 0 reused"), "{out}");
     assert!(out.contains("single |") && out.contains("fed |"), "{out}");
     assert!(dir.join("paper/tiny/README.md").exists());
     assert!(dir.join("runs/tiny-quick/results.csv").exists());
     let (ok, out) = tessera(&dir, &["reproduce", "tiny.toml"]);
-    assert!(ok && out.contains("0 arms computed, 2 reused"), "{out}");
+    assert!(
+        ok && out.contains("0 training runs computed, 2 reused"),
+        "{out}"
+    );
 
     std::fs::write(
         dir.join("bad.toml"),
@@ -116,13 +119,16 @@ fn slurm_and_shard_commands(dir: &Path) {
         dir,
         &["reproduce", "--shard", "2/2", runs[0], runs[1], "tiny.toml"],
     );
-    assert!(ok && out.contains("shard 2/2: 1 arms computed"), "{out}");
+    assert!(
+        ok && out.contains("shard 2/2: 1 training runs computed"),
+        "{out}"
+    );
     let (ok, out) = tessera(
         dir,
         &["reproduce", "--report", runs[0], runs[1], "tiny.toml"],
     );
     assert!(
-        ok && out.contains("from 1 of 2 arms; missing: single"),
+        ok && out.contains("from 1 of 2 training runs; missing: single"),
         "{out}"
     );
 
@@ -135,7 +141,7 @@ fn slurm_and_shard_commands(dir: &Path) {
             "tiny.toml",
         ],
     );
-    assert!(ok && out.contains("2 shards of 2 arms"), "{out}");
+    assert!(ok && out.contains("2 shards of 2 arms × 1 seeds"), "{out}");
     let script = std::fs::read_to_string(dir.join("runs/tiny-quick/slurm/shards.sbatch")).unwrap();
     assert!(script.contains("#SBATCH --array=1-2") && script.contains("--partition=x"));
     // No sbatch on PATH: one line saying what to do, nothing submitted.

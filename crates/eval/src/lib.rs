@@ -10,15 +10,20 @@
 //! study's normal interval does not) and a patient-level ROC AUC, on plain boxes and
 //! masks (no model, no I/O). Matching follows an [`EvalProtocol`]: `strict` (PASCAL VOC)
 //! or `authors` (the study's released code, with its lenient hits and exclusions).
+//! Arms are compared patient by patient over training seeds with paired tests
+//! (two-level bootstrap, Wilcoxon signed-rank, Holm, TOST equivalence).
 
 mod boxes;
 mod metrics;
 mod protocol;
+mod stats;
 
 pub use boxes::{BBox, Detection, nms, remove_nested};
 pub use metrics::{
     CohortSummary, DEFAULT_SCORE_THRESHOLD, Estimate, FrocPoint, HIT_IOU, PatientMetrics,
-    PatientResult, SliceResult, bootstrap_ci, froc, froc_with, lesion_burden, normal_ci,
-    normal_ci_population, predicted_burden, roc_auc, summarise, summarise_with,
+    PatientResult, PatientScore, SliceResult, bootstrap_ci, froc, froc_with, lesion_burden,
+    normal_ci, normal_ci_population, patient_scores, predicted_burden, roc_auc, summarise,
+    summarise_with,
 };
 pub use protocol::EvalProtocol;
+pub use stats::{PairedDifference, SignedRank, holm, paired_difference, wilcoxon_signed_rank};

@@ -247,6 +247,38 @@ pub fn summarise_with(
     }
 }
 
+/// One patient's headline metrics under one protocol (what `result.json` keeps per
+/// patient, so that arms can be compared patient by patient).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PatientScore {
+    pub patient: String,
+    pub sensitivity: Option<f64>,
+    pub precision: Option<f64>,
+    pub false_positives_per_slice: f64,
+    pub average_precision: Option<f64>,
+}
+
+/// Every patient's [`PatientScore`] at `threshold` under `protocol`.
+pub fn patient_scores(
+    patients: &[PatientResult],
+    threshold: f32,
+    protocol: EvalProtocol,
+) -> Vec<PatientScore> {
+    patients
+        .iter()
+        .map(|p| {
+            let m = p.metrics_with(threshold, protocol);
+            PatientScore {
+                patient: m.patient,
+                sensitivity: m.sensitivity,
+                precision: m.precision,
+                false_positives_per_slice: m.false_positives_per_slice,
+                average_precision: p.average_precision_with(protocol, threshold),
+            }
+        })
+        .collect()
+}
+
 /// One point of the FROC-style sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FrocPoint {

@@ -14,8 +14,9 @@ use std::path::Path;
 use tessera_core::{LocalTrainer, LocalTrainingConfig};
 use tessera_dp::Ledger;
 use tessera_eval::{
-    CohortSummary, DEFAULT_SCORE_THRESHOLD, Detection, FrocPoint, PatientResult, SliceResult, froc,
-    lesion_burden, nms, predicted_burden, summarise,
+    CohortSummary, DEFAULT_SCORE_THRESHOLD, Detection, EvalProtocol, FrocPoint, PatientResult,
+    PatientScore, SliceResult, froc_with, lesion_burden, nms, patient_scores, predicted_burden,
+    summarise_with,
 };
 use tessera_train::{DecodeConfig, DetectorTrainer, Example, Predictions, TrainerConfig};
 
@@ -31,13 +32,20 @@ const BURDEN_THRESHOLD: f32 = 0.1;
 /// Slices per inference batch.
 const EVAL_BATCH: usize = 16;
 
+/// One cohort evaluated under one protocol.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CohortEval {
     pub cohort: String,
     pub external: bool,
+    pub protocol: EvalProtocol,
     pub summary: CohortSummary,
     pub froc: Vec<FrocPoint>,
+    /// Every patient's metrics, for paired comparisons between arms.
+    pub patients: Vec<PatientScore>,
 }
+
+/// Both protocols are computed for every cohort; `strict` is the headline.
+pub const PROTOCOLS: [EvalProtocol; 2] = [EvalProtocol::Strict, EvalProtocol::Authors];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BurdenPoint {
@@ -61,10 +69,13 @@ pub struct RoundLog {
     pub aborted: Option<String>,
 }
 
-/// Everything an arm produced (what the cache stores).
+/// Everything an arm produced for one training seed (what the cache stores).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArmResult {
     pub arm: Arm,
+    /// Which of the experiment's seeds (0-based) and the seed itself.
+    pub replicate: usize,
+    pub seed: u64,
     pub evals: Vec<CohortEval>,
     pub series: Vec<SeriesEval>,
     pub rounds: Vec<RoundLog>,
@@ -306,7 +317,7 @@ fn scan_results(
     Ok((
         PatientResult {
             patient: scan.patient.clone(),
-            volume_slices: None,
+            volume_slices: Some(scan.volume_slices),
             slices: results,
         },
         lesion_burden(&lesions, &lungs),
@@ -314,22 +325,27 @@ fn scan_results(
     ))
 }
 
-/// The study's evaluation on one test cohort.
+/// The study's evaluation on one test cohort, under each of [`PROTOCOLS`].
 pub(crate) fn evaluate_cohort(
     predictor: &mut dyn Predictor,
     cohort: &TestCohort,
-) -> Result<CohortEval, ExpError> {
+) -> Result<Vec<CohortEval>, ExpError> {
     let patients = cohort
         .scans
         .iter()
         .map(|s| scan_results(predictor, s).map(|r| r.0))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(CohortEval {
-        cohort: cohort.id.clone(),
-        external: cohort.external,
-        summary: summarise(&patients, DEFAULT_SCORE_THRESHOLD),
-        froc: froc(&patients),
-    })
+    Ok(PROTOCOLS
+        .iter()
+        .map(|&protocol| CohortEval {
+            cohort: cohort.id.clone(),
+            external: cohort.external,
+            protocol,
+            summary: summarise_with(&patients, DEFAULT_SCORE_THRESHOLD, protocol),
+            froc: froc_with(&patients, protocol),
+            patients: patient_scores(&patients, DEFAULT_SCORE_THRESHOLD, protocol),
+        })
+        .collect())
 }
 
 /// The study's evaluation on every test cohort, and the longitudinal burden series.
@@ -337,11 +353,10 @@ pub fn evaluate(
     predictor: &mut dyn Predictor,
     cohorts: &Cohorts,
 ) -> Result<(Vec<CohortEval>, Vec<SeriesEval>), ExpError> {
-    let evals = cohorts
-        .tests
-        .iter()
-        .map(|cohort| evaluate_cohort(predictor, cohort))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut evals = Vec::new();
+    for cohort in &cohorts.tests {
+        evals.extend(evaluate_cohort(predictor, cohort)?);
+    }
     let mut series = Vec::new();
     for s in &cohorts.series {
         let mut points = Vec::new();
@@ -366,7 +381,9 @@ pub fn evaluate(
 pub struct ArmInputs<'a> {
     pub profile: &'a Profile,
     pub cohorts: &'a Cohorts,
+    /// The training seed of this replicate.
     pub seed: u64,
+    pub replicate: usize,
     /// The session of federated arms.
     pub session: [u8; 16],
     /// The arm's own folder.
@@ -436,6 +453,8 @@ pub fn run_arm(
     Ok((
         ArmResult {
             arm: arm.clone(),
+            replicate: inputs.replicate,
+            seed,
             evals,
             series,
             rounds,

@@ -27,6 +27,9 @@ pub struct Hospital {
 pub struct TestScan {
     pub patient: String,
     pub slices: Vec<SliceSample>,
+    /// Slices of the whole volume the evaluation stride visits (⌈depth / stride⌉): the
+    /// authors' protocol divides false positives by every slice, not the lung's.
+    pub volume_slices: usize,
 }
 
 /// A cohort evaluated by every arm: a training site's internal test split or an
@@ -66,6 +69,7 @@ fn training_patients(
         .map(|p| {
             let stride = profile.train_negative_stride.max(1);
             let examples = prepare_scan(p, profile, 1)?
+                .0
                 .iter()
                 .enumerate()
                 .filter(|(i, s)| !s.boxes.is_empty() || i % stride == 0)
@@ -87,9 +91,11 @@ fn test_scans(
         .par_iter()
         .take(limit)
         .map(|p| {
+            let (slices, volume_slices) = prepare_scan(p, profile, profile.eval_slice_stride)?;
             Ok(TestScan {
                 patient: p.id.clone(),
-                slices: prepare_scan(p, profile, profile.eval_slice_stride)?,
+                slices,
+                volume_slices,
             })
         })
         .collect()
@@ -134,16 +140,21 @@ pub(crate) fn prepare_one(
     Ok((examples, test))
 }
 
+/// A scan's lung slices (every `stride`-th) and how many slices of the whole volume
+/// that stride visits.
 fn prepare_scan(
     files: &PatientFiles,
     profile: &Profile,
     stride: usize,
-) -> Result<Vec<SliceSample>, ExpError> {
+) -> Result<(Vec<SliceSample>, usize), ExpError> {
     let scan = load_scan(files).map_err(data_error)?;
-    Ok(slices(&scan, &profile.slices)
+    let stride = stride.max(1);
+    let depth = scan.ct.shape[0];
+    let kept = slices(&scan, &profile.slices)
         .into_iter()
-        .step_by(stride.max(1))
-        .collect())
+        .step_by(stride)
+        .collect();
+    Ok((kept, depth.div_ceil(stride)))
 }
 
 impl Cohorts {
@@ -185,15 +196,14 @@ impl Cohorts {
                     let scans = scans
                         .par_iter()
                         .map(|s| {
+                            let (slices, volume_slices) =
+                                prepare_scan(&s.files, profile, profile.eval_slice_stride)?;
                             Ok((
                                 s.day,
                                 TestScan {
                                     patient: s.files.id.clone(),
-                                    slices: prepare_scan(
-                                        &s.files,
-                                        profile,
-                                        profile.eval_slice_stride,
-                                    )?,
+                                    slices,
+                                    volume_slices,
                                 },
                             ))
                         })

@@ -154,10 +154,17 @@ impl CoordinatorModel for DetectorCoordinator {
             .0
             .set_parameters(global)
             .map_err(|e| e.to_string())?;
-        let eval = evaluate_cohort(&mut self.model, cohort).map_err(|e| e.to_string())?;
+        let evals = evaluate_cohort(&mut self.model, cohort).map_err(|e| e.to_string())?;
+        let Some(eval) = evals
+            .iter()
+            .find(|e| e.protocol == tessera_eval::EvalProtocol::Strict)
+        else {
+            return Err("no strict evaluation".into());
+        };
         let value = |e: &Option<tessera_eval::Estimate>| e.as_ref().map(|e| e.mean);
         Ok(Some(serde_json::json!({
             "cohort": eval.cohort,
+            "protocol": "strict",
             "patients": eval.summary.patients,
             "map": value(&eval.summary.mean_average_precision),
             "sensitivity": value(&eval.summary.sensitivity),

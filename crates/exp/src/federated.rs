@@ -13,7 +13,7 @@ use tessera_train::{DetectorTrainer, TrainError};
 
 use crate::arms::{ArmInputs, RoundLog, partition, round_config, trainer};
 use crate::error::ExpError;
-use crate::spec::{FederatedArm, Transport};
+use crate::spec::{ArmProtocol, FederatedArm, Transport};
 use crate::transport::{self, ProcessContext};
 
 /// A federation in progress, whatever its transport.
@@ -89,12 +89,91 @@ pub struct FederatedOutcome {
     pub site_examples: Vec<usize>,
 }
 
-/// Runs a federated arm through the coordinator and site loops.
+/// The study's FedAvg in floating point (`protocol = "float"`): the same sites, local
+/// training configs and seeds as a federation of this arm, with updates averaged in
+/// f64 — no codec, no clipping, no quantisation, no protocol.
+fn train_float(inputs: &ArmInputs<'_>, arm: &FederatedArm) -> Result<FederatedOutcome, ExpError> {
+    let (profile, seed) = (inputs.profile, inputs.seed);
+    let parts = partition(inputs.cohorts, arm.sites, arm.heterogeneity, seed)?;
+    let site_examples: Vec<usize> = parts.iter().map(Vec::len).collect();
+    let mut trainers = parts
+        .into_iter()
+        .map(|examples| trainer(profile, examples, seed, 1))
+        .collect::<Result<Vec<_>, _>>()?;
+    let layout = trainers[0].layout().clone();
+    let mut global = trainers[0].parameters();
+    let mut server = arm.strategy.server(false);
+    let mut rounds = Vec::new();
+    for round in 1..=profile.rounds {
+        // As the coordinator sets them (see `CoordinatorMachine`): one training config
+        // per round, the seed advanced by the round number.
+        let mut training = round_config(profile, seed);
+        training.proximal_mu = arm.strategy.proximal_mu();
+        training.seed = training.seed.wrapping_add(round);
+        let request = tessera_fl::TrainRequest {
+            round,
+            global: global.clone(),
+            strategy: arm.strategy.clone(),
+            config: training,
+            private: false,
+        };
+        let mut deltas = Vec::with_capacity(trainers.len());
+        for t in trainers.iter_mut() {
+            let update = request.run(t)?;
+            let weight = match arm.weighting {
+                tessera_fl::Weighting::Samples => update.samples,
+                tessera_fl::Weighting::Uniform => 1,
+            };
+            let delta = arm
+                .strategy
+                .delta(&layout, &update.parameters, &global, false);
+            deltas.push(tessera_core::SiteDelta { delta, weight });
+        }
+        let mean = tessera_core::weighted_mean(&deltas)
+            .ok_or_else(|| ExpError::Data(format!("round {round}: no weighted update")))?;
+        server.apply(&layout, &mut global, &mean);
+        rounds.push(RoundLog {
+            round,
+            participants: trainers.len(),
+            contributors: trainers.len(),
+            aborted: None,
+        });
+    }
+    let model = if arm.strategy == tessera_core::Strategy::FedBn {
+        let largest = largest_site(&site_examples);
+        arm.strategy
+            .merge_into_local(&layout, &trainers[largest].parameters(), &global, false)
+    } else {
+        global
+    };
+    Ok(FederatedOutcome {
+        model,
+        rounds,
+        ledger: None,
+        site_examples,
+    })
+}
+
+/// The site with the most training examples (the last of equals).
+fn largest_site(site_examples: &[usize]) -> usize {
+    site_examples
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, n)| **n)
+        .map_or(0, |(i, _)| i)
+}
+
+/// Runs a federated arm through the coordinator and site loops (or, for
+/// `protocol = "float"`, the floating-point FedAvg of [`train_float`]).
 pub fn train_federated(
     inputs: &ArmInputs<'_>,
     arm: &FederatedArm,
     ctx: &ProcessContext<'_>,
 ) -> Result<FederatedOutcome, ExpError> {
+    let Some(protocol) = arm.protocol.fl() else {
+        return train_float(inputs, arm);
+    };
+    debug_assert!(arm.protocol != ArmProtocol::Float);
     let (profile, cohorts, seed) = (inputs.profile, inputs.cohorts, inputs.seed);
     let (session, dir) = (inputs.session, inputs.dir);
     let parts = partition(cohorts, arm.sites, arm.heterogeneity, seed)?;
@@ -135,7 +214,7 @@ pub fn train_federated(
     let config = FederationConfig::builder(session, dir.join("checkpoint.bin"))
         .strategy(arm.strategy.clone())
         .training(round_config(profile, seed))
-        .protocol(arm.protocol)
+        .protocol(protocol)
         // The threshold is planned for at least 5% dropouts.
         .rates(arm.dropout.max(0.05), 0.0)
         .codec(arm.bits, arm.clip, max_weight)
@@ -202,11 +281,7 @@ pub fn train_federated(
     // never leave the sites: evaluate the largest site's model (its own normalisation
     // statistics, the federated rest), as that site would run it.
     let model = if arm.strategy == tessera_core::Strategy::FedBn || private {
-        let largest = site_examples
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, n)| **n)
-            .map_or(0, |(i, _)| i);
+        let largest = largest_site(&site_examples);
         let local = shared[largest]
             .lock()
             .map_err(|_| ExpError::Data("trainer lock poisoned".into()))?

@@ -6,18 +6,24 @@
 //! aggregation, and with distributed DP — where federated settings may be lists that
 //! expand to a grid. Each arm trains through the real pieces (the tch detector, the
 //! coordinator and site loops with secure aggregation, the DP codec and ledger) and is
-//! evaluated with the study's protocol on the internal test splits and the external
-//! cohorts. Runs are cached per arm and resume; the report (tables, figures, ledgers
-//! and a write-up that checks the study's claims) is generated from the results.
+//! evaluated under both evaluation protocols (strict and the authors') on the internal
+//! test splits and the external cohorts, once per training seed. Runs are cached per
+//! (arm, seed) and resume; the report (tables with mean ± SD over seeds, figures,
+//! ledgers and a write-up that judges the study's claims with paired tests over
+//! patients and seeds) is generated from the results.
 
 mod arms;
+mod claims;
 mod cohorts;
 pub mod deploy;
 mod error;
 mod federated;
+mod figures;
+mod grid;
 mod profile;
 mod report;
 mod run;
+mod seeds;
 pub mod shard;
 pub mod slurm;
 mod spec;
@@ -29,5 +35,5 @@ pub use profile::{Profile, ProfileName};
 pub use report::external_map;
 pub use run::{ReportSummary, RunOptions, RunSummary, assemble_report, load_registry, run};
 pub use shard::Shard;
-pub use spec::{Arm, ArmKind, ArmPlan, Experiment, FederatedArm, Settings, Transport};
+pub use spec::{Arm, ArmKind, ArmPlan, ArmProtocol, Experiment, FederatedArm, Settings, Transport};
 pub use transport::SiteProcesses;

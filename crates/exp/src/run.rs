@@ -1,12 +1,13 @@
 //! The run directory, the per-arm cache and resume.
 //!
 //! `runs/<experiment>-<profile>/` holds `manifest.json` (git commit, config hash, seed,
-//! versions, machine), `arms/<key>/` per arm (`result.json`, `model.bin`, and for
-//! federated arms the checkpoint, ledger and site transcripts), `results.json`,
-//! `results.csv` and the report. An arm's key hashes everything that determines it
-//! (arm, profile, seed, registry, Tessera's version and git commit, so results always
-//! come from the code they name); an arm whose `result.json` exists
-//! is reused, so an interrupted run resumes without recomputing finished arms. Every
+//! versions, machine), `arms/<key>/` per training run, i.e. arm and seed
+//! (`result.json`, `model.bin`, and for federated arms the checkpoint, ledger and site
+//! transcripts), `results.json`, `results.csv` and the report. A run's key hashes
+//! everything that determines it (arm, profile, seed, registry, Tessera's version and
+//! git commit, so results always come from the code they name); a run whose
+//! `result.json` exists is reused, so an interrupted run resumes without recomputing
+//! finished ones. Every
 //! file is written atomically. Shards of one run (see [`crate::shard`]) share the
 //! directory: each computes its arms, and `assemble_report` writes the report from
 //! whatever has finished.
@@ -22,7 +23,7 @@ use crate::cohorts::Cohorts;
 use crate::error::{ExpError, write_atomic};
 use crate::profile::{Profile, ProfileName};
 use crate::report;
-use crate::shard::{self, Shard};
+use crate::shard::{self, Job, Shard};
 use crate::spec::{Arm, Experiment};
 use crate::transport::{ProcessContext, SiteProcesses};
 
@@ -83,7 +84,9 @@ struct Manifest<'a> {
     tessera_version: &'static str,
     dependencies: BTreeMap<String, String>,
     machine: Machine,
-    arms: Vec<(String, String)>,
+    seeds: usize,
+    /// (arm, seed, cache key) of every training run.
+    arms: Vec<(String, u64, String)>,
     synthetic_data: bool,
 }
 
@@ -186,11 +189,12 @@ fn load_model(path: &Path) -> Result<Vec<f32>, ExpError> {
 /// A finished arm: its result and, for arms that train one, its model.
 type Finished = (ArmResult, Option<Vec<f32>>);
 
-/// What every mode of a run agrees on: the run directory and each arm's cache key.
+/// What every mode of a run agrees on: the run directory and each training run's cache
+/// key (`keys[replicate][arm]`).
 struct RunPlan {
     profile: Profile,
     dir: PathBuf,
-    keys: Vec<String>,
+    keys: Vec<Vec<String>>,
     config_hash: String,
     commit: Option<String>,
 }
@@ -203,12 +207,17 @@ impl RunPlan {
             .join(format!("{}-{}", experiment.name, opts.profile.name()));
         let registry_hash = sha256_hex(registry_text.as_bytes());
         let commit = git_commit();
-        let keys: Vec<String> = experiment
-            .arms
-            .iter()
-            .map(|a| arm_key(a, &profile, experiment.seed, &registry_hash, &commit))
+        let keys: Vec<Vec<String>> = (0..experiment.seeds)
+            .map(|r| {
+                let seed = experiment.replicate_seed(r);
+                experiment
+                    .arms
+                    .iter()
+                    .map(|a| arm_key(a, &profile, seed, &registry_hash, &commit))
+                    .collect()
+            })
             .collect();
-        let config_hash = sha256_hex(keys.join(",").as_bytes())[..20].to_string();
+        let config_hash = sha256_hex(keys.concat().join(",").as_bytes())[..20].to_string();
         RunPlan {
             profile,
             dir,
@@ -218,8 +227,10 @@ impl RunPlan {
         }
     }
 
-    fn arm_dir(&self, i: usize) -> PathBuf {
-        self.dir.join("arms").join(&self.keys[i])
+    fn arm_dir(&self, job: Job) -> PathBuf {
+        self.dir
+            .join("arms")
+            .join(&self.keys[job.replicate][job.arm])
     }
 
     fn write_manifest(&self, experiment: &Experiment, registry: &Registry) -> Result<(), ExpError> {
@@ -240,11 +251,16 @@ impl RunPlan {
                     cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     cuda: tessera_train::cuda_available(),
                 },
-                arms: experiment
-                    .arms
-                    .iter()
-                    .zip(&self.keys)
-                    .map(|(a, k)| (a.name.clone(), k.clone()))
+                seeds: experiment.seeds,
+                arms: shard::all_jobs(experiment)
+                    .into_iter()
+                    .map(|j| {
+                        (
+                            experiment.arms[j.arm].name.clone(),
+                            experiment.replicate_seed(j.replicate),
+                            self.keys[j.replicate][j.arm].clone(),
+                        )
+                    })
                     .collect(),
                 synthetic_data: registry.cohorts.iter().any(|c| c.is_synthetic()),
             },
@@ -275,18 +291,18 @@ impl RunPlan {
         )))
     }
 
-    /// An arm's result, when it finished.
-    fn finished(&self, i: usize) -> Option<ArmResult> {
-        let text = std::fs::read_to_string(self.arm_dir(i).join("result.json")).ok()?;
+    /// A training run's result, when it finished.
+    fn finished(&self, job: Job) -> Option<ArmResult> {
+        let text = std::fs::read_to_string(self.arm_dir(job).join("result.json")).ok()?;
         serde_json::from_str::<ArmResult>(&text).ok()
     }
 
-    /// An arm's result and model (for arms that train one), when it finished.
-    fn cached(&self, i: usize) -> Result<Option<Finished>, ExpError> {
-        let Some(result) = self.finished(i) else {
+    /// A training run's result and model (for arms that train one), when it finished.
+    fn cached(&self, job: Job) -> Result<Option<Finished>, ExpError> {
+        let Some(result) = self.finished(job) else {
             return Ok(None);
         };
-        let model_path = self.arm_dir(i).join("model.bin");
+        let model_path = self.arm_dir(job).join("model.bin");
         let model = if model_path.exists() {
             Some(load_model(&model_path)?)
         } else {
@@ -302,7 +318,7 @@ fn progress_bar(opts: &RunOptions, len: usize) -> ProgressBar {
     }
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} arms  {msg}")
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
@@ -317,24 +333,26 @@ pub fn run(
     opts: &RunOptions,
 ) -> Result<RunSummary, ExpError> {
     let plan = RunPlan::new(experiment, registry_text, opts);
-    let selected: Vec<usize> = match opts.shard {
+    let selected: Vec<Job> = match opts.shard {
         Some(shard) => {
             plan.check_shared_dir()?;
-            shard.arms(experiment)
+            shard.jobs(experiment)
         }
-        None => (0..experiment.arms.len()).collect(),
+        None => shard::all_jobs(experiment),
     };
     plan.write_manifest(experiment, registry)?;
     let bar = progress_bar(opts, selected.len());
     let mut cohorts: Option<Cohorts> = None;
-    let mut models: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    // Models of finished arms by seed, then by name (an ensemble's members).
+    let mut models: BTreeMap<usize, BTreeMap<String, Vec<f32>>> = BTreeMap::new();
     let mut results = Vec::new();
     let (mut computed, mut reused) = (0, 0);
-    for &i in &selected {
-        let arm = &experiment.arms[i];
-        if let Some((result, model)) = plan.cached(i)? {
+    for &job in &selected {
+        let arm = &experiment.arms[job.arm];
+        let seed_models = models.entry(job.replicate).or_default();
+        if let Some((result, model)) = plan.cached(job)? {
             if let Some(model) = model {
-                models.insert(arm.name.clone(), model);
+                seed_models.insert(arm.name.clone(), model);
             }
             results.push(result);
             reused += 1;
@@ -351,8 +369,9 @@ pub fn run(
                 complete: false,
             });
         }
+        let label = run_label(experiment, job);
         if let Some(shard) = opts.shard {
-            shard::claim(&plan.arm_dir(i), &arm.name, shard)?;
+            shard::claim(&plan.arm_dir(job), &label, shard)?;
         }
         if cohorts.is_none() {
             bar.set_message("preparing cohorts");
@@ -361,10 +380,10 @@ pub fn run(
         let Some(data) = cohorts.as_ref() else {
             return Err(ExpError::Data("cohorts were not prepared".into()));
         };
-        bar.set_message(arm.name.clone());
-        let (result, model) = compute_arm(experiment, &plan, i, data, &models, opts)?;
+        bar.set_message(label);
+        let (result, model) = compute_arm(experiment, &plan, job, data, seed_models, opts)?;
         if let Some(model) = model {
-            models.insert(arm.name.clone(), model);
+            seed_models.insert(arm.name.clone(), model);
         }
         results.push(result);
         computed += 1;
@@ -383,25 +402,38 @@ pub fn run(
     })
 }
 
-/// Trains and evaluates arm `i`, and stores its result (and model) in its directory.
+/// An arm's name, with its seed when the experiment has several.
+fn run_label(experiment: &Experiment, job: Job) -> String {
+    let name = &experiment.arms[job.arm].name;
+    if experiment.seeds > 1 {
+        format!("{name} (seed {})", experiment.replicate_seed(job.replicate))
+    } else {
+        name.clone()
+    }
+}
+
+/// Trains and evaluates one training run, and stores its result (and model) in its
+/// directory.
 fn compute_arm(
     experiment: &Experiment,
     plan: &RunPlan,
-    i: usize,
+    job: Job,
     data: &Cohorts,
     models: &BTreeMap<String, Vec<f32>>,
     opts: &RunOptions,
 ) -> Result<(ArmResult, Option<Vec<f32>>), ExpError> {
-    let arm = &experiment.arms[i];
-    let arm_dir = plan.arm_dir(i);
-    // One session for every arm of the run: arms that differ only in protocol or
+    let arm = &experiment.arms[job.arm];
+    let arm_dir = plan.arm_dir(job);
+    let seed = experiment.replicate_seed(job.replicate);
+    // One session for every arm of a seed: arms that differ only in protocol or
     // transport then draw the same rounding, so their models are comparable (and,
     // without DP, identical).
-    let session = tessera_core::seed::RootSeed::from_experiment(experiment.seed).session();
+    let session = tessera_core::seed::RootSeed::from_experiment(seed).session();
     let inputs = ArmInputs {
         profile: &plan.profile,
         cohorts: data,
-        seed: experiment.seed,
+        seed,
+        replicate: job.replicate,
         session,
         dir: &arm_dir,
     };
@@ -417,7 +449,7 @@ fn compute_arm(
         },
     )
     .map_err(|e| ExpError::Arm {
-        arm: arm.name.clone(),
+        arm: run_label(experiment, job),
         source: Box::new(e),
     })?;
     if let Some(model) = &model {
@@ -456,9 +488,10 @@ fn write_outputs(
 #[derive(Debug)]
 pub struct ReportSummary {
     pub dir: PathBuf,
-    /// Arms with a result, in file order.
+    /// Training runs with a result, seed by seed in file order (arm names, with the
+    /// seed when there are several).
     pub finished: Vec<String>,
-    /// Arms without one yet (named in the report too).
+    /// Training runs without one yet (named in the report too).
     pub missing: Vec<String>,
 }
 
@@ -480,13 +513,13 @@ pub fn assemble_report(
     plan.check_shared_dir()?;
     let mut results = Vec::new();
     let (mut finished, mut missing) = (Vec::new(), Vec::new());
-    for (i, arm) in experiment.arms.iter().enumerate() {
-        match plan.finished(i) {
+    for job in shard::all_jobs(experiment) {
+        match plan.finished(job) {
             Some(result) => {
                 results.push(result);
-                finished.push(arm.name.clone());
+                finished.push(run_label(experiment, job));
             }
-            None => missing.push(arm.name.clone()),
+            None => missing.push(run_label(experiment, job)),
         }
     }
     if results.is_empty() {

@@ -1,9 +1,10 @@
-//! Shards of a run: a deterministic share of an experiment's arms, so that a cluster's
-//! job array (or several processes on one machine) can fill one shared run directory.
+//! Shards of a run: a deterministic share of an experiment's training runs (arm ×
+//! seed, [`Job`]), so that a cluster's job array (or several processes on one machine)
+//! can fill one shared run directory.
 //!
 //! Arms that need other arms' models (an ensemble and its members) form one group and
-//! always run in the same shard; groups are dealt to shards round-robin in the order of
-//! their first arm. Every shard claims its arms in the run directory (`arms/<key>/claim`,
+//! always run in the same shard with the same seed; (seed, group) units are dealt to
+//! shards round-robin, seed by seed, groups in the order of their first arm. Every shard claims its arms in the run directory (`arms/<key>/claim`,
 //! created exclusively) before computing them, so two shards never write the same arm's
 //! result even when they were started with different shard counts by mistake.
 
@@ -41,17 +42,38 @@ impl Shard {
         self.count
     }
 
-    /// Indices (into `experiment.arms`) of the arms this shard runs, in file order.
-    pub fn arms(&self, experiment: &Experiment) -> Vec<usize> {
-        let mut mine: Vec<usize> = groups(experiment)
-            .into_iter()
+    /// The training runs this shard computes, seed by seed, arms in file order.
+    pub fn jobs(&self, experiment: &Experiment) -> Vec<Job> {
+        let groups = groups(experiment);
+        let mut mine: Vec<Job> = (0..experiment.seeds)
+            .flat_map(|replicate| groups.iter().map(move |g| (replicate, g)))
             .enumerate()
-            .filter(|(g, _)| g % self.count == self.index - 1)
-            .flat_map(|(_, arms)| arms)
+            .filter(|(unit, _)| unit % self.count == self.index - 1)
+            .flat_map(|(_, (replicate, arms))| arms.iter().map(move |&arm| Job { arm, replicate }))
             .collect();
         mine.sort_unstable();
         mine
     }
+}
+
+/// One training run: arm `arm` (an index into `experiment.arms`) with the experiment's
+/// seed number `replicate` (0-based). Ordered seed by seed, then by arm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Job {
+    pub replicate: usize,
+    pub arm: usize,
+}
+
+/// Every training run of an experiment, seed by seed.
+pub fn all_jobs(experiment: &Experiment) -> Vec<Job> {
+    (0..experiment.seeds)
+        .flat_map(|replicate| (0..experiment.arms.len()).map(move |arm| Job { replicate, arm }))
+        .collect()
+}
+
+/// How many (seed, group) units there are: the most shards that all get work.
+pub fn units(experiment: &Experiment) -> usize {
+    groups(experiment).len() * experiment.seeds
 }
 
 impl std::fmt::Display for Shard {

@@ -10,23 +10,8 @@ use tessera_dp::{DpConfig, Mechanism};
 use tessera_fl::{Protocol, Weighting};
 
 use crate::error::ExpError;
-
-/// One value or a list of values to sweep.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Grid<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T: Clone> Grid<T> {
-    fn values(&self) -> Vec<T> {
-        match self {
-            Grid::One(v) => vec![v.clone()],
-            Grid::Many(v) => v.clone(),
-        }
-    }
-}
+pub use crate::grid::Grid;
+use crate::grid::expand;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -84,7 +69,7 @@ pub struct ArmFile {
     /// "score-average").
     pub fusion: Option<Fusion>,
     // Federated settings (grids):
-    pub protocol: Option<Grid<Protocol>>,
+    pub protocol: Option<Grid<ArmProtocol>>,
     pub strategy: Option<Grid<Strategy>>,
     /// Number of federated sites; 3 is the study's split by hospital, other values
     /// re-partition the training patients (hospital order kept).
@@ -102,6 +87,42 @@ pub struct ArmFile {
     /// "samples" (default: FedAvg's sample-count weights) or "uniform" (every site
     /// counts once; under site-level DP the noise is then calibrated to weight 1).
     pub weighting: Option<Weighting>,
+}
+
+/// How a federated arm aggregates: one of Tessera's protocols (updates quantised by
+/// the fixed-point codec, summed exactly), or `float`, the study's FedAvg in floating
+/// point (no codec, no clipping, no quantisation), so that comparing `plaintext` or
+/// `secagg` with it measures what quantisation costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArmProtocol {
+    Secagg,
+    SecaggPlus,
+    Plaintext,
+    Float,
+}
+
+impl ArmProtocol {
+    pub fn name(self) -> &'static str {
+        match self.fl() {
+            Some(p) => p.name(),
+            None => "float",
+        }
+    }
+
+    /// The federation protocol; `None` for float aggregation, which runs no federation.
+    pub fn fl(self) -> Option<Protocol> {
+        match self {
+            ArmProtocol::Secagg => Some(Protocol::Secagg),
+            ArmProtocol::SecaggPlus => Some(Protocol::SecaggPlus),
+            ArmProtocol::Plaintext => Some(Protocol::Plaintext),
+            ArmProtocol::Float => None,
+        }
+    }
+
+    pub fn is_secure(self) -> bool {
+        self.fl().is_some_and(|p| p.is_secure())
+    }
 }
 
 /// How an ensemble fuses its members' detections.
@@ -142,6 +163,9 @@ pub struct ExperimentFile {
     pub description: String,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Training runs per arm (seeds `seed`, `seed + 1`, …); tables give mean ± SD.
+    #[serde(default = "one")]
+    pub seeds: usize,
     #[serde(default)]
     pub settings: Settings,
     #[serde(rename = "arm")]
@@ -152,10 +176,14 @@ fn default_seed() -> u64 {
     1
 }
 
+fn one() -> usize {
+    1
+}
+
 /// A federated arm with every grid resolved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FederatedArm {
-    pub protocol: Protocol,
+    pub protocol: ArmProtocol,
     pub strategy: Strategy,
     pub sites: usize,
     pub dropout: f64,
@@ -213,11 +241,26 @@ pub struct Experiment {
     pub name: String,
     pub description: String,
     pub seed: u64,
+    /// Training runs per arm (at least 1).
+    pub seeds: usize,
     pub settings: Settings,
     pub arms: Vec<Arm>,
 }
 
 impl Experiment {
+    /// The training seed of replicate `r` (0-based): the experiment's seed plus `r`, so
+    /// that replicate 0 is the single-seed run.
+    pub fn replicate_seed(&self, r: usize) -> u64 {
+        self.seed.wrapping_add(r as u64)
+    }
+
+    /// Overrides the number of seeds (`--seeds N`); at least 1.
+    pub fn with_seeds(mut self, seeds: usize) -> Result<Self, ExpError> {
+        check_seeds(seeds, "--seeds")?;
+        self.seeds = seeds;
+        Ok(self)
+    }
+
     /// The file of an experiment given by name (`experiments/<name>.toml`) or by path
     /// (anything ending in `.toml`).
     pub fn file_for(name_or_path: &str) -> std::path::PathBuf {
@@ -256,7 +299,7 @@ impl Experiment {
     }
 }
 
-fn invalid<T>(message: String) -> Result<T, ExpError> {
+pub(crate) fn invalid<T>(message: String) -> Result<T, ExpError> {
     Err(ExpError::Invalid(message))
 }
 
@@ -266,6 +309,7 @@ impl ExperimentFile {
             return invalid("no [[arm]] tables: an experiment needs at least one arm".into());
         }
         check_settings(&self.settings)?;
+        check_seeds(self.seeds, "seeds")?;
         let training: Vec<&str> = registry
             .cohorts
             .iter()
@@ -366,9 +410,18 @@ impl ExperimentFile {
             name: self.name,
             description: self.description,
             seed: self.seed,
+            seeds: self.seeds,
             settings: self.settings,
             arms,
         })
+    }
+}
+
+fn check_seeds(seeds: usize, key: &str) -> Result<(), ExpError> {
+    match seeds {
+        0 => invalid(format!("{key} = 0: run each arm with at least 1 seed")),
+        1..=1000 => Ok(()),
+        _ => invalid(format!("{key} = {seeds}: at most 1000 seeds")),
     }
 }
 
@@ -396,178 +449,4 @@ fn check_settings(s: &Settings) -> Result<(), ExpError> {
         }
     }
     Ok(())
-}
-
-/// The product of a federated arm's grids.
-fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpError> {
-    let protocols = arm
-        .protocol
-        .clone()
-        .unwrap_or(Grid::One(Protocol::Secagg))
-        .values();
-    let strategies = arm
-        .strategy
-        .clone()
-        .unwrap_or(Grid::One(Strategy::FedAvg))
-        .values();
-    let sites = arm.sites.clone().unwrap_or(Grid::One(hospitals)).values();
-    let dropouts = arm.dropout.clone().unwrap_or(Grid::One(0.0)).values();
-    let hets = arm.heterogeneity.clone().unwrap_or(Grid::One(1.0)).values();
-    let default_bits = if arm.dp.is_some() { 20 } else { 32 };
-    let bits = arm.bits.clone().unwrap_or(Grid::One(default_bits)).values();
-    let clips = arm.clip.clone().unwrap_or(Grid::One(1.0)).values();
-    let (mechanisms, epsilons, l2_clips, delta) = match &arm.dp {
-        Some(dp) => (
-            dp.mechanism.values(),
-            dp.epsilon.values(),
-            dp.l2_clip.values(),
-            dp.delta,
-        ),
-        None => (vec![Mechanism::None], vec![f64::NAN], vec![f64::NAN], 1e-5),
-    };
-    let lists: [(&str, usize); 10] = [
-        ("protocol", protocols.len()),
-        ("strategy", strategies.len()),
-        ("sites", sites.len()),
-        ("dropout", dropouts.len()),
-        ("heterogeneity", hets.len()),
-        ("bits", bits.len()),
-        ("clip", clips.len()),
-        ("dp.mechanism", mechanisms.len()),
-        ("dp.epsilon", epsilons.len()),
-        ("dp.l2_clip", l2_clips.len()),
-    ];
-    if let Some((key, _)) = lists.iter().find(|(_, n)| *n == 0) {
-        return invalid(format!("{at}.{key}: an empty list sweeps nothing"));
-    }
-    for &s in &sites {
-        if s < 2 {
-            return invalid(format!(
-                "{at}.sites = {s}: a federation needs at least 2 sites"
-            ));
-        }
-    }
-    for &d in &dropouts {
-        if !(0.0..0.9).contains(&d) {
-            return invalid(format!("{at}.dropout = {d}: must be in [0, 0.9)"));
-        }
-    }
-    for &h in &hets {
-        if !(0.0..=1.0).contains(&h) {
-            return invalid(format!("{at}.heterogeneity = {h}: must be in [0, 1]"));
-        }
-    }
-    for &b in &bits {
-        if !(8..=32).contains(&b) {
-            return invalid(format!("{at}.bits = {b}: must be between 8 and 32"));
-        }
-    }
-    for &c in &clips {
-        if !(c.is_finite() && c > 0.0) {
-            return invalid(format!("{at}.clip = {c}: must be positive"));
-        }
-    }
-    let transport = arm.transport.unwrap_or_default();
-    if transport == Transport::Processes
-        && (sites.iter().any(|&s| s != hospitals)
-            || hets.iter().any(|&h| h != 1.0)
-            || dropouts.iter().any(|&d| d != 0.0))
-    {
-        return invalid(format!(
-            "{at}.transport = \"processes\": each site process trains on its own hospital's \
-             cohort, so sites = {hospitals}, heterogeneity = 1 and dropout = 0 are required"
-        ));
-    }
-    // Every combination of indices into the ten lists, first list slowest.
-    let mut combos: Vec<Vec<usize>> = vec![vec![]];
-    for (_, len) in lists {
-        combos = combos
-            .into_iter()
-            .flat_map(|c| {
-                (0..len).map(move |i| {
-                    let mut c = c.clone();
-                    c.push(i);
-                    c
-                })
-            })
-            .collect();
-    }
-    let mut out = Vec::new();
-    for idx in combos {
-        let (protocol, strategy, n) = (protocols[idx[0]], &strategies[idx[1]], sites[idx[2]]);
-        let (dropout, heterogeneity, b, clip) =
-            (dropouts[idx[3]], hets[idx[4]], bits[idx[5]], clips[idx[6]]);
-        let (mechanism, epsilon, l2_clip) =
-            (mechanisms[idx[7]], epsilons[idx[8]], l2_clips[idx[9]]);
-        let dp = if mechanism == Mechanism::None {
-            DpConfig::default()
-        } else {
-            DpConfig {
-                mechanism,
-                epsilon,
-                delta,
-                // Set to the profile's rounds when the arm runs.
-                rounds: 1,
-                l2_clip,
-            }
-        };
-        dp.validate()
-            .map_err(|e| ExpError::Invalid(format!("{at}: {e}")))?;
-        if protocol == Protocol::Plaintext
-            && matches!(mechanism, Mechanism::Ddg | Mechanism::Skellam)
-        {
-            return invalid(format!(
-                "{at}.dp.mechanism = \"{}\" needs protocol = \"secagg\" or \"secagg-plus\"",
-                mechanism.name()
-            ));
-        }
-        if protocol == Protocol::Plaintext && dropout > 0.0 {
-            return invalid(format!(
-                "{at}.dropout = {dropout} with protocol = \"plaintext\": dropout sweeps need \
-                 \"secagg\" or \"secagg-plus\" (the plaintext baseline would wait out its training \
-                 deadline for every dropped site)"
-            ));
-        }
-        let values = [
-            protocol.name().to_string(),
-            strategy.name().to_string(),
-            n.to_string(),
-            dropout.to_string(),
-            heterogeneity.to_string(),
-            b.to_string(),
-            clip.to_string(),
-            mechanism.name().to_string(),
-            epsilon.to_string(),
-            l2_clip.to_string(),
-        ];
-        let mut grid = BTreeMap::new();
-        for ((key, len), value) in lists.iter().zip(values) {
-            if *len > 1 {
-                grid.insert(key.to_string(), value);
-            }
-        }
-        let name = if grid.is_empty() {
-            arm.name.clone()
-        } else {
-            let label: Vec<String> = grid.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!("{}[{}]", arm.name, label.join(","))
-        };
-        out.push(Arm {
-            name,
-            plan: ArmPlan::Federated(FederatedArm {
-                protocol,
-                strategy: strategy.clone(),
-                sites: n,
-                dropout,
-                heterogeneity,
-                bits: b,
-                clip,
-                dp,
-                transport,
-                weighting: arm.weighting.unwrap_or_default(),
-            }),
-            grid,
-        });
-    }
-    Ok(out)
 }

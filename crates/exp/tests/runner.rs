@@ -58,6 +58,7 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
             "pooled",
             "fedavg[protocol=plaintext]",
             "fedavg[protocol=secagg]",
+            "fedavg[protocol=float]",
             "ddg"
         ]
     );
@@ -65,19 +66,39 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     // Uninterrupted run.
     let full = run(&exp, &reg, REGISTRY, &options(&dir, "full", None)).unwrap();
     assert!(full.complete);
-    assert_eq!((full.computed, full.reused), (7, 0));
+    assert_eq!((full.computed, full.reused), (8, 0));
     for r in &full.results {
-        assert_eq!(r.evals.len(), 3, "{}", r.arm.name);
+        // Three cohorts, each under the strict and the authors' protocol.
+        assert_eq!(r.evals.len(), 6, "{}", r.arm.name);
         for e in &r.evals {
             let s = &e.summary;
             assert_eq!(s.patients, 1);
+            assert_eq!(e.patients.len(), 1, "per-patient metrics are kept");
             assert!(
                 s.false_positives_per_slice
                     .is_some_and(|f| f.mean.is_finite())
             );
-            assert_eq!(e.froc.len(), 50);
+            let sweep = match e.protocol {
+                tessera_eval::EvalProtocol::Strict => 50,
+                tessera_eval::EvalProtocol::Authors => 100,
+            };
+            assert_eq!(e.froc.len(), sweep);
         }
     }
+    // Float FedAvg trains the same sites with the same seeds but averages unquantised
+    // updates: a different model from the codec's, with one contributor per site.
+    let model = |name: &str| {
+        let r = full.results.iter().find(|r| r.arm.name == name).unwrap();
+        r.model_sha256.clone().unwrap()
+    };
+    assert_eq!(
+        model("fedavg[protocol=plaintext]"),
+        model("fedavg[protocol=secagg]")
+    );
+    assert_ne!(
+        model("fedavg[protocol=plaintext]"),
+        model("fedavg[protocol=float]")
+    );
     // Lesions are found in the evaluated slices, so sensitivity and mAP are defined.
     assert!(full.results.iter().all(|r| {
         r.evals
@@ -109,6 +130,8 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
         "tables/summary.md",
         "tables/cn-sz.md",
         "tables/cn-sz.tex",
+        "tables/cn-sz-authors.md",
+        "tables/summary-authors.md",
         "tables/hk-a.md",
         "figures/froc-cn-sz.png",
         "figures/froc-cn-sz.svg",
@@ -139,7 +162,7 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     assert_eq!((first.computed, first.reused), (1, 0));
     let second = run(&exp, &reg, REGISTRY, &options(&dir, "resumed", None)).unwrap();
     assert!(second.complete);
-    assert_eq!((second.computed, second.reused), (6, 1));
+    assert_eq!((second.computed, second.reused), (7, 1));
     // The distributed noise and every model are seeded, so the runs agree exactly.
     let read = |p: &Path| std::fs::read_to_string(p).unwrap();
     assert_eq!(
@@ -152,7 +175,7 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     );
     // A third run reuses everything.
     let third = run(&exp, &reg, REGISTRY, &options(&dir, "resumed", None)).unwrap();
-    assert_eq!((third.computed, third.reused), (0, 7));
+    assert_eq!((third.computed, third.reused), (0, 8));
 
     sharded_runs_equal_the_local_run(&dir, &reg, &exp, &read(&full.dir.join("results.json")));
 }
@@ -164,7 +187,7 @@ fn sharded_runs_equal_the_local_run(dir: &Path, reg: &Registry, exp: &Experiment
     // The ensemble travels with its members; every other arm is its own group.
     assert_eq!(
         groups,
-        vec![vec![0, 1, 2], vec![3], vec![4], vec![5], vec![6]]
+        vec![vec![0, 1, 2], vec![3], vec![4], vec![5], vec![6], vec![7]]
     );
     let sharded = |k: usize| {
         let mut o = options(dir, "sharded", None);
@@ -183,16 +206,23 @@ fn sharded_runs_equal_the_local_run(dir: &Path, reg: &Registry, exp: &Experiment
     let partial = assemble_report(exp, reg, REGISTRY, &options(dir, "sharded", None)).unwrap();
     assert_eq!(
         partial.missing,
-        ["pooled", "fedavg[protocol=plaintext]", "ddg"]
+        [
+            "pooled",
+            "fedavg[protocol=plaintext]",
+            "fedavg[protocol=float]",
+            "ddg"
+        ]
     );
     let readme = std::fs::read_to_string(dir.join("sharded-report/README.md")).unwrap();
-    assert!(readme.contains("not yet finished: pooled, fedavg[protocol=plaintext], ddg"));
+    assert!(readme.contains(
+        "not yet finished: pooled, fedavg[protocol=plaintext], fedavg[protocol=float], ddg"
+    ));
     // One after the other: torch's random generator is per process, so two arms training
     // in threads of one process interleave its draws. Shards running at once as
     // processes (as Slurm runs them) are what scripts/slurm-test.sh checks.
     let two = run(exp, reg, REGISTRY, &sharded(2)).unwrap();
     let three = run(exp, reg, REGISTRY, &sharded(3)).unwrap();
-    assert_eq!(two.computed + three.computed, 3);
+    assert_eq!(two.computed + three.computed, 4);
     let done = assemble_report(exp, reg, REGISTRY, &options(dir, "sharded", None)).unwrap();
     assert!(done.missing.is_empty());
     let merged = std::fs::read_to_string(done.dir.join("results.json")).unwrap();
@@ -249,6 +279,14 @@ fn invalid_experiment_files_name_the_key() {
             "arm[0] (p).sites: only federated arms",
         ),
         (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\nprotocol = \"float\"\ndp = { mechanism = \"ddg\", epsilon = 1.0, l2_clip = 1.0 }\n",
+            "arm[0] (f).dp: DP needs the codec",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\nprotocol = \"float\"\ndropout = 0.1\n",
+            "arm[0] (f).dropout: float aggregation",
+        ),
+        (
             "name = \"x\"\ndescription = \"d\"\n[settings]\nrounds = 0\n[[arm]]\nname = \"p\"\nkind = \"pooled\"\n",
             "settings.rounds = 0",
         ),
@@ -271,4 +309,73 @@ fn invalid_experiment_files_name_the_key() {
             Experiment::load(&path, &shipped).unwrap_or_else(|e| panic!("{e}"));
         }
     }
+}
+
+/// `seeds = 2`: every arm trains once per seed, each run cached under its own key,
+/// ensembles built from their own seed's members; seed 0 is the single-seed run; the
+/// report gives mean ± SD and each seed's value; shards deal (seed, group) units.
+#[test]
+fn several_seeds_are_cached_apart_and_reported_with_their_spread() {
+    let dir = tmp("seeds");
+    let reg = registry(&dir);
+    let text = "name = \"seeds\"\ndescription = \"d\"\nseed = 3\nseeds = 2\n\
+        [settings]\nrounds = 1\nlocal_steps = 2\nbatch_size = 2\ntrain_negative_stride = 16\n\
+        eval_slice_stride = 3\neval_patients = 1\n\
+        [[arm]]\nname = \"single-hk-a\"\nkind = \"single-site\"\nsite = \"hk-a\"\n\
+        [[arm]]\nname = \"single-hk-b\"\nkind = \"single-site\"\nsite = \"hk-b\"\n\
+        [[arm]]\nname = \"ensemble\"\nkind = \"ensemble\"\nmembers = [\"single-hk-a\", \"single-hk-b\"]\n";
+    let exp = Experiment::parse(text, &reg).unwrap();
+    assert_eq!(exp.seeds, 2);
+    let jobs = |k| Shard::new(k, 2).unwrap().jobs(&exp);
+    assert!(jobs(1).iter().all(|j| j.replicate == 0) && jobs(1).len() == 3);
+    assert!(jobs(2).iter().all(|j| j.replicate == 1) && jobs(2).len() == 3);
+
+    let two = run(&exp, &reg, REGISTRY, &options(&dir, "two", None)).unwrap();
+    assert_eq!((two.computed, two.reused), (6, 0));
+    let runs: Vec<(&str, u64, usize)> = two
+        .results
+        .iter()
+        .map(|r| (r.arm.name.as_str(), r.seed, r.replicate))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("single-hk-a", 3, 0),
+            ("single-hk-b", 3, 0),
+            ("ensemble", 3, 0),
+            ("single-hk-a", 4, 1),
+            ("single-hk-b", 4, 1),
+            ("ensemble", 4, 1)
+        ]
+    );
+    assert_ne!(two.results[0].model_sha256, two.results[3].model_sha256);
+    let one = run(
+        &exp.clone().with_seeds(1).unwrap(),
+        &reg,
+        REGISTRY,
+        &options(&dir, "one", None),
+    )
+    .unwrap();
+    assert_eq!(one.results[..], two.results[..3]);
+    let summary = std::fs::read_to_string(dir.join("two-report/tables/summary.md")).unwrap();
+    assert!(
+        summary.contains("per seed") && summary.contains(" ± "),
+        "{summary}"
+    );
+    let readme = std::fs::read_to_string(dir.join("two-report/README.md")).unwrap();
+    assert!(
+        readme.contains("trained 2 times, with seeds 3–4"),
+        "{readme}"
+    );
+    let again = run(&exp, &reg, REGISTRY, &options(&dir, "two", None)).unwrap();
+    assert_eq!((again.computed, again.reused), (0, 6));
+    let e = exp.clone().with_seeds(0).unwrap_err().to_string();
+    assert!(e.contains("--seeds = 0"), "{e}");
+    let e = Experiment::parse(&text.replace("seeds = 2", "seeds = 0"), &reg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("seeds = 0: run each arm with at least 1 seed"),
+        "{e}"
+    );
 }

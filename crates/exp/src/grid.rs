@@ -1,0 +1,228 @@
+//! Federated arms' grids: every key may be one value or a list, and an arm file expands
+//! to the product of its lists, each combination validated with the key named.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tessera_core::Strategy;
+use tessera_dp::{DpConfig, Mechanism};
+
+use crate::error::ExpError;
+use crate::spec::{Arm, ArmFile, ArmPlan, ArmProtocol, FederatedArm, Transport, invalid};
+
+/// One value or a list of values to sweep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Grid<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> Grid<T> {
+    pub(crate) fn values(&self) -> Vec<T> {
+        match self {
+            Grid::One(v) => vec![v.clone()],
+            Grid::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Float aggregation is the study's bare FedAvg: no DP, no dropouts, no transport.
+fn check_float(
+    protocol: ArmProtocol,
+    mechanism: Mechanism,
+    dropout: f64,
+    transport: Transport,
+    at: &str,
+) -> Result<(), ExpError> {
+    if protocol != ArmProtocol::Float {
+        return Ok(());
+    }
+    let problem = if mechanism != Mechanism::None {
+        Some("dp: DP needs the codec of a protocol (\"plaintext\", \"secagg\", \"secagg-plus\")")
+    } else if dropout > 0.0 {
+        Some("dropout: float aggregation runs no protocol that could lose a site")
+    } else if transport != Transport::Memory {
+        Some("transport: float aggregation runs in this process only")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => invalid(format!("{at}.{p} (protocol = \"float\")")),
+        None => Ok(()),
+    }
+}
+
+/// The product of a federated arm's grids.
+pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpError> {
+    let protocols = arm
+        .protocol
+        .clone()
+        .unwrap_or(Grid::One(ArmProtocol::Secagg))
+        .values();
+    let strategies = arm
+        .strategy
+        .clone()
+        .unwrap_or(Grid::One(Strategy::FedAvg))
+        .values();
+    let sites = arm.sites.clone().unwrap_or(Grid::One(hospitals)).values();
+    let dropouts = arm.dropout.clone().unwrap_or(Grid::One(0.0)).values();
+    let hets = arm.heterogeneity.clone().unwrap_or(Grid::One(1.0)).values();
+    let default_bits = if arm.dp.is_some() { 20 } else { 32 };
+    let bits = arm.bits.clone().unwrap_or(Grid::One(default_bits)).values();
+    let clips = arm.clip.clone().unwrap_or(Grid::One(1.0)).values();
+    let (mechanisms, epsilons, l2_clips, delta) = match &arm.dp {
+        Some(dp) => (
+            dp.mechanism.values(),
+            dp.epsilon.values(),
+            dp.l2_clip.values(),
+            dp.delta,
+        ),
+        None => (vec![Mechanism::None], vec![f64::NAN], vec![f64::NAN], 1e-5),
+    };
+    let lists: [(&str, usize); 10] = [
+        ("protocol", protocols.len()),
+        ("strategy", strategies.len()),
+        ("sites", sites.len()),
+        ("dropout", dropouts.len()),
+        ("heterogeneity", hets.len()),
+        ("bits", bits.len()),
+        ("clip", clips.len()),
+        ("dp.mechanism", mechanisms.len()),
+        ("dp.epsilon", epsilons.len()),
+        ("dp.l2_clip", l2_clips.len()),
+    ];
+    if let Some((key, _)) = lists.iter().find(|(_, n)| *n == 0) {
+        return invalid(format!("{at}.{key}: an empty list sweeps nothing"));
+    }
+    for &s in &sites {
+        if s < 2 {
+            return invalid(format!(
+                "{at}.sites = {s}: a federation needs at least 2 sites"
+            ));
+        }
+    }
+    for &d in &dropouts {
+        if !(0.0..0.9).contains(&d) {
+            return invalid(format!("{at}.dropout = {d}: must be in [0, 0.9)"));
+        }
+    }
+    for &h in &hets {
+        if !(0.0..=1.0).contains(&h) {
+            return invalid(format!("{at}.heterogeneity = {h}: must be in [0, 1]"));
+        }
+    }
+    for &b in &bits {
+        if !(8..=32).contains(&b) {
+            return invalid(format!("{at}.bits = {b}: must be between 8 and 32"));
+        }
+    }
+    for &c in &clips {
+        if !(c.is_finite() && c > 0.0) {
+            return invalid(format!("{at}.clip = {c}: must be positive"));
+        }
+    }
+    let transport = arm.transport.unwrap_or_default();
+    if transport == Transport::Processes
+        && (sites.iter().any(|&s| s != hospitals)
+            || hets.iter().any(|&h| h != 1.0)
+            || dropouts.iter().any(|&d| d != 0.0))
+    {
+        return invalid(format!(
+            "{at}.transport = \"processes\": each site process trains on its own hospital's \
+             cohort, so sites = {hospitals}, heterogeneity = 1 and dropout = 0 are required"
+        ));
+    }
+    // Every combination of indices into the ten lists, first list slowest.
+    let mut combos: Vec<Vec<usize>> = vec![vec![]];
+    for (_, len) in lists {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                (0..len).map(move |i| {
+                    let mut c = c.clone();
+                    c.push(i);
+                    c
+                })
+            })
+            .collect();
+    }
+    let mut out = Vec::new();
+    for idx in combos {
+        let (protocol, strategy, n) = (protocols[idx[0]], &strategies[idx[1]], sites[idx[2]]);
+        let (dropout, heterogeneity, b, clip) =
+            (dropouts[idx[3]], hets[idx[4]], bits[idx[5]], clips[idx[6]]);
+        let (mechanism, epsilon, l2_clip) =
+            (mechanisms[idx[7]], epsilons[idx[8]], l2_clips[idx[9]]);
+        let dp = if mechanism == Mechanism::None {
+            DpConfig::default()
+        } else {
+            DpConfig {
+                mechanism,
+                epsilon,
+                delta,
+                // Set to the profile's rounds when the arm runs.
+                rounds: 1,
+                l2_clip,
+            }
+        };
+        dp.validate()
+            .map_err(|e| ExpError::Invalid(format!("{at}: {e}")))?;
+        check_float(protocol, mechanism, dropout, transport, at)?;
+        if protocol == ArmProtocol::Plaintext
+            && matches!(mechanism, Mechanism::Ddg | Mechanism::Skellam)
+        {
+            return invalid(format!(
+                "{at}.dp.mechanism = \"{}\" needs protocol = \"secagg\" or \"secagg-plus\"",
+                mechanism.name()
+            ));
+        }
+        if protocol == ArmProtocol::Plaintext && dropout > 0.0 {
+            return invalid(format!(
+                "{at}.dropout = {dropout} with protocol = \"plaintext\": dropout sweeps need \
+                 \"secagg\" or \"secagg-plus\" (the plaintext baseline would wait out its training \
+                 deadline for every dropped site)"
+            ));
+        }
+        let values = [
+            protocol.name().to_string(),
+            strategy.name().to_string(),
+            n.to_string(),
+            dropout.to_string(),
+            heterogeneity.to_string(),
+            b.to_string(),
+            clip.to_string(),
+            mechanism.name().to_string(),
+            epsilon.to_string(),
+            l2_clip.to_string(),
+        ];
+        let mut grid = BTreeMap::new();
+        for ((key, len), value) in lists.iter().zip(values) {
+            if *len > 1 {
+                grid.insert(key.to_string(), value);
+            }
+        }
+        let name = if grid.is_empty() {
+            arm.name.clone()
+        } else {
+            let label: Vec<String> = grid.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{}[{}]", arm.name, label.join(","))
+        };
+        out.push(Arm {
+            name,
+            plan: ArmPlan::Federated(FederatedArm {
+                protocol,
+                strategy: strategy.clone(),
+                sites: n,
+                dropout,
+                heterogeneity,
+                bits: b,
+                clip,
+                dp,
+                transport,
+                weighting: arm.weighting.unwrap_or_default(),
+            }),
+            grid,
+        });
+    }
+    Ok(out)
+}
