@@ -12,9 +12,11 @@ pub enum DataCommand {
         /// The registry of sites and cohorts.
         #[arg(long, default_value = "datasets.toml")]
         registry: PathBuf,
-        /// Folder receiving one sub-folder per synthetic cohort.
-        #[arg(long, default_value = "data/synthetic")]
-        out: PathBuf,
+        /// Folder receiving one sub-folder per synthetic cohort [default: where
+        /// `tessera reproduce` looks: data/synthetic-small, or data/synthetic-full with
+        /// --resolution full].
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = ResolutionArg::Small)]
         resolution: ResolutionArg,
     },
@@ -22,8 +24,9 @@ pub enum DataCommand {
     Check {
         #[arg(long, default_value = "datasets.toml")]
         registry: PathBuf,
-        /// Folder holding the synthetic cohorts (as written by `data synth`).
-        #[arg(long, default_value = "data/synthetic")]
+        /// Folder holding the synthetic cohorts (as `data synth` and `reproduce` write
+        /// them; data/synthetic-full for the full profile).
+        #[arg(long, default_value = "data/synthetic-small")]
         data: PathBuf,
     },
 }
@@ -44,10 +47,11 @@ pub fn run(cmd: &DataCommand) -> Result<(), String> {
             resolution,
         } => {
             let reg = Registry::load(registry).map_err(|e| e.to_string())?;
-            let resolution = match resolution {
-                ResolutionArg::Small => Resolution::Small,
-                ResolutionArg::Full => Resolution::Full,
+            let (resolution, default_out) = match resolution {
+                ResolutionArg::Small => (Resolution::Small, "data/synthetic-small"),
+                ResolutionArg::Full => (Resolution::Full, "data/synthetic-full"),
             };
+            let out = &out.clone().unwrap_or_else(|| default_out.into());
             let start = Instant::now();
             let report = synthesize(&reg, out, resolution).map_err(|e| e.to_string())?;
             for id in &report.written {

@@ -62,6 +62,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first statement of main; no other thread exists yet.
+    unsafe { tessera_train::pin_cpu_kernels() };
     let cli = Cli::parse();
     let ok = |r: Result<(), String>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use tessera_exp::slurm::{SlurmJob, submit, write_scripts};
 use tessera_exp::{
     Experiment, ProfileName, RunOptions, Shard, SiteProcesses, assemble_report, external_map,
-    load_registry, run, shard,
+    in_checkout, load_registry, run, shard,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -69,8 +69,9 @@ fn profile_of(arg: ProfileArg) -> ProfileName {
 }
 
 pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
-    let (registry, registry_text) = load_registry(&args.registry).map_err(|e| e.to_string())?;
-    let path = Experiment::file_for(&args.experiment);
+    let registry_path = in_checkout(&args.registry);
+    let (registry, registry_text) = load_registry(&registry_path).map_err(|e| e.to_string())?;
+    let path = Experiment::locate(&args.experiment).map_err(|e| e.to_string())?;
     let mut experiment = Experiment::load(&path, &registry).map_err(|e| e.to_string())?;
     if let Some(n) = args.seeds {
         experiment = experiment.with_seeds(n).map_err(|e| e.to_string())?;
@@ -95,7 +96,7 @@ pub fn run_command(args: &ReproduceArgs) -> Result<(), String> {
         progress: shard.is_none(),
         site_processes: SiteProcesses {
             binary: std::env::current_exe().ok(),
-            registry: Some(args.registry.clone()),
+            registry: Some(registry_path.clone()),
         },
         shard,
     };
@@ -168,7 +169,7 @@ fn slurm_command(
     opts: &RunOptions,
     report: &std::path::Path,
 ) -> Result<(), String> {
-    let experiment_path = Experiment::file_for(&args.experiment);
+    let experiment_path = Experiment::locate(&args.experiment).map_err(|e| e.to_string())?;
     let shards = args.shards.unwrap_or_else(|| shard::units(experiment));
     let profile = match args.profile {
         ProfileArg::Quick => "quick",
@@ -181,7 +182,9 @@ fn slurm_command(
             "--profile".into(),
             profile.into(),
             "--registry".into(),
-            absolute(&args.registry)?.display().to_string(),
+            absolute(&in_checkout(&args.registry))?
+                .display()
+                .to_string(),
             "--data".into(),
             absolute(&args.data)?.display().to_string(),
             "--runs".into(),

@@ -92,9 +92,12 @@ fn reproduce_runs_caches_and_rejects_bad_files() {
         !ok && out.contains("bad.toml") && out.contains("protocol"),
         "{out}"
     );
+    // An unknown name lists the experiments (of the checkout, found from any folder).
     let (ok, out) = tessera(&dir, &["reproduce", "no-such-experiment"]);
     assert!(
-        !ok && out.contains("experiments/no-such-experiment.toml"),
+        !ok && out.contains("unknown experiment \"no-such-experiment\": available: ")
+            && out.contains("paper")
+            && out.contains("smoke"),
         "{out}"
     );
 

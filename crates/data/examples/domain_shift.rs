@@ -5,7 +5,7 @@
 //! and evaluated with the study's protocol (tessera-eval) on every cohort's test split.
 //!
 //! `cargo run --release -p tessera-data --example domain_shift -- [DATA] [TRAIN_COHORT]`
-//! (defaults: data/synthetic, hk-c; run `tessera data synth` first).
+//! (defaults: data/synthetic-small, hk-c; run `tessera data synth` first).
 
 use std::path::PathBuf;
 use tessera_data::{Registry, SliceSample, SliceSpec, component_boxes, load_scan, locate, slices};
@@ -113,7 +113,7 @@ fn detect(s: &SliceSample, w: &[f32; FEATURES]) -> Vec<Detection> {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let root = PathBuf::from(args.next().unwrap_or_else(|| "data/synthetic".into()));
+    let root = PathBuf::from(args.next().unwrap_or_else(|| "data/synthetic-small".into()));
     let train_id = args.next().unwrap_or_else(|| "hk-c".into());
     let registry = Registry::load(std::path::Path::new("datasets.toml")).expect("datasets.toml");
     let spec = SliceSpec::SMALL;

@@ -72,6 +72,22 @@ fn axis_map(m: &[[f32; 3]; 3], path: &Path) -> Result<[(usize, bool, f32); 3], D
     Ok(out)
 }
 
+/// Decompresses a `.gz` file's whole stream once, so that a corrupt file — a wrong
+/// CRC-32 or length in the gzip trailer, or a truncated stream — is refused: the NIfTI
+/// reader stops after the voxels it needs and never reads the trailer.
+fn check_gzip(path: &Path) -> Result<(), DataError> {
+    if path.extension().is_none_or(|e| e != "gz") {
+        return Ok(());
+    }
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut stream = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
+    std::io::copy(&mut stream, &mut std::io::sink()).map_err(|e| DataError::Nifti {
+        path: path.to_owned(),
+        message: format!("corrupt gzip stream ({e}); the file is damaged, copy it again"),
+    })?;
+    Ok(())
+}
+
 fn read_raw(path: &Path) -> Result<(NiftiHeader, Array3<f32>), DataError> {
     if !path.exists() {
         return Err(DataError::io(
@@ -83,6 +99,7 @@ fn read_raw(path: &Path) -> Result<(NiftiHeader, Array3<f32>), DataError> {
         path: path.to_owned(),
         message: e.to_string(),
     };
+    check_gzip(path)?;
     let obj = ReaderOptions::new().read_file(path).map_err(nifti_err)?;
     let header = obj.header().clone();
     let data_type = header.data_type().map_err(nifti_err)?;
@@ -227,6 +244,10 @@ fn write_atomic<T: nifti::DataElement + bytemuck::Pod + Default>(
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+    // The writer closes its file unsynced: make the bytes durable before the rename.
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| DataError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
     tessera_core::atomic::sync_dir(path).map_err(|e| DataError::io(path, e))
 }
@@ -258,6 +279,22 @@ pub fn write_mask(path: &Path, vol: &Volume<bool>) -> Result<(), DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flipped byte in the gzip trailer (CRC-32) of a written volume is refused,
+    /// naming the file; before the check the volume read back silently.
+    fn corrupt_gzip_is_refused(dir: &std::path::Path) {
+        let path = dir.join("ct.nii.gz");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let crc = bytes.len() - 8;
+        bytes[crc] ^= 0xff;
+        let bad = dir.join("bad-crc.nii.gz");
+        std::fs::write(&bad, &bytes).unwrap();
+        let e = read_volume(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("bad-crc.nii.gz") && e.contains("corrupt gzip"),
+            "{e}"
+        );
+    }
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("tessera-nifti-{name}-{}", std::process::id()));
@@ -293,6 +330,7 @@ mod tests {
             data: v.data.iter().map(|x| *x > -400.0).collect(),
         };
         write_mask(&dir.join("m.nii.gz"), &m).unwrap();
+        corrupt_gzip_is_refused(&dir);
         assert_eq!(read_mask(&dir.join("m.nii.gz")).unwrap(), m);
         // nothing half-written is left behind
         let leftovers: Vec<_> = std::fs::read_dir(&dir)

@@ -35,5 +35,8 @@ pub use profile::{Profile, ProfileName};
 pub use report::external_map;
 pub use run::{ReportSummary, RunOptions, RunSummary, assemble_report, load_registry, run};
 pub use shard::Shard;
-pub use spec::{Arm, ArmKind, ArmPlan, ArmProtocol, Experiment, FederatedArm, Settings, Transport};
+pub use spec::{
+    Arm, ArmKind, ArmPlan, ArmProtocol, Experiment, FederatedArm, Settings, Transport, checkout,
+    in_checkout,
+};
 pub use transport::SiteProcesses;

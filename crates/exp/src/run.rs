@@ -95,7 +95,12 @@ struct Machine {
     os: &'static str,
     arch: &'static str,
     cpus: usize,
-    cuda: bool,
+    /// Threads each trainer uses (central arms 2, each federated site 1), whatever the
+    /// machine: libtorch's reductions depend on them.
+    training_threads: &'static str,
+    /// Kernel pins in effect, CPU model and ISA, libtorch build, CUDA
+    /// (`tessera_train::numeric_environment`).
+    numerics: BTreeMap<String, String>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -249,7 +254,8 @@ impl RunPlan {
                     os: std::env::consts::OS,
                     arch: std::env::consts::ARCH,
                     cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    cuda: tessera_train::cuda_available(),
+                    training_threads: "central 2, federated site 1",
+                    numerics: tessera_train::numeric_environment(),
                 },
                 seeds: experiment.seeds,
                 arms: shard::all_jobs(experiment)
@@ -321,6 +327,9 @@ fn progress_bar(opts: &RunOptions, len: usize) -> ProgressBar {
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // Redrawn every second, so that the clock runs while cohorts are written and the
+    // first arm trains (minutes with nothing else on screen).
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
     bar
 }
 
@@ -374,7 +383,10 @@ pub fn run(
             shard::claim(&plan.arm_dir(job), &label, shard)?;
         }
         if cohorts.is_none() {
-            bar.set_message("preparing cohorts");
+            bar.set_message(format!(
+                "preparing cohorts (synthetic ones are written to {} on first use)",
+                opts.data_root.display()
+            ));
             cohorts = Some(Cohorts::prepare(registry, &opts.data_root, &plan.profile)?);
         }
         let Some(data) = cohorts.as_ref() else {
@@ -480,6 +492,15 @@ fn write_outputs(
     dirs.extend(opts.report_dir.clone());
     for dir in &dirs {
         report::write(dir, experiment, &plan.profile, results, synthetic, missing)?;
+    }
+    // The report folder outside the run (paper/) carries the numbers and their
+    // provenance with it.
+    if let Some(dir) = &opts.report_dir {
+        for file in ["results.csv", "manifest.json"] {
+            let from = plan.dir.join(file);
+            let bytes = std::fs::read(&from).map_err(|e| ExpError::io(&from, e))?;
+            write_atomic(&dir.join(file), &bytes)?;
+        }
     }
     Ok(())
 }

@@ -271,6 +271,48 @@ impl Experiment {
         }
     }
 
+    /// Finds an experiment file: a path (anything ending in `.toml`) as given; a name
+    /// in `./experiments/`, else in the checkout this binary was built from, so that
+    /// `tessera reproduce smoke` works from any folder. An unknown name is refused with
+    /// the experiments that exist.
+    pub fn locate(name_or_path: &str) -> Result<std::path::PathBuf, ExpError> {
+        let local = Self::file_for(name_or_path);
+        if name_or_path.ends_with(".toml") || local.exists() {
+            return Ok(local);
+        }
+        let dirs = [
+            Path::new("experiments").to_path_buf(),
+            checkout().join("experiments"),
+        ];
+        if let Some(found) = dirs
+            .iter()
+            .map(|d| d.join(format!("{name_or_path}.toml")))
+            .find(|p| p.exists())
+        {
+            return Ok(found);
+        }
+        let mut names: Vec<String> = dirs
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                (path.extension()? == "toml")
+                    .then(|| path.file_stem()?.to_str().map(str::to_owned))?
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Err(ExpError::Config(format!(
+            "unknown experiment \"{name_or_path}\": available: {} (or give a .toml path)",
+            if names.is_empty() {
+                "none found".into()
+            } else {
+                names.join(", ")
+            }
+        )))
+    }
+
     /// Where its report goes by default: `paper/` for the study, `paper/<name>/` else.
     pub fn default_report_dir(&self) -> std::path::PathBuf {
         if self.name == "paper" {
@@ -296,6 +338,25 @@ impl Experiment {
         let file: ExperimentFile =
             toml::from_str(text).map_err(|e| ExpError::Invalid(e.to_string()))?;
         file.resolve(registry)
+    }
+}
+
+/// The checkout this binary was built from (experiments and the registry live there).
+pub fn checkout() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `path` if it exists, else the file of that name in the [`checkout`] when that
+/// exists, else `path` (whose absence the caller reports).
+pub fn in_checkout(path: &Path) -> std::path::PathBuf {
+    if path.exists() || path.is_absolute() {
+        return path.to_owned();
+    }
+    let there = checkout().join(path);
+    if there.exists() {
+        there
+    } else {
+        path.to_owned()
     }
 }
 

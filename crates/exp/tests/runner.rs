@@ -154,6 +154,19 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     for file in ["manifest.json", "results.json", "results.csv"] {
         assert!(full.dir.join(file).exists(), "{file}");
     }
+    for file in ["manifest.json", "results.csv"] {
+        assert!(report.join(file).exists(), "the report carries {file}");
+    }
+    let manifest = std::fs::read_to_string(full.dir.join("manifest.json")).unwrap();
+    for key in [
+        "ATEN_CPU_CAPABILITY",
+        "MKL_CBWR",
+        "cpu_model",
+        "libtorch",
+        "training_threads",
+    ] {
+        assert!(manifest.contains(key), "{key} not in {manifest}");
+    }
 
     // Interrupted after one arm, then resumed: nothing finished is recomputed and the
     // results equal the uninterrupted run's.

@@ -33,12 +33,14 @@
 //! federated; its buffers stay local).
 
 mod augment;
+mod kernels;
 mod loss;
 mod model;
 mod params;
 mod trainer;
 
 pub use augment::{Augmentation, augment};
+pub use kernels::{CPU_KERNEL_PINS, numeric_environment, pin_cpu_kernels};
 pub use loss::{
     DecodeConfig, Example, Losses, MASK_LOSS_WEIGHT, Targets, decode, losses, score_maps,
 };
