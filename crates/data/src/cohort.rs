@@ -207,15 +207,25 @@ pub struct CohortManifest {
 }
 
 fn fingerprint(seed: u64, spec: &CohortSpec, resolution: Resolution) -> String {
-    let text = format!(
-        "v1|{seed}|{resolution:?}|{}",
-        serde_json::to_string(spec).unwrap_or_default()
-    );
+    let text = format!("v2|{seed}|{resolution:?}|{spec:?}");
     // FNV-1a, 64-bit: a change detector, not a security measure.
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{hash:016x}")
+}
+
+/// The patients (indices) a cohort's longitudinal series follow: the first of its
+/// held-out ones (after the training patients of a training site).
+fn series_patients(spec: &CohortSpec, total: usize) -> Vec<usize> {
+    let Some(series) = &spec.longitudinal else {
+        return Vec::new();
+    };
+    let first_test = match spec.role {
+        Role::TrainingSite => spec.train_patients.unwrap_or(0),
+        Role::External => 0,
+    };
+    (first_test..total).take(series.patients).collect()
 }
 
 fn patient_seed(registry_seed: u64, cohort: &str, index: usize, purpose: u8) -> [u8; 32] {
@@ -273,9 +283,22 @@ pub fn synthesize(
         let _ = std::fs::remove_file(&manifest_path);
         let (vp, lp, lungp) = patterns(spec);
         let ids: Vec<String> = (1..=total).map(|i| format!("{i:03}")).collect();
-        let patients: Vec<Patient> = (0..total)
+        let mut patients: Vec<Patient> = (0..total)
             .map(|i| Patient::sample(pop, patient_seed(registry.seed, &spec.id, i, 0)))
             .collect();
+        // Series follow held-out (test) patients, with hospitalised patients' burdens.
+        let chosen = series_patients(spec, total);
+        if let Some(series) = &spec.longitudinal {
+            for (k, &i) in chosen.iter().enumerate() {
+                let seed = patient_seed(registry.seed, &spec.id, i, 250);
+                let [lo, hi] = series.peak_burden;
+                let share = (k as f32 + 0.5) / chosen.len() as f32;
+                // Peak burden spread evenly over the range; the scan at scale 1 holds
+                // about (1 / 1.25)³ of the peak.
+                let burden = (lo + (hi - lo) * share) / 1.25f32.powi(3);
+                patients[i] = patients[i].clone().with_burden(burden, seed);
+            }
+        }
         ids.par_iter()
             .zip(&patients)
             .enumerate()
@@ -293,10 +316,6 @@ pub fn synthesize(
             })?;
         let mut longitudinal = Vec::new();
         if let Some(series) = &spec.longitudinal {
-            let chosen: Vec<usize> = (0..total)
-                .filter(|&i| patients[i].has_lesions())
-                .take(series.patients)
-                .collect();
             for i in chosen {
                 let scans: Vec<SeriesScan> = (0..series.scans)
                     .into_par_iter()

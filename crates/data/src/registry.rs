@@ -103,10 +103,18 @@ pub struct Population {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Longitudinal {
-    /// How many of the cohort's patients with lesions get a series.
+    /// How many of the cohort's held-out (test) patients get a series.
     pub patients: usize,
     pub scans: usize,
     pub interval_days: u32,
+    /// Range of each series patient's lesion burden at its peak (share of lung); the
+    /// first and last scans hold a few percent of it.
+    #[serde(default = "default_peak_burden")]
+    pub peak_burden: [f32; 2],
+}
+
+fn default_peak_burden() -> [f32; 2] {
+    [0.05, 0.35]
 }
 
 impl CohortSpec {
@@ -306,9 +314,19 @@ impl Registry {
                         if l.scans < 2 {
                             e.push(format!("{k}.longitudinal.scans must be at least 2"));
                         }
-                        if l.patients > c.expected_patients().unwrap_or(0) {
+                        let held_out = match c.role {
+                            Role::TrainingSite => c.test_patients.unwrap_or(0),
+                            Role::External => c.expected_patients().unwrap_or(0),
+                        };
+                        if l.patients > held_out {
                             e.push(format!(
-                                "{k}.longitudinal.patients exceeds the cohort's patients"
+                                "{k}.longitudinal.patients exceeds the cohort's test patients ({held_out}): series are of held-out patients"
+                            ));
+                        }
+                        let [lo, hi] = l.peak_burden;
+                        if !(lo > 0.0 && lo <= hi && hi <= 0.6) {
+                            e.push(format!(
+                                "{k}.longitudinal.peak_burden = [{lo}, {hi}]: need 0 < low ≤ high ≤ 0.6"
                             ));
                         }
                     }

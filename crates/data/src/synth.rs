@@ -85,6 +85,45 @@ struct Lesion {
 }
 
 impl Lesion {
+    /// A lesion in a random lung, mostly peripheral and posterior (as COVID-19
+    /// opacities are), its diameter log-uniform in `diameter_mm`.
+    fn draw(
+        rng: &mut ChaCha20Rng,
+        lungs: &[Lung; 2],
+        diameter_mm: [f32; 2],
+        consolidation_share: f32,
+    ) -> Self {
+        let lung = &lungs[(rng.next_u32() % 2) as usize];
+        let lateral = lung.center[0].signum() * if uniform(rng) < 0.7 { 1.0 } else { -0.3 };
+        let posterior = if uniform(rng) < 0.7 { 1.0 } else { -1.0 };
+        let d = [
+            lateral * range(rng, 0.3, 1.0),
+            posterior * range(rng, 0.2, 1.0),
+            range(rng, -0.8, 0.8),
+        ];
+        let center = point_in(lung, d, range(rng, 0.7, 0.95));
+        let [dmin, dmax] = diameter_mm;
+        let diameter = (dmin.ln() + (dmax.ln() - dmin.ln()) * uniform(rng)).exp();
+        let semi = [0, 1, 2].map(|_| diameter / 2.0 * range(rng, 0.75, 1.25));
+        let consolidation = uniform(rng) < consolidation_share;
+        let hu = if consolidation {
+            range(rng, -80.0, 40.0)
+        } else {
+            range(rng, -650.0, -350.0)
+        };
+        Lesion {
+            center,
+            semi,
+            hu,
+            consolidation,
+            phase: [range(rng, 0.0, 6.3), range(rng, 0.0, 6.3)],
+        }
+    }
+
+    fn volume(&self) -> f32 {
+        4.0 / 3.0 * std::f32::consts::PI * self.semi.iter().product::<f32>()
+    }
+
     /// (inside the lesion, opacity weight in [0, 1]) at p for a size scale.
     fn sample(&self, p: P3, scale: f32) -> (bool, f32) {
         let q = [
@@ -210,31 +249,12 @@ impl Patient {
             }
             let [dmin, dmax] = population.lesion_diameter_mm;
             for _ in 0..=k {
-                let lung = &lungs[(rng.next_u32() % 2) as usize];
-                let lateral =
-                    lung.center[0].signum() * if uniform(&mut rng) < 0.7 { 1.0 } else { -0.3 };
-                let posterior = if uniform(&mut rng) < 0.7 { 1.0 } else { -1.0 };
-                let d = [
-                    lateral * range(&mut rng, 0.3, 1.0),
-                    posterior * range(&mut rng, 0.2, 1.0),
-                    range(&mut rng, -0.8, 0.8),
-                ];
-                let center = point_in(lung, d, range(&mut rng, 0.7, 0.95));
-                let diameter = (dmin.ln() + (dmax.ln() - dmin.ln()) * uniform(&mut rng)).exp();
-                let semi = [0, 1, 2].map(|_| diameter / 2.0 * range(&mut rng, 0.75, 1.25));
-                let consolidation = uniform(&mut rng) < population.consolidation_share;
-                let hu = if consolidation {
-                    range(&mut rng, -80.0, 40.0)
-                } else {
-                    range(&mut rng, -650.0, -350.0)
-                };
-                lesions.push(Lesion {
-                    center,
-                    semi,
-                    hu,
-                    consolidation,
-                    phase: [range(&mut rng, 0.0, 6.3), range(&mut rng, 0.0, 6.3)],
-                });
+                lesions.push(Lesion::draw(
+                    &mut rng,
+                    &lungs,
+                    [dmin, dmax],
+                    population.consolidation_share,
+                ));
             }
         }
         Self {
@@ -250,6 +270,26 @@ impl Patient {
 
     pub fn has_lesions(&self) -> bool {
         !self.lesions.is_empty()
+    }
+
+    /// The same patient with diffuse disease added: large ground-glass and
+    /// consolidative opacities until their volume reaches about `burden` of the lungs'
+    /// (hospitalised COVID-19 patients range from about 1% to 40%; overlaps and the
+    /// lung boundary make the measured burden somewhat lower than the target).
+    pub fn with_burden(mut self, burden: f32, seed: [u8; 32]) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let lungs: f32 = self
+            .lungs
+            .iter()
+            .map(|l| 4.0 / 3.0 * std::f32::consts::PI * l.semi.iter().product::<f32>())
+            .sum();
+        let mut total: f32 = self.lesions.iter().map(Lesion::volume).sum();
+        while total < burden * lungs && self.lesions.len() < 200 {
+            let lesion = Lesion::draw(&mut rng, &self.lungs, [20.0, 70.0], 0.3);
+            total += lesion.volume();
+            self.lesions.push(lesion);
+        }
+        self
     }
 
     /// Scans the patient with `acq` at `resolution`; lesions are scaled by

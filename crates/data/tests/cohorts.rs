@@ -101,7 +101,20 @@ fn synthetic_cohorts_are_written_found_split_and_loaded() {
     assert_eq!(manifest.longitudinal.len(), 1);
     let days: Vec<u32> = manifest.longitudinal[0].1.iter().map(|s| s.day).collect();
     assert_eq!(days, vec![0, 4, 8]);
-    assert!(load_scan(&manifest.longitudinal[0].1[1].files).is_ok());
+    // It follows the held-out patient (003, after two training patients), with a
+    // hospitalised patient's burden: a few percent of the lung at the first scan,
+    // several times more at the peak.
+    assert_eq!(manifest.longitudinal[0].0, "003");
+    let burden = |i: usize| {
+        let scan = load_scan(&manifest.longitudinal[0].1[i].files).unwrap();
+        let lesion = scan.lesion.data.iter().filter(|v| **v).count() as f64;
+        lesion / scan.lung.data.iter().filter(|v| **v).count() as f64
+    };
+    let (first, peak) = (burden(0), burden(1));
+    assert!(
+        first > 0.002 && peak > 3.0 * first && peak > 0.02 && peak < 0.5,
+        "{first} {peak}"
+    );
 
     let (problems, checked) = check(&reg, &root);
     assert!(problems.is_empty(), "{problems:?}");

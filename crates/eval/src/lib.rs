@@ -13,11 +13,13 @@
 //! Arms are compared patient by patient over training seeds with paired tests
 //! (two-level bootstrap, Wilcoxon signed-rank, Holm, TOST equivalence).
 
+mod agreement;
 mod boxes;
 mod metrics;
 mod protocol;
 mod stats;
 
+pub use agreement::{BlandAltman, bland_altman, icc_agreement, spearman};
 pub use boxes::{BBox, Detection, nms, remove_nested};
 pub use metrics::{
     CohortSummary, DEFAULT_SCORE_THRESHOLD, Estimate, FrocPoint, HIT_IOU, PatientMetrics,

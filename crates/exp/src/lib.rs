@@ -13,6 +13,7 @@
 //! patients and seeds) is generated from the results.
 
 mod arms;
+mod burden;
 mod claims;
 mod cohorts;
 pub mod deploy;

@@ -9,6 +9,7 @@ use tessera_dp::Mechanism;
 use tessera_eval::{Estimate, EvalProtocol};
 
 use crate::arms::{ArmResult, PROTOCOLS};
+use crate::burden::{burden_table, write_burden};
 use crate::claims::claims;
 use crate::error::{ExpError, write_atomic};
 use crate::figures::{Chart, figure};
@@ -320,51 +321,6 @@ fn write_privacy(dir: &Path, arms: &[ArmRuns<'_>]) -> Result<(), ExpError> {
     write_atomic(&dir.join("ledgers").join("README.md"), md.as_bytes())
 }
 
-/// Longitudinal lesion burden from the first federated arm (else the first arm), first
-/// seed.
-fn write_burden(dir: &Path, arms: &[ArmRuns<'_>]) -> Result<(), ExpError> {
-    let pick = |secure: bool| {
-        arms.iter().find(|a| match &a.first().arm.plan {
-            ArmPlan::Federated(f) => {
-                f.dp.mechanism == Mechanism::None && f.protocol.is_secure() == secure
-            }
-            _ => false,
-        })
-    };
-    let Some(r) = pick(true)
-        .or_else(|| pick(false))
-        .or(arms.first())
-        .map(ArmRuns::first)
-    else {
-        return Ok(());
-    };
-    if r.series.is_empty() {
-        return Ok(());
-    }
-    let mut series = Vec::new();
-    for s in &r.series {
-        let points = |f: fn(&crate::arms::BurdenPoint) -> Option<f64>| {
-            s.points
-                .iter()
-                .filter_map(|p| Some((f64::from(p.day), f(p)?)))
-                .collect::<Vec<_>>()
-        };
-        series.push((format!("{} truth", s.patient), points(|p| p.truth)));
-        series.push((format!("{} predicted", s.patient), points(|p| p.predicted)));
-    }
-    figure(
-        &dir.join("figures"),
-        "lesion-burden",
-        &Chart {
-            title: &format!("Lesion burden over serial scans ({})", r.arm.name),
-            x_label: "day of scan",
-            y_label: "lesion burden (% of lung)",
-            series,
-            x_log: false,
-        },
-    )
-}
-
 /// Writes the whole report under `dir`.
 pub fn write(
     dir: &Path,
@@ -385,7 +341,17 @@ pub fn write(
     }
     write_privacy(dir, &arms)?;
     write_burden(dir, &arms)?;
+    let burden = burden_table(&arms);
+    if !burden.is_empty() {
+        write_atomic(&dir.join("tables").join("burden.md"), burden.as_bytes())?;
+    }
     let mut readme = write_up(experiment, profile, results, synthetic, &summaries);
+    if !burden.is_empty() {
+        let _ = write!(
+            readme,
+            "\n## Longitudinal lesion burden (held-out patients)\n\nSerial scans of held-out test patients; burden = share of the lung with lesion (truth) or with lesion score ≥ 0.1 (predicted). Agreement over every scan (Bland–Altman bias of predicted − truth with 95% limits of agreement, ICC(A,1) for absolute agreement) and Spearman's ρ of the day-to-day changes; mean ± SD over seeds. Figure: `figures/lesion-burden.png` (first seed of the first federated arm).\n\n{burden}"
+        );
+    }
     if !missing.is_empty() {
         let _ = write!(
             readme,

@@ -132,6 +132,7 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
         "tables/cn-sz.tex",
         "tables/cn-sz-authors.md",
         "tables/summary-authors.md",
+        "tables/burden.md",
         "tables/hk-a.md",
         "figures/froc-cn-sz.png",
         "figures/froc-cn-sz.svg",
@@ -150,6 +151,16 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     assert!(
         readme.contains("synthetic cohorts") && readme.contains("claims"),
         "{readme}"
+    );
+    assert!(readme.contains("Longitudinal lesion burden (held-out patients)"));
+    // One patient per cohort: too little evidence for a verdict on the paired claims.
+    let pooled = readme
+        .lines()
+        .find(|l| l.starts_with("1. *Federated ≈ pooled"))
+        .unwrap();
+    assert!(
+        pooled.contains("**cannot be assessed** (too little evidence"),
+        "{pooled}"
     );
     for file in ["manifest.json", "results.json", "results.csv"] {
         assert!(full.dir.join(file).exists(), "{file}");
