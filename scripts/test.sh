@@ -30,3 +30,5 @@ TMPDIR="$tmp_root" cargo test --workspace --locked 2>&1 | tee "$log"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all crates: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"
 # Sharded reproduction on a one-node Slurm cluster it starts and stops itself.
 bash scripts/slurm-test.sh
+# Pinned CPU kernels give byte-identical results natively and on an emulated AVX2 CPU.
+bash scripts/isa-check.sh
