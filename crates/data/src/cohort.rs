@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
-use crate::nifti_io::{read_mask, read_volume, write_ct, write_mask};
+use crate::nifti_io::{canonical_origin, read_mask, read_volume, write_ct, write_mask};
 use crate::prep::estimate_lung_mask;
 use crate::registry::{CohortSpec, Registry, Role, Source};
 use crate::synth::{Patient, Resolution, longitudinal_scale};
@@ -144,6 +144,7 @@ pub fn locate(spec: &CohortSpec, synthetic_root: &Path) -> Result<CohortFiles, D
 /// estimated (see [`estimate_lung_mask`]) when the cohort has none.
 pub fn load_scan(files: &PatientFiles) -> Result<Scan, DataError> {
     let ct = read_volume(&files.volume)?;
+    let ct_origin = canonical_origin(&files.volume)?;
     let check = |mask: &crate::volume::Volume<bool>, path: &Path| -> Result<(), DataError> {
         if mask.shape != ct.shape {
             return Err(DataError::ShapeMismatch {
@@ -164,6 +165,24 @@ pub fn load_scan(files: &PatientFiles) -> Result<Scan, DataError> {
                 mask_spacing: mask.spacing,
                 volume: files.volume.clone(),
                 volume_spacing: ct.spacing,
+            });
+        }
+        let mask_origin = canonical_origin(path)?;
+        let distance_mm = mask_origin
+            .iter()
+            .zip(&ct_origin)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f32>()
+            .sqrt();
+        // Half the finest voxel spacing: anything more marks other anatomy.
+        let tolerance = ct.spacing.iter().copied().fold(f32::MAX, f32::min) / 2.0;
+        if distance_mm > tolerance {
+            return Err(DataError::AffineMismatch {
+                mask: path.to_owned(),
+                mask_origin,
+                volume: files.volume.clone(),
+                volume_origin: ct_origin,
+                distance_mm,
             });
         }
         Ok(())

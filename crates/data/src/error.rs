@@ -43,6 +43,16 @@ pub enum DataError {
         volume: PathBuf,
         volume_spacing: [f32; 3],
     },
+    #[error(
+        "{mask}: lies {distance_mm:.1} mm from its CT {volume} in the world (first voxel at {mask_origin:?} vs {volume_origin:?} mm, RAS): the mask's affine does not match the CT's; resample or fix its header"
+    )]
+    AffineMismatch {
+        mask: PathBuf,
+        mask_origin: [f32; 3],
+        volume: PathBuf,
+        volume_origin: [f32; 3],
+        distance_mm: f32,
+    },
     #[error("{path}: missing (expected by cohort `{cohort}`, key `{key}`)")]
     Missing {
         path: PathBuf,

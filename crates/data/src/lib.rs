@@ -29,7 +29,7 @@ pub use cohort::{
     load_scan, locate, synthesize,
 };
 pub use error::DataError;
-pub use nifti_io::{read_mask, read_volume, write_ct, write_mask};
+pub use nifti_io::{canonical_origin, read_mask, read_volume, write_ct, write_mask};
 pub use prep::{
     LUNG_THRESHOLD_HU, SliceSample, SliceSpec, Window, component_boxes, estimate_lung_mask, slices,
 };

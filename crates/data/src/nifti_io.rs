@@ -191,13 +191,38 @@ pub fn read_volume(path: &Path) -> Result<Volume<f32>, DataError> {
     Ok(vol)
 }
 
-/// Reads a mask (any non-zero voxel is set).
+/// Where the first voxel of the canonical (reoriented) volume lies in the world (RAS,
+/// mm), from the header alone: a mask and its CT must agree on it, or the mask marks
+/// the wrong anatomy even when shape and spacing match.
+pub fn canonical_origin(path: &Path) -> Result<[f32; 3], DataError> {
+    let h = NiftiHeader::from_file(path).map_err(|e| DataError::Nifti {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let m = orientation(&h);
+    let map = axis_map(&m, path)?;
+    let offset = if h.sform_code > 0 {
+        [h.srow_x[3], h.srow_y[3], h.srow_z[3]]
+    } else if h.qform_code > 0 {
+        [h.quatern_x, h.quatern_y, h.quatern_z]
+    } else {
+        [0.0; 3]
+    };
+    let dims = [h.dim[1], h.dim[2], h.dim[3]].map(|d| f32::from(d.max(1)));
+    let first: [f32; 3] = std::array::from_fn(|a| if map[a].1 { dims[a] - 1.0 } else { 0.0 });
+    Ok(std::array::from_fn(|row| {
+        offset[row] + (0..3).map(|a| m[row][a] * first[a]).sum::<f32>()
+    }))
+}
+
+/// Reads a mask: a voxel is set at 0.5 or above (label masks, and float masks written
+/// by resampling tools whose background holds tiny non-zero values).
 pub fn read_mask(path: &Path) -> Result<Volume<bool>, DataError> {
     let v = read_volume(path)?;
     Ok(Volume {
         shape: v.shape,
         spacing: v.spacing,
-        data: v.data.iter().map(|x| *x != 0.0).collect(),
+        data: v.data.iter().map(|x| *x >= 0.5).collect(),
     })
 }
 
