@@ -98,6 +98,7 @@ pub(crate) fn trainer(
         TrainerConfig {
             threads,
             cuda: profile.cuda,
+            keep_optimizer_state: profile.keep_optimizer_state,
             ..TrainerConfig::default()
         },
         seed,

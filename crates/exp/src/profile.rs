@@ -48,6 +48,11 @@ pub struct Profile {
     pub eval_patients: Option<usize>,
     /// Use a CUDA device when libtorch has one.
     pub cuda: bool,
+    /// Adam's state persists across rounds at each site (and across the rounds of
+    /// central training), as in the study's Keras clients. Absent from the serialised
+    /// profile when off, so cached arms keep their keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_optimizer_state: bool,
 }
 
 impl Profile {
@@ -67,6 +72,7 @@ impl Profile {
                 eval_slice_stride: 2,
                 eval_patients: None,
                 cuda: false,
+                keep_optimizer_state: false,
             },
             // The study's scale: 512² at 0.7 mm, VGG19-like backbone, 30 rounds of 100
             // steps (batch 6, Adam 1e-4). A GPU is recommended.
@@ -88,6 +94,7 @@ impl Profile {
                 eval_slice_stride: 1,
                 eval_patients: None,
                 cuda: true,
+                keep_optimizer_state: false,
             },
         };
         Profile {
@@ -100,6 +107,7 @@ impl Profile {
                 .unwrap_or(base.train_negative_stride),
             eval_slice_stride: settings.eval_slice_stride.unwrap_or(base.eval_slice_stride),
             eval_patients: settings.eval_patients.or(base.eval_patients),
+            keep_optimizer_state: settings.keep_optimizer_state.unwrap_or(false),
             ..base
         }
     }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub eval_slice_stride: Option<usize>,
     /// At most this many test patients per cohort.
     pub eval_patients: Option<usize>,
+    /// Keep Adam's state across rounds (the study's clients do); default false.
+    pub keep_optimizer_state: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -48,6 +48,9 @@ pub struct TrainerConfig {
     /// Gradients are rescaled to at most this L2 norm before each Adam step.
     pub grad_clip_norm: f64,
     pub cuda: bool,
+    /// Keep Adam's moment estimates from one `train` call (round) to the next, as the
+    /// study's Keras clients do; otherwise every round starts a fresh Adam.
+    pub keep_optimizer_state: bool,
 }
 
 impl Default for TrainerConfig {
@@ -57,6 +60,7 @@ impl Default for TrainerConfig {
             augmentation: Some(Augmentation::STUDY),
             grad_clip_norm: 1.0,
             cuda: false,
+            keep_optimizer_state: false,
         }
     }
 }
@@ -131,6 +135,8 @@ pub struct DetectorTrainer {
     examples: Vec<Example>,
     size: i64,
     config: TrainerConfig,
+    /// Adam between rounds, with `keep_optimizer_state`.
+    optimizer: Option<nn::Optimizer>,
 }
 
 fn device(config: &TrainerConfig) -> Device {
@@ -164,6 +170,7 @@ impl DetectorTrainer {
             examples,
             size: model.input_size,
             config,
+            optimizer: None,
         })
     }
 
@@ -190,6 +197,7 @@ impl DetectorTrainer {
             examples,
             size: input_size,
             config,
+            optimizer: None,
         };
         // Check the output contract once, up front.
         let probe = Tensor::zeros(
@@ -307,7 +315,13 @@ impl LocalTrainer for DetectorTrainer {
         } else {
             Vec::new()
         };
-        let mut opt = nn::Adam::default().build(&self.vs, cfg.learning_rate)?;
+        let mut opt = match self.optimizer.take() {
+            Some(mut kept) if self.config.keep_optimizer_state => {
+                kept.set_lr(cfg.learning_rate);
+                kept
+            }
+            _ => nn::Adam::default().build(&self.vs, cfg.learning_rate)?,
+        };
         let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
         let size = self.size as usize;
         let mut loss_sum = 0.0;
@@ -342,6 +356,9 @@ impl LocalTrainer for DetectorTrainer {
             opt.clip_grad_norm(self.config.grad_clip_norm);
             opt.step();
             loss_sum += loss.double_value(&[]);
+        }
+        if self.config.keep_optimizer_state {
+            self.optimizer = Some(opt);
         }
         Ok(LocalUpdate {
             parameters: flatten(&self.vs, &self.layout),

@@ -320,3 +320,26 @@ fn non_finite_outputs_are_an_error_not_zero_detections() {
         "{err}"
     );
 }
+
+/// With `keep_optimizer_state`, a second round continues the first round's Adam (its
+/// moment estimates), which a fresh Adam does not: the same start and seed give another
+/// model. The first round is the same either way, and kept runs are deterministic.
+#[test]
+fn adam_state_can_persist_across_rounds() {
+    let two_rounds = |keep: bool| {
+        let config = TrainerConfig {
+            keep_optimizer_state: keep,
+            ..no_augmentation()
+        };
+        let mut t = DetectorTrainer::native(&tiny(), examples(4), config, 3).unwrap();
+        let start = t.parameters();
+        let first = t.train(&start, &round(5, 1)).unwrap().parameters;
+        let second = t.train(&first, &round(5, 2)).unwrap().parameters;
+        (first, second)
+    };
+    let (fresh_1, fresh_2) = two_rounds(false);
+    let (kept_1, kept_2) = two_rounds(true);
+    assert_eq!(fresh_1, kept_1);
+    assert_ne!(fresh_2, kept_2);
+    assert_eq!(two_rounds(true).1, kept_2);
+}
