@@ -40,11 +40,13 @@ pub enum Purpose {
     Workload,
     /// A simulated federation's session id.
     Session,
+    /// Privacy-audit canaries: their directions and secret inclusion coins.
+    Canary,
 }
 
 impl Purpose {
     /// Every purpose (for tests that check they are distinct).
-    pub const ALL: [Purpose; 12] = [
+    pub const ALL: [Purpose; 13] = [
         Purpose::SiteRoot,
         Purpose::Identity,
         Purpose::SecAgg,
@@ -57,6 +59,7 @@ impl Purpose {
         Purpose::Dropout,
         Purpose::Workload,
         Purpose::Session,
+        Purpose::Canary,
     ];
 
     fn label(self) -> &'static [u8] {
@@ -73,6 +76,7 @@ impl Purpose {
             Purpose::Dropout => b"dropout",
             Purpose::Workload => b"workload",
             Purpose::Session => b"session",
+            Purpose::Canary => b"canary",
         }
     }
 }

@@ -23,6 +23,7 @@
 //! guarantee is site-level. Sample counts used for weighting are treated as public.
 
 pub mod accounting;
+pub mod audit;
 pub mod codec;
 mod error;
 pub mod plan;

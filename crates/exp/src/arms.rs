@@ -84,6 +84,9 @@ pub struct ArmResult {
     pub site_examples: Vec<usize>,
     /// SHA-256 of the trained model's parameters (little-endian f32), if it has one.
     pub model_sha256: Option<String>,
+    /// The privacy audit of an arm with canaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::PrivacyAudit>,
 }
 
 pub(crate) fn trainer(
@@ -403,6 +406,7 @@ pub fn run_arm(
     let (profile, cohorts, seed) = (inputs.profile, inputs.cohorts, inputs.seed);
     let mut rounds = Vec::new();
     let mut ledger = None;
+    let mut audit = None;
     let mut site_examples = Vec::new();
     let (model, mut predictor): (Option<Vec<f32>>, Box<dyn Predictor>) = match &arm.plan {
         ArmPlan::SingleSite { site } => {
@@ -427,6 +431,7 @@ pub fn run_arm(
             let outcome = train_federated(inputs, fed, ctx)?;
             rounds = outcome.rounds;
             ledger = outcome.ledger;
+            audit = outcome.audit;
             site_examples = outcome.site_examples;
             let predictor = ModelPredictor::new(profile, &outcome.model)?;
             (Some(outcome.model), Box::new(predictor))
@@ -462,6 +467,7 @@ pub fn run_arm(
             ledger,
             site_examples,
             model_sha256: None,
+            audit,
         },
         model,
     ))

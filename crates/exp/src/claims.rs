@@ -315,6 +315,7 @@ mod tests {
             dp: tessera_dp::DpConfig::default(),
             transport: Transport::Memory,
             weighting: tessera_fl::Weighting::Samples,
+            canaries: 0,
         })
     }
 
@@ -359,6 +360,7 @@ mod tests {
             ledger: None,
             site_examples: Vec::new(),
             model_sha256: Some(format!("{name}-{replicate}")),
+            audit: None,
         }
     }
 

@@ -12,6 +12,7 @@ use tessera_fl::{Coordinator, FederationConfig, loopback, memory, sim};
 use tessera_train::{DetectorTrainer, TrainError};
 
 use crate::arms::{ArmInputs, RoundLog, partition, round_config, trainer};
+use crate::audit::{ArmSite, PrivacyAudit};
 use crate::error::ExpError;
 use crate::spec::{ArmProtocol, FederatedArm, Transport};
 use crate::transport::{self, ProcessContext};
@@ -87,6 +88,7 @@ pub struct FederatedOutcome {
     pub rounds: Vec<RoundLog>,
     pub ledger: Option<Ledger>,
     pub site_examples: Vec<usize>,
+    pub audit: Option<PrivacyAudit>,
 }
 
 /// The study's FedAvg in floating point (`protocol = "float"`): the same sites, local
@@ -117,9 +119,23 @@ fn train_float(inputs: &ArmInputs<'_>, arm: &FederatedArm) -> Result<FederatedOu
             config: training,
             private: false,
         };
+        // Sites train at once, one thread each, as in a federation (their trainers
+        // were built one after another, so the models do not depend on the order).
+        let updates: Vec<Option<Result<tessera_core::LocalUpdate, TrainError>>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = trainers
+                    .iter_mut()
+                    .map(|t| scope.spawn(|| request.run(t)))
+                    .collect();
+                handles.into_iter().map(|h| h.join().ok()).collect()
+            });
         let mut deltas = Vec::with_capacity(trainers.len());
-        for t in trainers.iter_mut() {
-            let update = request.run(t)?;
+        for (site, update) in updates.into_iter().enumerate() {
+            let update = update.ok_or_else(|| {
+                ExpError::Data(format!(
+                    "round {round}: site {site}'s training thread panicked"
+                ))
+            })??;
             let weight = match arm.weighting {
                 tessera_fl::Weighting::Samples => update.samples,
                 tessera_fl::Weighting::Uniform => 1,
@@ -151,6 +167,7 @@ fn train_float(inputs: &ArmInputs<'_>, arm: &FederatedArm) -> Result<FederatedOu
         rounds,
         ledger: None,
         site_examples,
+        audit: None,
     })
 }
 
@@ -188,16 +205,35 @@ pub fn train_federated(
             .map_err(|_| ExpError::Data("trainer lock poisoned".into()))?;
         (first.layout().clone(), first.parameters())
     };
-    let trainers: Vec<SharedTrainer> = shared
-        .iter()
-        .map(|t| SharedTrainer {
-            inner: t.clone(),
-            layout: layout.clone(),
-        })
-        .collect();
     // Site identities and randomness depend on the experiment's seed and session
     // only, not on the arm: arms that differ only in protocol draw the same rounding.
     let root = RootSeed::from_experiment(seed);
+    let mut dp = arm.dp.clone();
+    dp.rounds = profile.rounds;
+    let private = dp.mechanism != tessera_dp::Mechanism::None;
+    let canaries = (arm.canaries > 0).then(|| {
+        let strategy = &arm.strategy;
+        crate::audit::canaries(
+            &layout,
+            arm.canaries,
+            dp.l2_clip,
+            strategy,
+            private,
+            (&root, session),
+        )
+    });
+    let mut trainers: Vec<ArmSite<SharedTrainer>> = shared
+        .iter()
+        .map(|t| {
+            ArmSite::Hospital(SharedTrainer {
+                inner: t.clone(),
+                layout: layout.clone(),
+            })
+        })
+        .collect();
+    if let Some(c) = &canaries {
+        trainers.extend(c.trainers().into_iter().map(ArmSite::Canary));
+    }
     // Dropouts after local training, at a random protocol phase (deterministic).
     let dropouts = sim::dropout_schedule(
         &root,
@@ -207,9 +243,7 @@ pub fn train_federated(
         arm.dropout,
         &sim::AFTER_TRAINING,
     );
-    let mut dp = arm.dp.clone();
-    dp.rounds = profile.rounds;
-    let private = dp.mechanism != tessera_dp::Mechanism::None;
+    let delta = dp.delta;
     let max_weight = site_examples.iter().copied().max().unwrap_or(1) as u64;
     let config = FederationConfig::builder(session, dir.join("checkpoint.bin"))
         .strategy(arm.strategy.clone())
@@ -229,7 +263,7 @@ pub fn train_federated(
         .build()
         .map_err(|e| ExpError::io(dir, e))?;
     let hospitals: Vec<String> = cohorts.hospitals.iter().map(|h| h.id.clone()).collect();
-    let (global, rounds, ledger) = runtime.block_on(async {
+    let (global, rounds, ledger, movements) = runtime.block_on(async {
         let mut fed = match arm.transport {
             Transport::Memory => {
                 let transcripts = dir.join("transcripts");
@@ -262,21 +296,16 @@ pub fn train_federated(
                 Running::Processes(fed.await?)
             }
         };
-        let mut rounds = Vec::new();
-        while fed.coordinator().next_round() <= profile.rounds {
-            let report = fed.coordinator().run_round().await?;
-            rounds.push(RoundLog {
-                round: report.round,
-                participants: report.participants.len(),
-                contributors: report.contributors.len(),
-                aborted: report.aborted.map(|c| c.to_string()),
-            });
-        }
+        let (rounds, movements) =
+            run_rounds(fed.coordinator(), profile.rounds, canaries.is_some()).await?;
         let global = fed.coordinator().global().to_vec();
         let ledger = fed.coordinator().ledger().cloned();
         fed.finish().await?;
-        Ok::<_, ExpError>((global, rounds, ledger))
+        Ok::<_, ExpError>((global, rounds, ledger, movements))
     })?;
+    let audit = canaries
+        .as_ref()
+        .map(|c| crate::audit::audit(c, &movements, delta, ledger.as_ref().map(Ledger::spent)));
     // FedBN's global model has no normalisation of its own, and under DP the statistics
     // never leave the sites: evaluate the largest site's model (its own normalisation
     // statistics, the federated rest), as that site would run it.
@@ -296,5 +325,31 @@ pub fn train_federated(
         rounds,
         ledger,
         site_examples,
+        audit,
     })
+}
+
+/// Runs the rounds left up to `last`; with `track`, also the global model's movement in
+/// each round (what a privacy audit scores).
+async fn run_rounds(
+    coordinator: &mut Coordinator,
+    last: u64,
+    track: bool,
+) -> Result<(Vec<RoundLog>, Vec<Vec<f32>>), ExpError> {
+    let (mut rounds, mut movements) = (Vec::new(), Vec::new());
+    while coordinator.next_round() <= last {
+        let before = track.then(|| coordinator.global().to_vec());
+        let report = coordinator.run_round().await?;
+        if let Some(before) = before {
+            let after = coordinator.global();
+            movements.push(after.iter().zip(&before).map(|(a, b)| a - b).collect());
+        }
+        rounds.push(RoundLog {
+            round: report.round,
+            participants: report.participants.len(),
+            contributors: report.contributors.len(),
+            aborted: report.aborted.map(|c| c.to_string()),
+        });
+    }
+    Ok((rounds, movements))
 }

@@ -52,6 +52,37 @@ fn check_float(
     }
 }
 
+/// A privacy audit's canaries count once each (uniform weighting), join a secure
+/// federation in this process, and never drop out.
+fn check_canaries(
+    arm: &ArmFile,
+    protocol: ArmProtocol,
+    dropout: f64,
+    transport: Transport,
+    at: &str,
+) -> Result<(), ExpError> {
+    let Some(n) = arm.canaries else {
+        return Ok(());
+    };
+    let problem = if !(2..=10_000).contains(&n) {
+        Some(format!("canaries = {n}: between 2 and 10000"))
+    } else if arm.weighting != Some(tessera_fl::Weighting::Uniform) {
+        Some("canaries: needs weighting = \"uniform\" (each canary counts once)".into())
+    } else if !protocol.is_secure() {
+        Some("canaries: needs protocol = \"secagg\" or \"secagg-plus\"".into())
+    } else if dropout > 0.0 {
+        Some("canaries: needs dropout = 0".into())
+    } else if transport != Transport::Memory {
+        Some("canaries: needs transport = \"memory\"".into())
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => invalid(format!("{at}.{p}")),
+        None => Ok(()),
+    }
+}
+
 /// The product of a federated arm's grids.
 pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpError> {
     let protocols = arm
@@ -168,6 +199,7 @@ pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Ar
         dp.validate()
             .map_err(|e| ExpError::Invalid(format!("{at}: {e}")))?;
         check_float(protocol, mechanism, dropout, transport, at)?;
+        check_canaries(arm, protocol, dropout, transport, at)?;
         if protocol == ArmProtocol::Plaintext
             && matches!(mechanism, Mechanism::Ddg | Mechanism::Skellam)
         {
@@ -220,6 +252,7 @@ pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Ar
                 dp,
                 transport,
                 weighting: arm.weighting.unwrap_or_default(),
+                canaries: arm.canaries.unwrap_or(0),
             }),
             grid,
         });

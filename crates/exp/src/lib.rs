@@ -13,6 +13,7 @@
 //! patients and seeds) is generated from the results.
 
 mod arms;
+mod audit;
 mod burden;
 mod claims;
 mod cohorts;
@@ -31,6 +32,7 @@ mod spec;
 mod transport;
 
 pub use arms::{ArmResult, BurdenPoint, CohortEval, RoundLog, SeriesEval};
+pub use audit::PrivacyAudit;
 pub use error::ExpError;
 pub use profile::{Profile, ProfileName};
 pub use report::external_map;

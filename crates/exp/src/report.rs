@@ -345,7 +345,20 @@ pub fn write(
     if !burden.is_empty() {
         write_atomic(&dir.join("tables").join("burden.md"), burden.as_bytes())?;
     }
+    let audits = crate::audit::audit_table(&arms);
+    if !audits.is_empty() {
+        write_atomic(
+            &dir.join("tables").join("privacy-audit.md"),
+            audits.as_bytes(),
+        )?;
+    }
     let mut readme = write_up(experiment, profile, results, synthetic, &summaries);
+    if !audits.is_empty() {
+        let _ = write!(
+            readme,
+            "\n## Empirical privacy audit\n\nCanary sites joined the federation, each in with probability ½ (sending its own random direction at the clip norm every round) or out (a zero update, the neighbour the ledger accounts); the auditor saw the global model after every round and guessed in for the top quarter of canary scores and out for the bottom quarter. The bound is Steinke, Nasr and Jagielski's one-run bound (NeurIPS 2023) at the ledger's δ: the mechanism is not (ε, δ)-DP for any smaller ε, with 95% confidence. It must stay below the claimed ε; without noise it shows what the audit can detect.\n\n{audits}"
+        );
+    }
     if !burden.is_empty() {
         let _ = write!(
             readme,

@@ -89,6 +89,9 @@ pub struct ArmFile {
     /// "samples" (default: FedAvg's sample-count weights) or "uniform" (every site
     /// counts once; under site-level DP the noise is then calibrated to weight 1).
     pub weighting: Option<Weighting>,
+    /// Privacy audit: this many canary sites join the federation (not a grid; needs
+    /// weighting = "uniform", a secure protocol, no dropouts, the memory transport).
+    pub canaries: Option<usize>,
 }
 
 /// How a federated arm aggregates: one of Tessera's protocols (updates quantised by
@@ -199,6 +202,13 @@ pub struct FederatedArm {
     /// Absent when "samples", so cached arms keep their keys.
     #[serde(default, skip_serializing_if = "is_by_samples")]
     pub weighting: Weighting,
+    /// Canary sites of a privacy audit (0: none; absent when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub canaries: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn is_by_samples(w: &Weighting) -> bool {
@@ -403,6 +413,7 @@ impl ExperimentFile {
                 ("dp", arm.dp.is_some()),
                 ("transport", arm.transport.is_some()),
                 ("weighting", arm.weighting.is_some()),
+                ("canaries", arm.canaries.is_some()),
             ];
             if arm.kind != ArmKind::Federated
                 && let Some((key, _)) = federated_keys.iter().find(|(_, set)| *set)

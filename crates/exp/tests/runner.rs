@@ -311,6 +311,14 @@ fn invalid_experiment_files_name_the_key() {
             "arm[0] (f).dropout: float aggregation",
         ),
         (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\ncanaries = 50\n",
+            "arm[0] (f).canaries: needs weighting = \"uniform\"",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\nprotocol = \"plaintext\"\nweighting = \"uniform\"\ncanaries = 50\n",
+            "arm[0] (f).canaries: needs protocol",
+        ),
+        (
             "name = \"x\"\ndescription = \"d\"\n[settings]\nrounds = 0\n[[arm]]\nname = \"p\"\nkind = \"pooled\"\n",
             "settings.rounds = 0",
         ),
@@ -402,4 +410,27 @@ fn several_seeds_are_cached_apart_and_reported_with_their_spread() {
         e.contains("seeds = 0: run each arm with at least 1 seed"),
         "{e}"
     );
+}
+
+/// An arm with canaries runs the detector federation with canary sites and reports the
+/// audit's bound beside the (absent) claim.
+#[test]
+fn an_arm_with_canaries_is_audited() {
+    let dir = tmp("canaries");
+    let reg = registry(&dir);
+    let text = "name = \"audit\"\ndescription = \"d\"\nseed = 3\n\
+        [settings]\nrounds = 1\nlocal_steps = 1\nbatch_size = 2\ntrain_negative_stride = 16\n\
+        eval_slice_stride = 6\neval_patients = 1\n\
+        [[arm]]\nname = \"audited\"\nkind = \"federated\"\nprotocol = \"secagg-plus\"\n\
+        weighting = \"uniform\"\ncanaries = 12\n";
+    let exp = Experiment::parse(text, &reg).unwrap();
+    let out = run(&exp, &reg, REGISTRY, &options(&dir, "audit", None)).unwrap();
+    let audit = out.results[0].audit.as_ref().expect("an audit");
+    assert_eq!((audit.canaries, audit.guesses), (12, 6));
+    assert!(audit.claimed_epsilon.is_none());
+    // Two hospitals and twelve canaries took part.
+    assert_eq!(out.results[0].rounds[0].participants, 14);
+    let table =
+        std::fs::read_to_string(dir.join("audit-report/tables/privacy-audit.md")).unwrap();
+    assert!(table.contains("| audited | 12 |"), "{table}");
 }
