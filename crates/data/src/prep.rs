@@ -177,25 +177,48 @@ pub struct SliceSample {
     pub boxes: Vec<BBox>,
 }
 
-/// Source coordinate (in source pixels) of output pixel centre `u`.
-fn source_coord(u: usize, size: usize, out_spacing: f32, n_src: usize, src_spacing: f32) -> f32 {
+/// Source coordinate (in source pixels) of output pixel centre `u`, the crop centred at
+/// source pixel coordinate `centre`.
+fn source_coord(u: usize, size: usize, out_spacing: f32, centre: f32, src_spacing: f32) -> f32 {
     let mm = (u as f32 + 0.5 - size as f32 / 2.0) * out_spacing;
-    mm / src_spacing + n_src as f32 / 2.0 - 0.5
+    mm / src_spacing + centre
 }
 
-fn resample_bilinear(
-    slice: &[f32],
-    ny: usize,
-    nx: usize,
-    src_spacing: [f32; 2],
-    spec: &SliceSpec,
-) -> Vec<f32> {
+/// Where the crop is centred, in source pixel coordinates (row, column): the middle of
+/// the lungs' in-plane bounding box over the whole scan, so that a patient lying off
+/// the scanner's centre (or a field of view larger on one side) still has both lungs in
+/// the crop; the field of view's centre when the scan has no lung.
+fn crop_centre(lung: &crate::volume::Volume<bool>) -> [f32; 2] {
+    let [nz, ny, nx] = lung.shape;
+    let (mut y0, mut y1, mut x0, mut x1) = (ny, 0, nx, 0);
+    for z in 0..nz {
+        for (i, _) in lung.slice(z).iter().enumerate().filter(|(_, l)| **l) {
+            let (y, x) = (i / nx, i % nx);
+            (y0, y1, x0, x1) = (y0.min(y), y1.max(y), x0.min(x), x1.max(x));
+        }
+    }
+    if y0 > y1 {
+        return [ny as f32 / 2.0 - 0.5, nx as f32 / 2.0 - 0.5];
+    }
+    [(y0 + y1) as f32 / 2.0, (x0 + x1) as f32 / 2.0]
+}
+
+/// A source slice: its pixels, shape (rows, columns), spacing and the crop's centre.
+struct Source<'a, T> {
+    pixels: &'a [T],
+    shape: [usize; 2],
+    spacing: [f32; 2],
+    centre: [f32; 2],
+}
+
+fn resample_bilinear(src: Source<'_, f32>, spec: &SliceSpec) -> Vec<f32> {
+    let ([ny, nx], slice) = (src.shape, src.pixels);
     let n = spec.size;
     let mut out = vec![0f32; n * n];
     for v in 0..n {
-        let sy = source_coord(v, n, spec.spacing_mm, ny, src_spacing[0]);
+        let sy = source_coord(v, n, spec.spacing_mm, src.centre[0], src.spacing[0]);
         for u in 0..n {
-            let sx = source_coord(u, n, spec.spacing_mm, nx, src_spacing[1]);
+            let sx = source_coord(u, n, spec.spacing_mm, src.centre[1], src.spacing[1]);
             let (x0, y0) = (sx.floor(), sy.floor());
             let (fx, fy) = (sx - x0, sy - y0);
             let at = |y: f32, x: f32| {
@@ -214,19 +237,14 @@ fn resample_bilinear(
     out
 }
 
-fn resample_nearest(
-    slice: &[bool],
-    ny: usize,
-    nx: usize,
-    src_spacing: [f32; 2],
-    spec: &SliceSpec,
-) -> Vec<bool> {
+fn resample_nearest(src: Source<'_, bool>, spec: &SliceSpec) -> Vec<bool> {
+    let ([ny, nx], slice) = (src.shape, src.pixels);
     let n = spec.size;
     let mut out = vec![false; n * n];
     for v in 0..n {
-        let sy = source_coord(v, n, spec.spacing_mm, ny, src_spacing[0]).round();
+        let sy = source_coord(v, n, spec.spacing_mm, src.centre[0], src.spacing[0]).round();
         for u in 0..n {
-            let sx = source_coord(u, n, spec.spacing_mm, nx, src_spacing[1]).round();
+            let sx = source_coord(u, n, spec.spacing_mm, src.centre[1], src.spacing[1]).round();
             if sx >= 0.0 && sy >= 0.0 && (sx as usize) < nx && (sy as usize) < ny {
                 out[v * n + u] = slice[sy as usize * nx + sx as usize];
             }
@@ -280,10 +298,23 @@ pub fn component_boxes(mask: &[bool], h: usize, w: usize, min_pixels: usize) -> 
 /// Model inputs for every slice of `scan` that contains lung.
 pub fn slices(scan: &Scan, spec: &SliceSpec) -> Vec<SliceSample> {
     let [nz, ny, nx] = scan.ct.shape;
-    let src = [scan.ct.spacing[1], scan.ct.spacing[2]];
+    let spacing = [scan.ct.spacing[1], scan.ct.spacing[2]];
+    let centre = crop_centre(&scan.lung);
+    let source = |pixels| Source {
+        pixels,
+        shape: [ny, nx],
+        spacing,
+        centre,
+    };
+    let mask_source = |pixels| Source {
+        pixels,
+        shape: [ny, nx],
+        spacing,
+        centre,
+    };
     let windowed: Vec<Vec<f32>> = (0..nz)
         .map(|z| {
-            resample_bilinear(scan.ct.slice(z), ny, nx, src, spec)
+            resample_bilinear(source(scan.ct.slice(z)), spec)
                 .into_iter()
                 .map(|h| spec.window.apply(h))
                 .collect()
@@ -297,8 +328,8 @@ pub fn slices(scan: &Scan, spec: &SliceSpec) -> Vec<SliceSample> {
             for zz in [z.saturating_sub(1), z, (z + 1).min(nz - 1)] {
                 image.extend_from_slice(&windowed[zz]);
             }
-            let lesion = resample_nearest(scan.lesion.slice(z), ny, nx, src, spec);
-            let lung = resample_nearest(scan.lung.slice(z), ny, nx, src, spec);
+            let lesion = resample_nearest(mask_source(scan.lesion.slice(z)), spec);
+            let lung = resample_nearest(mask_source(scan.lung.slice(z)), spec);
             let boxes = component_boxes(&lesion, n, n, spec.min_box_pixels);
             SliceSample {
                 scan: scan.id.clone(),
@@ -414,5 +445,40 @@ mod tests {
         assert!((mid.image[2 * 64 * 64 + centre] - Window::LUNG.apply(-200.0)).abs() < 1e-5);
         // the first slice repeats itself as its lower neighbour
         assert_eq!(s[0].image[centre], s[0].image[64 * 64 + centre]);
+    }
+
+    /// Lungs off the field of view's centre: the crop is centred on them, so a small
+    /// crop still holds both; centred on the field of view it would miss them.
+    #[test]
+    fn the_crop_is_centred_on_the_lungs() {
+        let n = 200;
+        let mut lung = Volume::filled([1, n, n], [5.0, 1.0, 1.0], false);
+        // Lungs in rows 20..60, columns 130..190 (centre 39.5, 159.5).
+        for y in 20..60 {
+            for x in 130..190 {
+                let i = lung.index(0, y, x);
+                lung.data[i] = true;
+            }
+        }
+        assert_eq!(crop_centre(&lung), [39.5, 159.5]);
+        let ct = Volume::filled([1, n, n], [5.0, 1.0, 1.0], -850f32);
+        let scan = Scan {
+            id: "s".into(),
+            ct,
+            lesion: Volume::filled([1, n, n], [5.0, 1.0, 1.0], false),
+            lung,
+            lung_mask_estimated: false,
+        };
+        // A 64 mm crop at 1 mm: every output pixel lies in the lungs.
+        let spec = SliceSpec {
+            size: 64,
+            spacing_mm: 1.0,
+            ..SliceSpec::SMALL
+        };
+        let s = slices(&scan, &spec);
+        let inside = s[0].lung.iter().filter(|l| **l).count();
+        assert_eq!(inside, 40 * 60, "the lung box lies whole inside the crop");
+        let empty = Volume::filled([1, 8, 8], [1.0; 3], false);
+        assert_eq!(crop_centre(&empty), [3.5, 3.5]);
     }
 }

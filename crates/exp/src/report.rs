@@ -428,6 +428,16 @@ fn write_up(
         "Each arm is one training run with one seed, so the intervals (over patients) do not cover run-to-run variation, which can move a model's mAP by several points; run with `--seeds N` to measure it.".to_string()
     };
     let _ = writeln!(out, "{seeds_text}\n");
+    out.push_str(
+        "**What varies across machines.** On one machine a rerun is byte-identical (tested). Across \
+         machines libtorch's CPU kernels would differ with the instruction set (AVX-512 against AVX2 \
+         sums in another order, enough to move a model's mAP by several points), so `tessera` pins \
+         ATen, oneDNN and MKL to AVX2 (`ATEN_CPU_CAPABILITY`, `ONEDNN_MAX_CPU_ISA`, `MKL_CBWR`) and \
+         fixes every trainer's thread count; `scripts/isa-check.sh` shows pinned runs byte-identical \
+         natively and on an emulated AVX2-only CPU, and unpinned ones different. What the pins cannot \
+         cover: other libtorch builds, CUDA, and CPUs without AVX2. `manifest.json` records the pins, \
+         CPU, libtorch build and threads of this run.\n\n",
+    );
     for (protocol, summary) in summaries {
         let _ = writeln!(
             out,

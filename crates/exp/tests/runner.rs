@@ -430,7 +430,6 @@ fn an_arm_with_canaries_is_audited() {
     assert!(audit.claimed_epsilon.is_none());
     // Two hospitals and twelve canaries took part.
     assert_eq!(out.results[0].rounds[0].participants, 14);
-    let table =
-        std::fs::read_to_string(dir.join("audit-report/tables/privacy-audit.md")).unwrap();
+    let table = std::fs::read_to_string(dir.join("audit-report/tables/privacy-audit.md")).unwrap();
     assert!(table.contains("| audited | 12 |"), "{table}");
 }
