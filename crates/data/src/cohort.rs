@@ -60,19 +60,28 @@ fn fill(dir: &Path, pattern: &str, id: &str) -> PathBuf {
     dir.join(pattern.replace("{id}", id))
 }
 
-/// Patient ids found by matching `pattern` against the files on disk, sorted.
-fn find_ids(dir: &Path, pattern: &str) -> Result<Vec<String>, DataError> {
+/// A file pattern under `dir`: its file-name part, and the names of the files in its folder.
+pub(crate) fn pattern_files(dir: &Path, pattern: &str) -> Result<(String, Vec<String>), DataError> {
     let path = dir.join(pattern);
     let folder = path.parent().unwrap_or(dir);
     let file = path
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (prefix, suffix) = file.split_once("{id}").unwrap_or((&file, ""));
     let entries = std::fs::read_dir(folder).map_err(|e| DataError::io(folder, e))?;
-    let mut ids: Vec<String> = entries
+    let names = entries
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    Ok((file, names))
+}
+
+/// Patient ids found by matching `pattern` against the files on disk, sorted.
+fn find_ids(dir: &Path, pattern: &str) -> Result<Vec<String>, DataError> {
+    let (file, names) = pattern_files(dir, pattern)?;
+    let (prefix, suffix) = file.split_once("{id}").unwrap_or((&file, ""));
+    let mut ids: Vec<String> = names
+        .into_iter()
         .filter(|n| {
             n.len() > prefix.len() + suffix.len() && n.starts_with(prefix) && n.ends_with(suffix)
         })
@@ -391,10 +400,21 @@ pub fn check(registry: &Registry, synthetic_root: &Path) -> (Vec<DataError>, usi
         match locate(spec, synthetic_root) {
             Err(e) => problems.push(e),
             Ok(files) => {
+                let series: Vec<PatientFiles> = match crate::series::locate_series(&files) {
+                    Ok(found) => found
+                        .into_iter()
+                        .flat_map(|(_, scans)| scans.into_iter().map(|s| s.files))
+                        .collect(),
+                    Err(e) => {
+                        problems.push(e);
+                        Vec::new()
+                    }
+                };
                 let results: Vec<Result<Scan, DataError>> = files
                     .train
                     .par_iter()
                     .chain(files.test.par_iter())
+                    .chain(series.par_iter())
                     .map(load_scan)
                     .collect();
                 for r in results {

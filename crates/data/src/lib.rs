@@ -21,6 +21,7 @@ mod error;
 mod nifti_io;
 mod prep;
 mod registry;
+mod series;
 mod synth;
 mod volume;
 
@@ -33,6 +34,9 @@ pub use nifti_io::{canonical_origin, read_mask, read_volume, write_ct, write_mas
 pub use prep::{
     LUNG_THRESHOLD_HU, SliceSample, SliceSpec, Window, component_boxes, estimate_lung_mask, slices,
 };
-pub use registry::{Acquisition, CohortSpec, Longitudinal, Population, Registry, Role, Source};
+pub use registry::{
+    Acquisition, CohortSpec, Longitudinal, Population, Registry, Role, SeriesPatterns, Source,
+};
+pub use series::locate_series;
 pub use synth::{Patient, Resolution, longitudinal_scale};
 pub use volume::{Scan, Volume};

@@ -67,7 +67,21 @@ pub enum Source {
         volumes: String,
         lesion_masks: String,
         lung_masks: Option<String>,
+        /// Serial scans of held-out patients (patterns with `{id}` and `{day}`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        series: Option<SeriesPatterns>,
     },
+}
+
+/// Where a NIfTI cohort's serial scans are: `{id}` (a test patient's id) then `{day}`
+/// (days since the first scan) in each file name, e.g.
+/// `followup/{id}_day{day}.nii.gz`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesPatterns {
+    pub volumes: String,
+    pub lesion_masks: String,
+    pub lung_masks: Option<String>,
 }
 
 /// Per-cohort scanner and reconstruction (synthetic cohorts).
@@ -149,6 +163,31 @@ fn check_pattern(errors: &mut Vec<String>, key: String, pattern: &str) {
     }
     if !pattern.ends_with(".nii.gz") && !pattern.ends_with(".nii") {
         errors.push(format!("{key} = \"{pattern}\" must end in .nii or .nii.gz"));
+    }
+}
+
+/// Series patterns: the usual checks, and `{day}` once in the file name after `{id}`.
+fn check_series(errors: &mut Vec<String>, k: &str, s: &SeriesPatterns) {
+    let mut patterns = vec![("volumes", &s.volumes), ("lesion_masks", &s.lesion_masks)];
+    if let Some(l) = &s.lung_masks {
+        patterns.push(("lung_masks", l));
+    }
+    for (name, pattern) in patterns {
+        let key = format!("{k}.source.series.{name}");
+        check_pattern(errors, key.clone(), pattern);
+        let file = Path::new(pattern)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ordered = match (file.find("{id}"), file.find("{day}")) {
+            (Some(i), Some(d)) => i < d && file.matches("{day}").count() == 1,
+            _ => false,
+        };
+        if !ordered {
+            errors.push(format!(
+                "{key} = \"{pattern}\" must contain {{day}} once in the file name, after {{id}}"
+            ));
+        }
     }
 }
 
@@ -335,8 +374,12 @@ impl Registry {
                     volumes,
                     lesion_masks,
                     lung_masks,
+                    series,
                     ..
                 } => {
+                    if let Some(s) = series {
+                        check_series(&mut e, &k, s);
+                    }
                     check_pattern(&mut e, format!("{k}.source.volumes"), volumes);
                     check_pattern(&mut e, format!("{k}.source.lesion_masks"), lesion_masks);
                     if let Some(l) = lung_masks {

@@ -157,6 +157,28 @@ fn prepare_scan(
     Ok((kept, depth.div_ceil(stride)))
 }
 
+/// A series' scans, prepared for evaluation, with their days.
+fn series_scans(
+    scans: &[tessera_data::SeriesScan],
+    profile: &Profile,
+) -> Result<Vec<(u32, TestScan)>, ExpError> {
+    scans
+        .par_iter()
+        .map(|s| {
+            let (slices, volume_slices) =
+                prepare_scan(&s.files, profile, profile.eval_slice_stride)?;
+            Ok((
+                s.day,
+                TestScan {
+                    patient: s.files.id.clone(),
+                    slices,
+                    volume_slices,
+                },
+            ))
+        })
+        .collect()
+}
+
 impl Cohorts {
     /// Writes the registry's synthetic cohorts under `data_root` if they are not there
     /// yet (resumable), then prepares every slice the run needs.
@@ -184,7 +206,7 @@ impl Cohorts {
                 external: spec.role == Role::External,
                 scans,
             });
-            if spec.is_synthetic() {
+            let found = if spec.is_synthetic() {
                 let path = cohort_dir(spec, &root).join("manifest.json");
                 let manifest: CohortManifest = std::fs::read_to_string(&path)
                     .ok()
@@ -192,28 +214,16 @@ impl Cohorts {
                     .ok_or_else(|| {
                         ExpError::Data(format!("{}: unreadable manifest", path.display()))
                     })?;
-                for (patient, scans) in manifest.longitudinal {
-                    let scans = scans
-                        .par_iter()
-                        .map(|s| {
-                            let (slices, volume_slices) =
-                                prepare_scan(&s.files, profile, profile.eval_slice_stride)?;
-                            Ok((
-                                s.day,
-                                TestScan {
-                                    patient: s.files.id.clone(),
-                                    slices,
-                                    volume_slices,
-                                },
-                            ))
-                        })
-                        .collect::<Result<Vec<_>, ExpError>>()?;
-                    series.push(Series {
-                        cohort: spec.id.clone(),
-                        patient,
-                        scans,
-                    });
-                }
+                manifest.longitudinal
+            } else {
+                tessera_data::locate_series(&files).map_err(data_error)?
+            };
+            for (patient, scans) in found {
+                series.push(Series {
+                    cohort: spec.id.clone(),
+                    patient,
+                    scans: series_scans(&scans, profile)?,
+                });
             }
         }
         Ok(Self {
