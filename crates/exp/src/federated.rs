@@ -14,7 +14,7 @@ use tessera_train::{DetectorTrainer, TrainError};
 use crate::arms::{ArmInputs, RoundLog, partition, round_config, trainer};
 use crate::audit::{ArmSite, PrivacyAudit};
 use crate::error::ExpError;
-use crate::spec::{ArmProtocol, FederatedArm, Transport};
+use crate::spec::{FederatedArm, Transport};
 use crate::transport::{self, ProcessContext};
 
 /// A federation in progress, whatever its transport.
@@ -190,7 +190,6 @@ pub fn train_federated(
     let Some(protocol) = arm.protocol.fl() else {
         return train_float(inputs, arm);
     };
-    debug_assert!(arm.protocol != ArmProtocol::Float);
     let (profile, cohorts, seed) = (inputs.profile, inputs.cohorts, inputs.seed);
     let (session, dir) = (inputs.session, inputs.dir);
     let parts = partition(cohorts, arm.sites, arm.heterogeneity, seed)?;
