@@ -305,8 +305,9 @@ fn privacy(trust: &Trust, rounds: &[&RoundFacts], ctx: &mut Ctx, out: &mut SiteA
             }
             continue;
         };
-        rhos.push(dp.rho);
-        let eps = tessera_dp::accounting::epsilon(&rhos, dp.delta).unwrap_or(f64::INFINITY);
+        rhos.push((dp.rho, dp.sampling_rate));
+        let eps = tessera_dp::accounting::composed_epsilon(&rhos, dp.delta)
+            .map_or(f64::INFINITY, |(eps, _)| eps);
         if (eps - dp.epsilon_after).abs() > 1e-6 * eps.max(1.0) {
             ctx.find(
                 None,

@@ -462,6 +462,7 @@ fn an_understated_epsilon_a_spent_budget_and_too_little_noise_are_found() {
                 // Round 4 claims half the ε it spent.
                 epsilon_after: if f.round == 4 { eps / 2.0 } else { eps },
                 delta,
+                sampling_rate: 1.0,
             });
             vec![Entry::Round(f)]
         }

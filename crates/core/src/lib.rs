@@ -142,6 +142,10 @@ pub struct LocalUpdate {
     pub samples: u64,
     /// Mean training loss over the local steps.
     pub mean_loss: f32,
+    /// With the patient privacy unit: each sampled patient's parameters after training
+    /// from the round's start on that patient's data alone (then `parameters` is the
+    /// start). Empty otherwise.
+    pub patients: Vec<Vec<f32>>,
 }
 
 /// Site-side training, implemented by the tch trainer and by test doubles.
@@ -159,6 +163,24 @@ pub trait LocalTrainer {
         start: &[f32],
         config: &LocalTrainingConfig,
     ) -> Result<LocalUpdate, Self::Error>;
+
+    /// Patients this site holds, for the patient privacy unit (0: it has none).
+    fn patients(&self) -> usize {
+        0
+    }
+
+    /// Trains once for each patient in `chosen` (indices below [`Self::patients`]), from
+    /// `start` on that patient's data alone, and returns each patient's parameters in
+    /// `chosen`'s order. `None`: this trainer cannot train per patient.
+    fn train_patients(
+        &mut self,
+        start: &[f32],
+        config: &LocalTrainingConfig,
+        chosen: &[usize],
+    ) -> Option<Result<Vec<Vec<f32>>, Self::Error>> {
+        let _ = (start, config, chosen);
+        None
+    }
 }
 
 /// One site's contribution in plain text: its delta and its weight.

@@ -42,11 +42,13 @@ pub enum Purpose {
     Session,
     /// Privacy-audit canaries: their directions and secret inclusion coins.
     Canary,
+    /// A site's secret Poisson sample of its patients (the patient privacy unit).
+    Sampling,
 }
 
 impl Purpose {
     /// Every purpose (for tests that check they are distinct).
-    pub const ALL: [Purpose; 13] = [
+    pub const ALL: [Purpose; 14] = [
         Purpose::SiteRoot,
         Purpose::Identity,
         Purpose::SecAgg,
@@ -60,6 +62,7 @@ impl Purpose {
         Purpose::Workload,
         Purpose::Session,
         Purpose::Canary,
+        Purpose::Sampling,
     ];
 
     fn label(self) -> &'static [u8] {
@@ -77,6 +80,7 @@ impl Purpose {
             Purpose::Workload => b"workload",
             Purpose::Session => b"session",
             Purpose::Canary => b"canary",
+            Purpose::Sampling => b"sampling",
         }
     }
 }

@@ -33,6 +33,7 @@ fn pipeline(c: &mut Criterion) {
             delta: 1e-5,
             rounds: 20,
             l2_clip: 1.0,
+            ..Default::default()
         };
         let p = plan(&cfg, shape).expect("feasible plan");
         eprintln!(
@@ -51,6 +52,7 @@ fn pipeline(c: &mut Criterion) {
             max_weight: 1000,
             rotation_seed: [1; 32],
             site_noise: p.site_noise,
+            unit: Default::default(),
         })
         .expect("codec");
         let mut rng = ChaCha20Rng::from_seed([2; 32]);

@@ -96,6 +96,21 @@ pub fn epsilon(rhos: &[f64], delta: f64) -> Result<f64, DpError> {
     Ok(composed.map(&1.0)?.epsilon(delta)?)
 }
 
+/// ε at `delta` of rounds given as (ρ, Poisson sampling rate), with the accountant
+/// used: OpenDP's zCDP conversion while no round samples, Rényi DP with amplification
+/// by subsampling ([`crate::subsampled`]) once one does. Ledgers and auditors both
+/// recompute ε with this.
+pub fn composed_epsilon(rounds: &[(f64, f64)], delta: f64) -> Result<(f64, &'static str), DpError> {
+    if rounds.iter().all(|&(_, q)| q >= 1.0) {
+        let rhos: Vec<f64> = rounds.iter().map(|&(rho, _)| rho).collect();
+        return Ok((epsilon(&rhos, delta)?, "zcdp"));
+    }
+    Ok((
+        crate::subsampled::epsilon(rounds, delta),
+        SUBSAMPLED_ACCOUNTANT,
+    ))
+}
+
 /// The largest total ρ whose (ε, δ) conversion stays within `target` ε.
 pub fn rho_budget(target: f64, delta: f64) -> Result<f64, DpError> {
     let (mut lo, mut hi) = (0.0f64, target.max(1.0));
@@ -133,9 +148,19 @@ pub struct LedgerEntry {
     /// coordinator's σ (central).
     pub noise: f64,
     pub rho: f64,
+    /// Poisson sampling rate of the privacy unit this round (1: no amplification).
+    #[serde(default = "full_rate")]
+    pub sampling_rate: f64,
     /// ε at the ledger's δ after this round.
     pub cumulative_epsilon: f64,
 }
+
+fn full_rate() -> f64 {
+    1.0
+}
+
+/// The accountant of rounds with secret Poisson sampling (see [`crate::subsampled`]).
+pub const SUBSAMPLED_ACCOUNTANT: &str = "rdp-subsampled";
 
 fn zcdp() -> String {
     "zcdp".into()
@@ -186,9 +211,38 @@ impl Ledger {
         noise: f64,
         rho: f64,
     ) -> Result<&LedgerEntry, DpError> {
-        let mut rhos: Vec<f64> = self.entries.iter().map(|e| e.rho).collect();
-        rhos.push(rho);
-        let next = epsilon(&rhos, self.delta)?;
+        self.charge_sampled(round, guaranteed_contributors, noise, rho, 1.0)
+    }
+
+    /// ε of the entries and one more round, with the accountant that gave it.
+    fn epsilon_with(&self, rho: f64, sampling_rate: f64) -> Result<(f64, &'static str), DpError> {
+        let mut rounds: Vec<(f64, f64)> = self
+            .entries
+            .iter()
+            .map(|e| (e.rho, e.sampling_rate))
+            .collect();
+        rounds.push((rho, sampling_rate));
+        composed_epsilon(&rounds, self.delta)
+    }
+
+    /// [`Self::charge`] for a round that Poisson-samples its privacy units at
+    /// `sampling_rate` with secret randomness.
+    pub fn charge_sampled(
+        &mut self,
+        round: u64,
+        guaranteed_contributors: usize,
+        noise: f64,
+        rho: f64,
+        sampling_rate: f64,
+    ) -> Result<&LedgerEntry, DpError> {
+        if !(sampling_rate > 0.0 && sampling_rate <= 1.0) {
+            return Err(DpError::BadParameter {
+                name: "sampling_rate",
+                value: sampling_rate,
+                expected: "in (0, 1]",
+            });
+        }
+        let (next, accountant) = self.epsilon_with(rho, sampling_rate)?;
         // A relative slack of 1e-9 absorbs the bisection of the planner.
         if next > self.target_epsilon * (1.0 + 1e-9) {
             return Err(DpError::BudgetExhausted {
@@ -199,11 +253,13 @@ impl Ledger {
                 delta: self.delta,
             });
         }
+        self.accountant = accountant.into();
         self.entries.push(LedgerEntry {
             round,
             guaranteed_contributors,
             noise,
             rho,
+            sampling_rate,
             cumulative_epsilon: next,
         });
         Ok(self.entries.last().expect("just pushed"))

@@ -61,6 +61,26 @@ pub struct PrivateCodecSpec {
     /// Public per-round randomness for the rotation.
     pub rotation_seed: [u8; 32],
     pub site_noise: SiteNoise,
+    /// What one privacy unit is: a site's whole update, or one patient's contribution.
+    #[serde(default)]
+    pub unit: Unit,
+}
+
+/// The privacy unit a codec protects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unit {
+    /// One site's update is clipped to c and weighted; neighbours differ by one site.
+    #[default]
+    Site,
+    /// Each site sums the clipped contributions of the patients it sampled (each with
+    /// probability `sampling_rate`, secretly); the coordinator divides the sum by the
+    /// fixed `denominator` (the expected number of sampled patients), so no count is
+    /// released. Neighbours differ by one patient.
+    Patient {
+        sampling_rate: f64,
+        denominator: f64,
+    },
 }
 
 /// L2 and L1 sensitivity of the integer sum to one site.
@@ -81,6 +101,21 @@ pub fn rounding_bound(scaled_clip: f64, padded_dim: usize) -> f64 {
     a.min(b)
 }
 
+/// Sensitivity of the integer sum to one patient, whose clipped contribution (c/γ in
+/// grid units) joins a site's sum before that sum is randomly rounded once. Coupling the
+/// rounding's uniforms, ⌊s + x + u⌋ − ⌊s + u⌋ differs from x by less than 1 in every
+/// coordinate, so the integer sum moves by at most c/γ + √m in L2 for every draw of u;
+/// Rényi divergence is jointly quasi-convex, so the mixture over u keeps that bound.
+/// A relative 1e-9 absorbs floating-point error in the clipping and rotation.
+pub fn patient_sensitivity(scaled_clip: f64, padded_dim: usize) -> Sensitivity {
+    let bound = scaled_clip * (1.0 + 1e-9) + (padded_dim as f64).sqrt();
+    let l2 = bound.powi(2).floor().sqrt();
+    Sensitivity {
+        l2,
+        l1: ((padded_dim as f64).sqrt() * l2).min(l2 * l2),
+    }
+}
+
 /// Sensitivity of the integer sum for clip c/γ in m dimensions.
 pub fn sensitivity(scaled_clip: f64, padded_dim: usize) -> Sensitivity {
     let l2 = rounding_bound(scaled_clip, padded_dim)
@@ -91,6 +126,28 @@ pub fn sensitivity(scaled_clip: f64, padded_dim: usize) -> Sensitivity {
         l2,
         l1: ((padded_dim as f64).sqrt() * l2).min(l2 * l2),
     }
+}
+
+/// The update's length and finiteness.
+fn check_update(update: &[f32], dim: usize) -> Result<(), DpError> {
+    if update.len() != dim {
+        return Err(EncodingError::WrongLength {
+            got: update.len(),
+            expected: dim,
+        }
+        .into());
+    }
+    if let Some((index, &value)) = update.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(EncodingError::NonFinite { index, value }.into());
+    }
+    Ok(())
+}
+
+/// ⌊v⌋ + Bernoulli(v − ⌊v⌋): unbiased rounding to an integer.
+fn randomised_round<R: CryptoRng + ?Sized>(v: f64, rng: &mut R) -> i64 {
+    let floor = v.floor();
+    let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    floor as i64 + i64::from(u < v - floor)
 }
 
 enum Noise {
@@ -139,6 +196,20 @@ impl PrivateCodec {
             value: f64::from(spec.bits),
             expected: "between 8 and 32",
         })?;
+        if let Unit::Patient {
+            sampling_rate,
+            denominator,
+        } = spec.unit
+        {
+            if !(sampling_rate > 0.0 && sampling_rate <= 1.0) {
+                return Err(DpError::BadParameter {
+                    name: "unit.sampling_rate",
+                    value: sampling_rate,
+                    expected: "in (0, 1]",
+                });
+            }
+            positive("unit.denominator", denominator)?;
+        }
         if spec.max_sites == 0 || spec.max_weight == 0 {
             return Err(DpError::BadParameter {
                 name: "max_sites or max_weight",
@@ -179,7 +250,48 @@ impl PrivateCodec {
     }
 
     pub fn sensitivity(&self) -> Sensitivity {
-        sensitivity(self.spec.l2_clip / self.spec.gamma, self.rotation.padded())
+        let scaled = self.spec.l2_clip / self.spec.gamma;
+        match self.spec.unit {
+            Unit::Site => sensitivity(scaled, self.rotation.padded()),
+            Unit::Patient { .. } => patient_sensitivity(scaled, self.rotation.padded()),
+        }
+    }
+
+    /// Encodes one site's sampled patients: each contribution is clipped to c in L2 and
+    /// the clipped vectors summed; the sum is rotated, scaled by 1/γ, randomly rounded
+    /// once, noised and wrapped. The weight digits carry 1 (the site took part, which is
+    /// public); how many patients were sampled is not sent.
+    pub fn encode_contributions<R: CryptoRng + ?Sized>(
+        &self,
+        contributions: &[Vec<f32>],
+        rng: &mut R,
+    ) -> Result<PlainVector, DpError> {
+        if self.spec.unit == Unit::Site {
+            return Err(DpError::Infeasible(
+                "per-patient contributions need a codec whose unit is \"patient\"".into(),
+            ));
+        }
+        let mut sum = vec![0f64; self.spec.dim];
+        for c in contributions {
+            check_update(c, self.spec.dim)?;
+            let norm = c.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+            let scale = if norm > self.spec.l2_clip {
+                self.spec.l2_clip / norm
+            } else {
+                1.0
+            };
+            for (s, &v) in sum.iter_mut().zip(c) {
+                *s += f64::from(v) * scale;
+            }
+        }
+        let rotated = self.rotation.forward_f64(&sum);
+        let values: Vec<i64> = rotated
+            .iter()
+            .map(|v| randomised_round(v / self.spec.gamma, rng))
+            .collect();
+        let mut words: Vec<u32> = self.add_noise(values, rng);
+        self.weights.push(1, &mut words);
+        Ok(PlainVector::new(self.modulus, words))
     }
 
     /// Encodes one site's update and weight, noise included.
@@ -189,6 +301,13 @@ impl PrivateCodec {
         weight: u64,
         rng: &mut R,
     ) -> Result<PlainVector, DpError> {
+        if self.spec.unit != Unit::Site {
+            return Err(DpError::Infeasible(
+                "a codec whose unit is \"patient\" encodes per-patient contributions, not a \
+                 site's update"
+                    .into(),
+            ));
+        }
         let values = self.round(update, weight, rng)?;
         let mut words: Vec<u32> = self.add_noise(values, rng);
         self.weights.push(weight, &mut words);
@@ -202,22 +321,13 @@ impl PrivateCodec {
         weight: u64,
         rng: &mut R,
     ) -> Result<Vec<i64>, DpError> {
-        if update.len() != self.spec.dim {
-            return Err(EncodingError::WrongLength {
-                got: update.len(),
-                expected: self.spec.dim,
-            }
-            .into());
-        }
+        check_update(update, self.spec.dim)?;
         if weight > self.spec.max_weight {
             return Err(EncodingError::WeightTooLarge {
                 weight,
                 max: self.spec.max_weight,
             }
             .into());
-        }
-        if let Some((index, &value)) = update.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(EncodingError::NonFinite { index, value }.into());
         }
         let rotated = self.rotation.forward(update);
         let norm = rotated.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -232,9 +342,7 @@ impl PrivateCodec {
         for _ in 0..MAX_ROUNDING_ATTEMPTS {
             let mut norm_sq: u128 = 0;
             for (r, &v) in rounded.iter_mut().zip(&scaled) {
-                let floor = v.floor();
-                let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-                *r = floor as i64 + i64::from(u < v - floor);
+                *r = randomised_round(v, rng);
                 norm_sq += u128::from(r.unsigned_abs()).pow(2);
             }
             if norm_sq <= self.norm_bound_sq {
@@ -313,7 +421,10 @@ impl PrivateCodec {
             .collect();
         perturb(&mut signed);
         let rotated = signed.iter().map(|&v| v as f64 * self.spec.gamma).collect();
-        let factor = self.spec.max_weight as f64 / total_weight as f64;
+        let factor = match self.spec.unit {
+            Unit::Site => self.spec.max_weight as f64 / total_weight as f64,
+            Unit::Patient { denominator, .. } => 1.0 / denominator,
+        };
         let mean = self
             .rotation
             .inverse(rotated)
@@ -338,6 +449,7 @@ mod tests {
             max_weight: 10,
             rotation_seed: [9; 32],
             site_noise: noise,
+            unit: Unit::Site,
         }
     }
 

@@ -48,6 +48,22 @@ impl Mechanism {
     }
 }
 
+/// Whom the guarantee protects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivacyUnit {
+    /// One site's whole update (zero-out adjacency; participation and counts public).
+    #[default]
+    Site,
+    /// One patient: secret Poisson sampling of patients at every site, per-patient
+    /// clipping, a fixed denominator (see [`crate::codec::Unit::Patient`]).
+    Patient,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
 /// The `[dp]` settings of a federation or experiment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,8 +74,18 @@ pub struct DpConfig {
     pub delta: f64,
     /// Rounds the budget is planned for; a further round is refused.
     pub rounds: u64,
-    /// L2 clipping norm of each site's update.
+    /// L2 clipping norm of each site's update (unit `site`) or of each patient's
+    /// contribution (unit `patient`).
     pub l2_clip: f64,
+    #[serde(default)]
+    pub unit: PrivacyUnit,
+    /// Unit `patient`: the probability each patient is sampled in a round.
+    #[serde(default = "one")]
+    pub sampling_rate: f64,
+    /// Unit `patient`: patients enrolled across all sites (public; the fixed denominator
+    /// is `sampling_rate × patients`).
+    #[serde(default)]
+    pub patients: u64,
 }
 
 impl Default for DpConfig {
@@ -70,6 +96,9 @@ impl Default for DpConfig {
             delta: 1e-5,
             rounds: 10,
             l2_clip: 1.0,
+            unit: PrivacyUnit::Site,
+            sampling_rate: 1.0,
+            patients: 0,
         }
     }
 }
@@ -99,7 +128,32 @@ impl DpConfig {
         if !(self.l2_clip.is_finite() && self.l2_clip > 0.0) {
             return bad("dp.l2_clip", self.l2_clip, "positive and finite");
         }
-        Ok(())
+        match self.unit {
+            // Site selection is public: no amplification is claimed for it.
+            PrivacyUnit::Site if self.sampling_rate != 1.0 => bad(
+                "dp.sampling_rate",
+                self.sampling_rate,
+                "1 with unit = \"site\" (site selection is public; sample patients with unit = \"patient\")",
+            ),
+            PrivacyUnit::Patient if self.mechanism != Mechanism::Ddg => {
+                bad("dp.mechanism", 0.0, "\"ddg\" with unit = \"patient\"")
+            }
+            PrivacyUnit::Patient if !(self.sampling_rate > 0.0 && self.sampling_rate <= 1.0) => {
+                bad("dp.sampling_rate", self.sampling_rate, "in (0, 1]")
+            }
+            PrivacyUnit::Patient if self.patients == 0 => bad(
+                "dp.patients",
+                0.0,
+                "the number of patients enrolled across all sites (at least 1)",
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The fixed denominator of the patient unit: the expected number of sampled
+    /// patients.
+    pub fn denominator(&self) -> f64 {
+        self.sampling_rate * self.patients as f64
     }
 }
 
@@ -138,6 +192,8 @@ pub struct DpPlan {
     /// Standard deviation of the noise in one coordinate of the decoded sum, in update
     /// units, when only the guaranteed contributors take part.
     pub noise_std: f64,
+    /// Poisson sampling rate of the privacy unit (1 for the site unit).
+    pub sampling_rate: f64,
 }
 
 /// Plans one round of `config` for `shape`.
@@ -163,8 +219,11 @@ pub fn plan(config: &DpConfig, shape: RoundShape) -> Result<DpPlan, DpError> {
             (shape.sites as f64 * 4.0).log2().ceil() + 8.0
         )));
     }
-    let rho = rho_budget(config.epsilon, config.delta)? / config.rounds as f64;
     let m = shape.dim.max(1).next_power_of_two();
+    if config.unit == PrivacyUnit::Patient {
+        return crate::plan_patient::plan(config, shape, m);
+    }
+    let rho = rho_budget(config.epsilon, config.delta)? / config.rounds as f64;
     let at = |gamma: f64| candidate(config, shape, rho, m, gamma);
     // The coarsest grid considered puts the clipping norm at 2^8 grid units; past that
     // the rounding alone dominates the signal.
@@ -272,6 +331,7 @@ fn candidate(
             rho: actual,
             wrap_probability,
             noise_std: gamma * total_var.sqrt(),
+            sampling_rate: 1.0,
         },
         wrap_probability,
         wrap_variance: variance,
@@ -295,7 +355,10 @@ pub fn wrap_bound(
 }
 
 /// The smallest grid ratio ≥ `start` (growing by 0.1%) that passes `ok`.
-fn bump(start: Ratio, ok: impl Fn(f64) -> Result<bool, DpError>) -> Result<Ratio, DpError> {
+pub(crate) fn bump(
+    start: Ratio,
+    ok: impl Fn(f64) -> Result<bool, DpError>,
+) -> Result<Ratio, DpError> {
     let mut sigma = start;
     for _ in 0..20_000 {
         if ok(sigma.to_f64())? {
@@ -328,6 +391,7 @@ mod tests {
             delta: 1e-5,
             rounds: 20,
             l2_clip: 1.0,
+            ..DpConfig::default()
         }
     }
 

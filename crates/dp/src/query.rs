@@ -6,7 +6,8 @@
 //!   subsampling, connect-the-dots with Poisson subsampling. Gaussian only.
 //! - `rdp`: Rényi DP of the (Poisson-subsampled) Gaussian at integer orders 2–256
 //!   (Mironov, Talwar and Zhang 2019), converted with Canonne, Kamath and Steinke's
-//!   bound. Gaussian only.
+//!   bound; for the sum of discrete Gaussians and Skellam, the general Poisson bound on
+//!   their zCDP curve ([`crate::subsampled`]).
 //! - `zcdp`: ρ composed and converted by OpenDP; the only form for the sum of discrete
 //!   Gaussians (Kairouz, Liu and Steinke 2021, Prop. 14) and for Skellam. No subsampling.
 //! - `best`: the least of those that apply (every one is an upper bound).
@@ -131,9 +132,8 @@ fn subsampled_gaussian_rdp(z: f64, q: f64, alpha: u32) -> f64 {
 /// RDP α/(2z²) holds at every real order (1.1–10.9 by 0.1, then 12–63, 128, 256, 512);
 /// with it the binomial expansion needs integer orders (2–256).
 fn rdp_epsilon(z: f64, q: f64, rounds: u64, delta: f64) -> f64 {
-    let convert = |a: f64, rdp: f64| {
-        rounds as f64 * rdp + ((a - 1.0) / a).ln() - (delta.ln() + a.ln()) / (a - 1.0)
-    };
+    let convert =
+        |a: f64, rdp: f64| crate::subsampled::rdp_to_epsilon(a, rounds as f64 * rdp, delta);
     let eps = if q == 1.0 {
         let fractional = (1..100).map(|x| 1.0 + f64::from(x) / 10.0);
         let whole = (12..64).chain([128, 256, 512]).map(f64::from);
@@ -177,12 +177,20 @@ fn one(q: &Query, accountant: Accountant) -> Result<f64, DpError> {
             gaussian_epsilon(z, q.sampling_rate, q.rounds, q.delta, DEFAULT_STEP)
         }
         (Accountant::Rdp, Some(z)) => Ok(rdp_epsilon(z, q.sampling_rate, q.rounds, q.delta)),
-        (Accountant::Pld | Accountant::Rdp, None) => Err(bad(format!(
-            "the {} accountant covers the Gaussian mechanism only; use zcdp for this noise",
-            accountant.name()
-        ))),
+        // The general Poisson-subsampling bound on the mechanism's zCDP curve.
+        (Accountant::Rdp, None) => Ok(crate::subsampled::epsilon_repeated(
+            round_rho(q.noise)?,
+            q.sampling_rate,
+            q.rounds,
+            q.delta,
+        )),
+        (Accountant::Pld, None) => Err(bad(
+            "the pld accountant covers the Gaussian mechanism only; use rdp or zcdp for this \
+             noise"
+                .into(),
+        )),
         (Accountant::Zcdp, _) if q.sampling_rate < 1.0 => Err(bad(
-            "zcdp here takes no subsampling amplification; use pld or rdp (Gaussian), or \
+            "zcdp here takes no subsampling amplification; use rdp, pld (Gaussian), or \
              sampling rate 1"
                 .into(),
         )),

@@ -41,9 +41,16 @@ impl Rotation {
 
     /// H·D·x / √m of `x` zero-padded to m coordinates.
     pub fn forward(&self, x: &[f32]) -> Vec<f64> {
+        self.forward_iter(x.iter().map(|&v| f64::from(v)))
+    }
+
+    /// [`Self::forward`] of a vector held in f64.
+    pub fn forward_f64(&self, x: &[f64]) -> Vec<f64> {
+        self.forward_iter(x.iter().copied())
+    }
+
+    fn forward_iter(&self, x: impl Iterator<Item = f64>) -> Vec<f64> {
         let mut y: Vec<f64> = x
-            .iter()
-            .map(|&v| f64::from(v))
             .chain(std::iter::repeat(0.0))
             .take(self.padded())
             .zip(&self.signs)

@@ -88,6 +88,17 @@ impl CodecSpec {
         }
     }
 
+    /// Poisson sampling rate of patients when the codec's unit is the patient.
+    pub fn patient_sampling(&self) -> Option<f64> {
+        match self {
+            CodecSpec::Private(PrivateCodecSpec {
+                unit: crate::codec::Unit::Patient { sampling_rate, .. },
+                ..
+            }) => Some(*sampling_rate),
+            _ => None,
+        }
+    }
+
     /// Largest site weight the codec can carry.
     pub fn max_weight(&self) -> u64 {
         match self {
@@ -116,6 +127,21 @@ impl Codec {
             Codec::FixedPoint(c) => c.encode(update, weight, rng)?,
             Codec::Private(c) => c.encode(update, weight, rng)?,
         })
+    }
+
+    /// Encodes one site's sampled patients' contributions (private codec with the
+    /// patient unit only).
+    pub fn encode_contributions<R: CryptoRng + ?Sized>(
+        &self,
+        contributions: &[Vec<f32>],
+        rng: &mut R,
+    ) -> Result<PlainVector, DpError> {
+        match self {
+            Codec::FixedPoint(_) => Err(DpError::Infeasible(
+                "per-patient contributions need the private codec (dp.unit = \"patient\")".into(),
+            )),
+            Codec::Private(c) => c.encode_contributions(contributions, rng),
+        }
     }
 
     /// Decodes the weighted mean from an unmasked sum; with `central`, the coordinator's

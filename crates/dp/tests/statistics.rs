@@ -138,6 +138,7 @@ fn config(mechanism: Mechanism) -> DpConfig {
         delta: 1e-5,
         rounds: 10,
         l2_clip: 1.0,
+        ..Default::default()
     }
 }
 
@@ -152,6 +153,7 @@ fn codec_for(mechanism: Mechanism, shape: RoundShape, seed: u8) -> (PrivateCodec
         max_weight: 1,
         rotation_seed: [seed; 32],
         site_noise: p.site_noise,
+        unit: Default::default(),
     })
     .unwrap();
     (codec, p.noise_std)
@@ -262,6 +264,7 @@ fn wrap_around_stays_within_its_bound() {
         max_weight: 1,
         rotation_seed: [8; 32],
         site_noise: SiteNoise::DiscreteGaussian { sigma },
+        unit: Default::default(),
     })
     .unwrap();
     let update: Vec<f32> = (0..dim)

@@ -118,6 +118,7 @@ fn train_float(inputs: &ArmInputs<'_>, arm: &FederatedArm) -> Result<FederatedOu
             strategy: arm.strategy.clone(),
             config: training,
             private: false,
+            patient_sampling: None,
         };
         // Sites train at once, one thread each, as in a federation (their trainers
         // were built one after another, so the models do not depend on the order).

@@ -194,6 +194,7 @@ pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Ar
                 // Set to the profile's rounds when the arm runs.
                 rounds: 1,
                 l2_clip,
+                ..DpConfig::default()
             }
         };
         dp.validate()

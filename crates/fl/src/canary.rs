@@ -148,6 +148,7 @@ impl LocalTrainer for CanaryTrainer {
                 .collect(),
             samples: 1,
             mean_loss: 0.0,
+            patients: Vec::new(),
         })
     }
 }

@@ -421,8 +421,7 @@ pub async fn run_site<T: LocalTrainer>(
                 SiteAction::Train(request) => {
                     // Training is CPU-bound and synchronous: let the runtime move other
                     // tasks away meanwhile.
-                    let result = tokio::task::block_in_place(|| request.run(trainer))
-                        .map_err(|e| e.to_string());
+                    let result = tokio::task::block_in_place(|| request.run_any(trainer));
                     machine.handle(SiteEvent::Trained(result));
                 }
                 SiteAction::Send(msg) => match egress.send(&msg).await {

@@ -92,6 +92,7 @@ pub(crate) fn round_facts(
         rho: e.rho,
         epsilon_after: e.cumulative_epsilon,
         delta,
+        sampling_rate: e.sampling_rate,
     });
     Ok(RoundFacts {
         session: session_hex(&p.session.0),

@@ -70,6 +70,7 @@ impl LocalTrainer for KnownUpdateTrainer {
             parameters: trained,
             samples: self.samples,
             mean_loss: 0.0,
+            patients: Vec::new(),
         })
     }
 }
@@ -101,6 +102,7 @@ mod tests {
                     strategy: strategy.clone(),
                     config: config.clone(),
                     private: round == 2,
+                    patient_sampling: None,
                 };
                 let a = request.run(&mut kept).unwrap();
                 let b = request.run(&mut stateless).unwrap();

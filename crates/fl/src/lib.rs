@@ -35,6 +35,7 @@ mod error;
 pub mod facts;
 mod known;
 pub mod links;
+mod local;
 pub mod loopback;
 pub mod memory;
 mod planning;
@@ -54,10 +55,11 @@ pub use egress::{Egress, SiteInbox, SiteLink};
 pub use error::FlError;
 pub use known::KnownUpdateTrainer;
 pub use links::{LinkEvent, Traffic, accept_sites, open_link, reconnecting_link};
+pub use local::{PatientSampling, PatientTrainingError, TrainRequest};
 pub use planning::{Preflight, preflight};
 pub use policy::{Refusal, SitePolicy};
 pub use report::{AbortCause, RejectReason, Rejection, RoundReport};
 pub use site::{
     EntropySource, SiteAction, SiteEvent, SiteFailure, SiteIdentity, SiteMachine, SiteProblem,
-    SiteSummary, TrainRequest,
+    SiteSummary,
 };

@@ -4,7 +4,9 @@
 //! that settings no round could satisfy are refused up front.
 
 use tessera_core::seed::{Purpose, RootSeed, SeedContext};
-use tessera_dp::{CodecSpec, DpPlan, FixedPointSpec, Mechanism, PrivateCodecSpec, RoundShape};
+use tessera_dp::{
+    CodecSpec, DpPlan, FixedPointSpec, Mechanism, PrivacyUnit, PrivateCodecSpec, RoundShape, Unit,
+};
 use tessera_secagg::plan::{PlanRequest, plan_secagg, plan_secagg_plus};
 use tessera_secagg::{FixedPoint, GraphSpec, Modulus};
 
@@ -91,6 +93,13 @@ pub(crate) fn codec_spec(
         max_weight: c.codec_max_weight(),
         rotation_seed: public_seed(&config.session, Purpose::Rotation, round),
         site_noise: plan.site_noise,
+        unit: match c.dp.unit {
+            PrivacyUnit::Site => Unit::Site,
+            PrivacyUnit::Patient => Unit::Patient {
+                sampling_rate: c.dp.sampling_rate,
+                denominator: c.dp.denominator(),
+            },
+        },
     };
     Ok((CodecSpec::Private(spec), Some(plan)))
 }
@@ -146,6 +155,7 @@ mod tests {
             delta: 1e-5,
             rounds: 10,
             l2_clip: 1.0,
+            ..Default::default()
         };
         let honest = FederationConfig::builder([0; 16], "ck")
             .codec(24, 1.0, 100)

@@ -195,7 +195,9 @@ impl SitePolicy {
 
     /// ρ of a round as this site accounts it: its codec's sensitivity, its noise share,
     /// and t − max_corrupt noise sources.
-    pub fn round_rho(&self, start: &RoundStart) -> Result<(f64, usize, f64), Refusal> {
+    /// The round's noise, the contributors it is accounted for, its ρ and the patient
+    /// sampling rate (1 for the site unit), from the codec the round carries.
+    pub fn round_rho(&self, start: &RoundStart) -> Result<(f64, usize, f64, f64), Refusal> {
         let refuse_with = |key: &'static str, reason: String| Refusal { key, reason };
         let CodecSpec::Private(spec) = &start.codec else {
             return Err(refuse_with(
@@ -224,7 +226,7 @@ impl SitePolicy {
                 ));
             }
         };
-        Ok((noise, n, rho))
+        Ok((noise, n, rho, start.codec.patient_sampling().unwrap_or(1.0)))
     }
 
     /// The site's own noise: the mechanism the codec asks for, and its standard

@@ -11,9 +11,8 @@ use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use tessera_core::Strategy;
 use tessera_core::seed::{Purpose, RootSeed, SeedContext};
-use tessera_core::{LayoutError, LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
+use tessera_core::{LayoutError, LocalUpdate, ParamLayout};
 use tessera_dp::{DpError, Ledger};
 use tessera_secagg::{
     ConfigError, IdentityKeyPair, MessageError, Phase, Roster, RoundConfig, Site, SiteError, SiteId,
@@ -21,6 +20,7 @@ use tessera_secagg::{
 use thiserror::Error;
 
 use crate::facts::round_facts;
+use crate::local::{PatientSampling, TrainRequest, encode_update};
 use crate::policy::{Refusal, SitePolicy};
 use crate::wire::{self, RoundStart, ToCoordinator, ToSite, WireError, WithdrawReason};
 use tessera_net::receipt::Receipt;
@@ -44,37 +44,6 @@ pub struct SiteIdentity {
     pub id: SiteId,
     pub identity: Arc<IdentityKeyPair>,
     pub roster: Arc<Roster>,
-}
-
-/// Local training the driver must run: start from the global model merged into the
-/// site's own (the strategy decides which entries stay local), then train.
-#[derive(Clone, Debug)]
-pub struct TrainRequest {
-    pub round: u64,
-    pub global: Vec<f32>,
-    pub strategy: Strategy,
-    pub config: LocalTrainingConfig,
-    /// A differentially private round: the site's normalisation statistics stay its own.
-    pub private: bool,
-}
-
-impl TrainRequest {
-    pub fn run<T: LocalTrainer>(&self, trainer: &mut T) -> Result<LocalUpdate, T::Error> {
-        let layout = trainer.layout();
-        // Where the strategy federates every entry, the site's own model plays no part.
-        if layout
-            .entries()
-            .iter()
-            .all(|e| self.strategy.is_federated(e.kind, self.private))
-        {
-            return trainer.train(&self.global, &self.config);
-        }
-        let local = trainer.parameters();
-        let from =
-            self.strategy
-                .merge_into_local(trainer.layout(), &local, &self.global, self.private);
-        trainer.train(&from, &self.config)
-    }
 }
 
 /// What the site has to tell the machine.
@@ -254,6 +223,15 @@ impl SiteMachine {
         }
     }
 
+    /// The secret seed of this round's patient sample (fresh at a deployed site).
+    fn sampling_seed(&mut self, start: &RoundStart) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        let ctx = SeedContext::session(start.params.session.0)
+            .site(self.who.id.0)
+            .round(start.params.round.0);
+        let root = self.round_root()?;
+        Some(zeroize::Zeroizing::new(root.derive(Purpose::Sampling, ctx)))
+    }
+
     /// Simulated dropouts: per round, the phase from which the site withdraws.
     pub fn with_dropouts(mut self, silent: BTreeMap<u64, Phase>) -> Self {
         self.silent = silent;
@@ -362,12 +340,23 @@ impl SiteMachine {
                 if let Err(e) = self.layout.check(&start.global) {
                     return self.abandon(round, SiteFailure::Model(e));
                 }
+                let patient_sampling = match start.codec.patient_sampling() {
+                    None => None,
+                    Some(rate) => match self.sampling_seed(&start) {
+                        Some(seed) => Some(PatientSampling { rate, seed }),
+                        None => {
+                            let e = "the operating system gave no randomness".to_string();
+                            return self.abandon(round, SiteFailure::Training(e));
+                        }
+                    },
+                };
                 self.actions.push_back(SiteAction::Train(TrainRequest {
                     round,
                     global: start.global.clone(),
                     strategy: start.strategy.clone(),
                     config: start.training.clone(),
                     private: start.is_private(),
+                    patient_sampling,
                 }));
                 self.state = State::Training(start);
             }
@@ -411,9 +400,9 @@ impl SiteMachine {
         let Some(ledger) = self.ledger.as_mut() else {
             return Ok(());
         };
-        let (noise, n, rho) = self.policy.round_rho(start)?;
+        let (noise, n, rho, rate) = self.policy.round_rho(start)?;
         ledger
-            .charge(start.params.round.0, n, noise, rho)
+            .charge_sampled(start.params.round.0, n, noise, rho, rate)
             .map(|_| ())
             .map_err(|e| Refusal {
                 key: "max_epsilon",
@@ -521,12 +510,6 @@ impl SiteMachine {
             let e = "the trained model holds non-finite values".to_string();
             return self.abandon(round, SiteFailure::Training(e));
         }
-        let delta = start.strategy.delta(
-            &self.layout,
-            &update.parameters,
-            &start.global,
-            start.is_private(),
-        );
         let ctx = SeedContext::session(start.params.session.0)
             .site(self.who.id.0)
             .round(round);
@@ -535,20 +518,9 @@ impl SiteMachine {
             return self.abandon(round, SiteFailure::Training(e));
         };
         let mut encoding = ChaCha20Rng::from_seed(root.derive(Purpose::Encoding, ctx));
-        // A codec whose largest weight is 1 means uniform weighting: every contributing
-        // site counts once.
-        let weight = if start.codec.max_weight() == 1 {
-            update.samples.min(1)
-        } else {
-            update.samples
-        };
-        let input = match start
-            .codec
-            .codec()
-            .and_then(|c| c.encode(&delta, weight, &mut encoding))
-        {
+        let input = match encode_update(&start, &self.layout, &update, &mut encoding) {
             Ok(v) => v,
-            Err(e) => return self.abandon(round, SiteFailure::Encoding(e)),
+            Err(e) => return self.abandon(round, e),
         };
         if !start.secure {
             self.send(

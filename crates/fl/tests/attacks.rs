@@ -328,6 +328,7 @@ fn attack_weaker_noise_refused() {
             delta: 1e-5,
             rounds: 3,
             l2_clip: 1.0,
+            ..Default::default()
         },
         ..config()
     };
@@ -371,6 +372,7 @@ fn a_site_refuses_rounds_past_its_own_budget() {
             delta: 1e-5,
             rounds: 3,
             l2_clip: 1.0,
+            ..Default::default()
         },
         ..config()
     };
@@ -430,6 +432,7 @@ fn attack_ledger_reset_by_a_weaker_policy_refused() {
             delta: 1e-5,
             rounds: 3,
             l2_clip: 1.0,
+            ..Default::default()
         },
         ..config()
     };

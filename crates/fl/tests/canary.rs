@@ -45,6 +45,7 @@ async fn audit(name: &str, mechanism: Mechanism, epsilon: f64) -> (f64, Option<f
             delta: DELTA,
             rounds: ROUNDS,
             l2_clip: CLIP,
+            ..Default::default()
         }
     } else {
         DpConfig::default()

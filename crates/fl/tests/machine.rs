@@ -300,6 +300,7 @@ fn the_privacy_charge_is_written_before_the_round_starts() {
             delta: 1e-5,
             rounds: 2,
             l2_clip: 0.1,
+            ..Default::default()
         },
         ..config()
     };

@@ -24,6 +24,7 @@ fn dp(mechanism: Mechanism) -> DpConfig {
         delta: 1e-5,
         rounds: 3,
         l2_clip: 0.1,
+        ..Default::default()
     }
 }
 

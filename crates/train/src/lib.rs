@@ -33,6 +33,7 @@
 //! federated; its buffers stay local).
 
 mod augment;
+mod finetune;
 mod kernels;
 mod loss;
 mod model;
@@ -40,11 +41,12 @@ mod params;
 mod trainer;
 
 pub use augment::{Augmentation, augment};
+pub use finetune::FineTuner;
 pub use kernels::{CPU_KERNEL_PINS, numeric_environment, pin_cpu_kernels};
 pub use loss::{
     DecodeConfig, Example, Losses, MASK_LOSS_WEIGHT, Targets, decode, losses, score_maps,
 };
-pub use model::{Detector, DetectorConfig, DetectorNet, HeadOutputs, STRIDE};
+pub use model::{Detector, DetectorConfig, DetectorNet, HeadOutputs, STRIDE, is_head};
 pub use params::{flatten, layout_of, unflatten};
 pub use trainer::{
     DetectorTrainer, Predictions, TrainError, TrainerConfig, VolumePrediction, infer_volume,

@@ -49,6 +49,38 @@ impl Targets {
         }
     }
 
+    /// The rows `index` (a 1-D Int64 tensor) of every target.
+    pub fn select(&self, index: &Tensor) -> Self {
+        Self {
+            images: self.images.index_select(0, index),
+            heat: self.heat.index_select(0, index),
+            regression: self.regression.index_select(0, index),
+            positive: self.positive.index_select(0, index),
+            mask: self.mask.index_select(0, index),
+        }
+    }
+
+    /// Targets stacked along the batch dimension.
+    pub fn cat(parts: &[Targets]) -> Self {
+        let field =
+            |f: fn(&Targets) -> &Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
+        Self {
+            images: field(|t| &t.images),
+            heat: field(|t| &t.heat),
+            regression: field(|t| &t.regression),
+            positive: field(|t| &t.positive),
+            mask: field(|t| &t.mask),
+        }
+    }
+
+    /// The targets without their images (for heads trained on cached features).
+    pub fn without_images(self) -> Self {
+        Self {
+            images: Tensor::zeros([self.heat.size()[0], 0], (Kind::Float, self.heat.device())),
+            ..self
+        }
+    }
+
     pub fn build(batch: &[Example], size: i64) -> Self {
         let g = size / STRIDE;
         let cells = (g * g) as usize;

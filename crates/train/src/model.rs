@@ -167,8 +167,18 @@ impl Detector {
     }
 }
 
-impl DetectorNet for Detector {
-    fn forward(&self, images: &Tensor, train: bool) -> HeadOutputs {
+impl Detector {
+    /// The three heads on fused stride-4 features.
+    pub fn heads(&self, p2: &Tensor, train: bool) -> HeadOutputs {
+        HeadOutputs {
+            heatmap: self.heatmap.forward_t(p2, train),
+            boxes: self.boxes.forward_t(p2, train),
+            mask: self.mask.forward_t(p2, train),
+        }
+    }
+
+    /// Backbone and pyramid: the fused stride-4 features the heads read.
+    pub fn features(&self, images: &Tensor, train: bool) -> Tensor {
         let mut x = self.stem.forward_t(images, train);
         let mut features = Vec::with_capacity(4);
         for stage in &self.stages {
@@ -182,11 +192,18 @@ impl DetectorNet for Detector {
             let size = lateral.size();
             p = lateral + p.upsample_nearest2d([size[2], size[3]], None, None);
         }
-        let p2 = p.apply(&self.smooth).relu();
-        HeadOutputs {
-            heatmap: self.heatmap.forward_t(&p2, train),
-            boxes: self.boxes.forward_t(&p2, train),
-            mask: self.mask.forward_t(&p2, train),
-        }
+        p.apply(&self.smooth).relu()
     }
+}
+
+impl DetectorNet for Detector {
+    fn forward(&self, images: &Tensor, train: bool) -> HeadOutputs {
+        let p2 = self.features(images, train);
+        self.heads(&p2, train)
+    }
+}
+
+/// Variables of the three heads (what private fine-tuning trains).
+pub fn is_head(name: &str) -> bool {
+    name.starts_with("head_")
 }

@@ -364,6 +364,7 @@ impl LocalTrainer for DetectorTrainer {
             parameters: flatten(&self.vs, &self.layout),
             samples: self.examples.len() as u64,
             mean_loss: (loss_sum / cfg.steps.max(1) as f64) as f32,
+            patients: Vec::new(),
         })
     }
 }

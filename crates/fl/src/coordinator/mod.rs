@@ -544,7 +544,13 @@ impl CoordinatorMachine {
             });
         };
         let entry = ledger
-            .charge(round, plan.guaranteed, plan.noise, plan.rho)?
+            .charge_sampled(
+                round,
+                plan.guaranteed,
+                plan.noise,
+                plan.rho,
+                plan.sampling_rate,
+            )?
             .clone();
         self.persist()?;
         Ok(entry)

@@ -170,7 +170,7 @@ impl Harness {
         while let Some(action) = machine.poll_action() {
             match action {
                 SiteAction::Train(req) => {
-                    let result = req.run(trainer).map_err(|e| e.to_string());
+                    let result = req.run_any(trainer);
                     machine.handle(SiteEvent::Trained(result));
                 }
                 SiteAction::Refuse { refusal, .. } => {

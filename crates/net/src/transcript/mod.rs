@@ -77,6 +77,17 @@ pub struct DpCharge {
     pub rho: f64,
     pub epsilon_after: f64,
     pub delta: f64,
+    /// Poisson sampling rate of the privacy unit (1: the site unit, no amplification).
+    #[serde(default = "full_rate", skip_serializing_if = "is_full_rate")]
+    pub sampling_rate: f64,
+}
+
+fn full_rate() -> f64 {
+    1.0
+}
+
+fn is_full_rate(q: &f64) -> bool {
+    *q == 1.0
 }
 
 /// The parameters a site obeyed in one round: what fixes the size of everything it

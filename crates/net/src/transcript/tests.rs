@@ -148,6 +148,7 @@ fn records_with_awkward_floats_verify() {
             rho: next(),
             epsilon_after: next(),
             delta: 1e-5,
+            sampling_rate: 1.0,
         };
         w.round(RoundFacts {
             session: "00".repeat(16),
