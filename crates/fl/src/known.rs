@@ -75,6 +75,61 @@ impl LocalTrainer for KnownUpdateTrainer {
     }
 }
 
+/// Patients whose known changes stand in for per-patient training: patient p moves
+/// every parameter by `steps[p]` (the patient privacy unit's test double). Training the
+/// whole site moves by the mean step.
+pub struct KnownPatientTrainer {
+    layout: ParamLayout,
+    steps: Vec<f32>,
+}
+
+impl KnownPatientTrainer {
+    pub fn new(dim: usize, steps: Vec<f32>) -> Result<Self, LayoutError> {
+        Ok(Self {
+            layout: KnownUpdateTrainer::layout_for(dim)?,
+            steps,
+        })
+    }
+}
+
+impl LocalTrainer for KnownPatientTrainer {
+    type Error = Infallible;
+
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    fn parameters(&self) -> Vec<f32> {
+        vec![0.0; self.layout.len()]
+    }
+
+    fn train(&mut self, start: &[f32], _: &LocalTrainingConfig) -> Result<LocalUpdate, Infallible> {
+        let mean = self.steps.iter().sum::<f32>() / self.steps.len().max(1) as f32;
+        Ok(LocalUpdate {
+            parameters: start.iter().map(|p| p + mean).collect(),
+            samples: self.steps.len() as u64,
+            mean_loss: 0.0,
+            patients: Vec::new(),
+        })
+    }
+
+    fn patients(&self) -> usize {
+        self.steps.len()
+    }
+
+    fn train_patients(
+        &mut self,
+        start: &[f32],
+        _: &LocalTrainingConfig,
+        chosen: &[usize],
+    ) -> Option<Result<Vec<Vec<f32>>, Infallible>> {
+        Some(Ok(chosen
+            .iter()
+            .map(|&p| start.iter().map(|v| v + self.steps[p]).collect())
+            .collect()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,7 @@ pub use coordinator::{Action, CoordinatorMachine, Event, TimerId};
 pub use driver::{Coordinator, SiteFiles, run_site};
 pub use egress::{Egress, SiteInbox, SiteLink};
 pub use error::FlError;
-pub use known::KnownUpdateTrainer;
+pub use known::{KnownPatientTrainer, KnownUpdateTrainer};
 pub use links::{LinkEvent, Traffic, accept_sites, open_link, reconnecting_link};
 pub use local::{PatientSampling, PatientTrainingError, TrainRequest};
 pub use planning::{Preflight, preflight};
