@@ -101,7 +101,7 @@ pub fn locate(spec: &CohortSpec, synthetic_root: &Path) -> Result<CohortFiles, D
     {
         let key = match spec.role {
             Role::TrainingSite => "train_patients + test_patients",
-            Role::External => "patients",
+            Role::External | Role::Public => "patients",
         };
         return Err(DataError::PatientCount {
             cohort: spec.id.clone(),
@@ -139,6 +139,7 @@ pub fn locate(spec: &CohortSpec, synthetic_root: &Path) -> Result<CohortFiles, D
     }
     let train_count = match spec.role {
         Role::TrainingSite => spec.train_patients.unwrap_or(0).min(patients.len()),
+        Role::Public => patients.len(),
         Role::External => 0,
     };
     let test = patients.split_off(train_count);
@@ -251,7 +252,7 @@ fn series_patients(spec: &CohortSpec, total: usize) -> Vec<usize> {
     };
     let first_test = match spec.role {
         Role::TrainingSite => spec.train_patients.unwrap_or(0),
-        Role::External => 0,
+        Role::External | Role::Public => 0,
     };
     (first_test..total).take(series.patients).collect()
 }

@@ -26,6 +26,9 @@ pub enum Role {
     TrainingSite,
     /// An external validation cohort (never trained on).
     External,
+    /// A public cohort (a stand-in for DeepLesion): every patient may be used to
+    /// pretrain a model before private training; it is never evaluated.
+    Public,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,7 +139,7 @@ impl CohortSpec {
     pub fn expected_patients(&self) -> Option<usize> {
         match self.role {
             Role::TrainingSite => Some(self.train_patients? + self.test_patients?),
-            Role::External => self.patients,
+            Role::External | Role::Public => self.patients,
         }
     }
 
@@ -252,10 +255,10 @@ impl Registry {
                         e.push(format!("{k}.patients is for external cohorts; use train_patients and test_patients"));
                     }
                 }
-                Role::External => {
+                Role::External | Role::Public => {
                     if c.train_patients.is_some() || c.test_patients.is_some() {
                         e.push(format!(
-                            "{k}: external cohorts take `patients`, not train/test counts"
+                            "{k}: external and public cohorts take `patients`, not train/test counts"
                         ));
                     }
                 }
@@ -356,6 +359,7 @@ impl Registry {
                         let held_out = match c.role {
                             Role::TrainingSite => c.test_patients.unwrap_or(0),
                             Role::External => c.expected_patients().unwrap_or(0),
+                            Role::Public => 0,
                         };
                         if l.patients > held_out {
                             e.push(format!(

@@ -436,6 +436,13 @@ pub fn run_arm(
             let predictor = ModelPredictor::new(profile, &outcome.model)?;
             (Some(outcome.model), Box::new(predictor))
         }
+        ArmPlan::Public(ft) => {
+            let params = crate::finetune::public_model(inputs, ft)?;
+            (
+                Some(params.clone()),
+                Box::new(ModelPredictor::new(profile, &params)?),
+            )
+        }
         ArmPlan::Ensemble { members, fusion } => {
             let predictors = members
                 .iter()

@@ -316,6 +316,7 @@ mod tests {
             transport: Transport::Memory,
             weighting: tessera_fl::Weighting::Samples,
             canaries: 0,
+            fine_tune: None,
         })
     }
 

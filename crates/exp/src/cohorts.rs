@@ -49,6 +49,8 @@ pub struct Series {
 
 pub struct Cohorts {
     pub hospitals: Vec<Hospital>,
+    /// Public cohorts (pretraining only; never evaluated).
+    pub public: Vec<Hospital>,
     pub tests: Vec<TestCohort>,
     pub series: Vec<Series>,
 }
@@ -190,10 +192,18 @@ impl Cohorts {
         let root = synthetic_root(data_root, profile);
         synthesize(registry, &root, profile.resolution).map_err(data_error)?;
         let mut hospitals = Vec::new();
+        let mut public = Vec::new();
         let mut tests = Vec::new();
         let mut series = Vec::new();
         for spec in &registry.cohorts {
             let files = locate(spec, &root).map_err(data_error)?;
+            if spec.role == Role::Public {
+                public.push(Hospital {
+                    id: spec.id.clone(),
+                    patients: training_patients(&files, profile)?,
+                });
+                continue;
+            }
             if spec.role == Role::TrainingSite {
                 hospitals.push(Hospital {
                     id: spec.id.clone(),
@@ -228,6 +238,7 @@ impl Cohorts {
         }
         Ok(Self {
             hospitals,
+            public,
             tests,
             series,
         })

@@ -188,6 +188,9 @@ pub fn train_federated(
     arm: &FederatedArm,
     ctx: &ProcessContext<'_>,
 ) -> Result<FederatedOutcome, ExpError> {
+    if let Some(ft) = &arm.fine_tune {
+        return crate::finetune::train_fine_tune(inputs, arm, ft);
+    }
     let Some(protocol) = arm.protocol.fl() else {
         return train_float(inputs, arm);
     };
@@ -331,7 +334,7 @@ pub fn train_federated(
 
 /// Runs the rounds left up to `last`; with `track`, also the global model's movement in
 /// each round (what a privacy audit scores).
-async fn run_rounds(
+pub(crate) async fn run_rounds(
     coordinator: &mut Coordinator,
     last: u64,
     track: bool,

@@ -52,6 +52,47 @@ fn check_float(
     }
 }
 
+/// Private fine-tuning federates the hospitals themselves, in this process, with every
+/// site in every round; the patient unit trains per patient, which only fine-tuning's
+/// trainer does.
+fn check_fine_tuning(
+    arm: &ArmFile,
+    dp: &DpConfig,
+    (sites, hospitals): (usize, usize),
+    (heterogeneity, dropout): (f64, f64),
+    protocol: ArmProtocol,
+    at: &str,
+) -> Result<(), ExpError> {
+    let patient = dp.unit == tessera_dp::PrivacyUnit::Patient;
+    if arm.fine_tune.is_none() {
+        return if patient {
+            invalid(format!(
+                "{at}.dp.unit = \"patient\" needs fine_tune (per-patient training is private \
+                 fine-tuning of a public model's heads)"
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    let problem = if sites != hospitals || heterogeneity != 1.0 {
+        Some(format!(
+            "sites = {hospitals} and heterogeneity = 1 (the hospitals themselves)"
+        ))
+    } else if dropout > 0.0 || arm.canaries.unwrap_or(0) > 0 {
+        Some("no dropout and no canaries".into())
+    } else if arm.transport.unwrap_or_default() != Transport::Memory {
+        Some("transport = \"memory\"".into())
+    } else if protocol == ArmProtocol::Float {
+        Some("a protocol other than \"float\"".into())
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => invalid(format!("{at}.fine_tune: private fine-tuning runs with {p}")),
+        None => Ok(()),
+    }
+}
+
 /// A privacy audit's canaries count once each (uniform weighting), join a secure
 /// federation in this process, and never drop out.
 fn check_canaries(
@@ -194,13 +235,24 @@ pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Ar
                 // Set to the profile's rounds when the arm runs.
                 rounds: 1,
                 l2_clip,
-                ..DpConfig::default()
+                unit: arm.dp.as_ref().map(|d| d.unit).unwrap_or_default(),
+                sampling_rate: arm.dp.as_ref().and_then(|d| d.sampling_rate).unwrap_or(1.0),
+                // Set to the training patients when the arm runs.
+                patients: 1,
             }
         };
         dp.validate()
             .map_err(|e| ExpError::Invalid(format!("{at}: {e}")))?;
         check_float(protocol, mechanism, dropout, transport, at)?;
         check_canaries(arm, protocol, dropout, transport, at)?;
+        check_fine_tuning(
+            arm,
+            &dp,
+            (n, hospitals),
+            (heterogeneity, dropout),
+            protocol,
+            at,
+        )?;
         if protocol == ArmProtocol::Plaintext
             && matches!(mechanism, Mechanism::Ddg | Mechanism::Skellam)
         {
@@ -254,6 +306,7 @@ pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Ar
                 transport,
                 weighting: arm.weighting.unwrap_or_default(),
                 canaries: arm.canaries.unwrap_or(0),
+                fine_tune: arm.fine_tune.clone(),
             }),
             grid,
         });

@@ -21,6 +21,7 @@ pub mod deploy;
 mod error;
 mod federated;
 mod figures;
+mod finetune;
 mod grid;
 mod profile;
 mod report;

@@ -264,7 +264,15 @@ fn write_privacy(dir: &Path, arms: &[ArmRuns<'_>]) -> Result<(), ExpError> {
         } else {
             "plaintext"
         };
-        let label = format!("{} ({secure})", f.dp.mechanism.name());
+        let label = match (&f.fine_tune, f.dp.unit) {
+            (Some(_), tessera_dp::PrivacyUnit::Patient) => format!(
+                "{} ({secure}, patient unit, q = {}, fine-tuned)",
+                f.dp.mechanism.name(),
+                f.dp.sampling_rate
+            ),
+            (Some(_), _) => format!("{} ({secure}, fine-tuned)", f.dp.mechanism.name()),
+            (None, _) => format!("{} ({secure})", f.dp.mechanism.name()),
+        };
         if let Some(v) = a.external_map(EvalProtocol::Strict) {
             match by_mechanism.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, pts)) => pts.push((*eps, v)),
@@ -282,6 +290,12 @@ fn write_privacy(dir: &Path, arms: &[ArmRuns<'_>]) -> Result<(), ExpError> {
     if let Some(v) = no_dp.and_then(|a| a.external_map(EvalProtocol::Strict)) {
         by_mechanism.push(("no DP (secure aggregation)".into(), vec![(lo, v), (hi, v)]));
     }
+    let public = arms
+        .iter()
+        .find(|a| matches!(a.first().arm.plan, ArmPlan::Public(_)));
+    if let Some(v) = public.and_then(|a| a.external_map(EvalProtocol::Strict)) {
+        by_mechanism.push(("public model only".into(), vec![(lo, v), (hi, v)]));
+    }
     for (_, pts) in by_mechanism.iter_mut() {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
@@ -297,15 +311,20 @@ fn write_privacy(dir: &Path, arms: &[ArmRuns<'_>]) -> Result<(), ExpError> {
         },
     )?;
     let mut md = String::from(
-        "# Privacy ledgers\n\nPrivacy unit: one site (site-level DP, zero-out adjacency: a site's update replaced by zero; which sites contributed and their sample counts are public). δ is per site over the whole training run.\n\n| arm | mechanism | accountant | rounds charged | ρ total | ε spent | δ | exact sampler |\n|---|---|---|---|---|---|---|---|\n",
+        "# Privacy ledgers\n\nPrivacy unit per arm. **site**: site-level DP, zero-out adjacency (a site's update replaced by zero); which sites contributed and their sample counts are public; accounted with zCDP (OpenDP's conversion). **patient**: one patient's data added or removed (add/remove adjacency); each round every site samples each of its patients with probability q using its own secret randomness, clips each sampled patient's change, and the coordinator divides by the fixed q × (enrolled patients), so how many were sampled is never released; which sites took part and how many patients are enrolled are public; accounted with Rényi DP and amplification by Poisson subsampling (`rdp-subsampled`: Zhu and Wang's general bound on the zCDP of the sum of discrete Gaussians). Noise is counted only from the contributors secure aggregation guarantees. δ is per unit over the whole training run.\n\n| arm | unit | q | mechanism | accountant | rounds charged | ρ total | ε spent | δ | exact sampler |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (a, _) in &dp {
         let Some(l) = &a.first().ledger else {
             continue;
         };
+        let q = l.entries.first().map_or(1.0, |e| e.sampling_rate);
+        let unit = match &a.first().arm.plan {
+            ArmPlan::Federated(f) if f.dp.unit == tessera_dp::PrivacyUnit::Patient => "patient",
+            _ => "site",
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.4} | {:.3} | {:e} | {} |",
+            "| {} | {unit} | {q} | {} | {} | {} | {:.4} | {:.3} | {:e} | {} |",
             a.name,
             l.mechanism,
             l.accountant,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tessera_core::Strategy;
 use tessera_data::{Registry, Role};
-use tessera_dp::{DpConfig, Mechanism};
+use tessera_dp::{DpConfig, Mechanism, PrivacyUnit};
 use tessera_fl::{Protocol, Weighting};
 
 use crate::error::ExpError;
@@ -24,6 +24,23 @@ pub enum ArmKind {
     Pooled,
     /// Federated training through the coordinator and site loops.
     Federated,
+    /// The model pretrained on a public cohort alone (see [`FineTune`]): what private
+    /// fine-tuning starts from, and the utility left when no private data is used.
+    Public,
+}
+
+/// Private fine-tuning: pretrain the detector on a public cohort of the registry, then
+/// federate only its heads (the backbone and pyramid stay frozen and public).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FineTune {
+    /// A cohort of the registry with role "public".
+    pub public: String,
+    /// Adam steps of central pretraining on it.
+    pub pretrain_steps: usize,
+    /// "heads" (default) or "head-outputs" (only the heads' output layers).
+    #[serde(default)]
+    pub train: tessera_train::Trainable,
 }
 
 /// Overrides of the profile's training and evaluation sizes.
@@ -52,6 +69,12 @@ pub struct DpGrid {
     #[serde(default = "default_delta")]
     pub delta: f64,
     pub l2_clip: Grid<f64>,
+    /// "site" (default) or "patient" (secret Poisson sampling of patients, per-patient
+    /// clipping; needs `fine_tune`, the memory transport and `mechanism = "ddg"`).
+    #[serde(default)]
+    pub unit: PrivacyUnit,
+    /// Unit "patient": each patient's probability of being sampled in a round.
+    pub sampling_rate: Option<f64>,
 }
 
 fn default_delta() -> f64 {
@@ -92,6 +115,8 @@ pub struct ArmFile {
     /// Privacy audit: this many canary sites join the federation (not a grid; needs
     /// weighting = "uniform", a secure protocol, no dropouts, the memory transport).
     pub canaries: Option<usize>,
+    /// Federated and public arms: pretrain on a public cohort, federate the heads only.
+    pub fine_tune: Option<FineTune>,
 }
 
 /// How a federated arm aggregates: one of Tessera's protocols (updates quantised by
@@ -205,6 +230,9 @@ pub struct FederatedArm {
     /// Canary sites of a privacy audit (0: none; absent when 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub canaries: usize,
+    /// Private fine-tuning of a public model's heads (absent when not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -226,6 +254,7 @@ pub enum ArmPlan {
     },
     Pooled,
     Federated(FederatedArm),
+    Public(FineTune),
 }
 
 /// One arm to run.
@@ -426,6 +455,15 @@ impl ExperimentFile {
             if arm.kind != ArmKind::Ensemble && arm.members.is_some() {
                 return invalid(format!("{at}.members: only ensemble arms take this key"));
             }
+            if !matches!(arm.kind, ArmKind::Federated | ArmKind::Public) && arm.fine_tune.is_some()
+            {
+                return invalid(format!(
+                    "{at}.fine_tune: only federated and public arms take this key"
+                ));
+            }
+            if let Some(ft) = &arm.fine_tune {
+                check_fine_tune(ft, registry, &at)?;
+            }
             if arm.kind != ArmKind::Ensemble && arm.fusion.is_some() {
                 return invalid(format!("{at}.fusion: only ensemble arms take this key"));
             }
@@ -471,6 +509,14 @@ impl ExperimentFile {
                     )]
                 }
                 ArmKind::Pooled => vec![Arm::simple(&arm.name, ArmPlan::Pooled)],
+                ArmKind::Public => {
+                    let Some(ft) = &arm.fine_tune else {
+                        return invalid(format!(
+                            "{at}.fine_tune: missing (the public cohort and pretraining steps)"
+                        ));
+                    };
+                    vec![Arm::simple(&arm.name, ArmPlan::Public(ft.clone()))]
+                }
                 ArmKind::Federated => expand(arm, &at, training.len())?,
             };
             for resolved in resolved {
@@ -489,6 +535,32 @@ impl ExperimentFile {
             arms,
         })
     }
+}
+
+fn check_fine_tune(ft: &FineTune, registry: &Registry, at: &str) -> Result<(), ExpError> {
+    let public: Vec<&str> = registry
+        .cohorts
+        .iter()
+        .filter(|c| c.role == Role::Public)
+        .map(|c| c.id.as_str())
+        .collect();
+    if !public.contains(&ft.public.as_str()) {
+        return invalid(format!(
+            "{at}.fine_tune.public = \"{}\" is not a public cohort of the registry ({})",
+            ft.public,
+            if public.is_empty() {
+                "it has none".to_string()
+            } else {
+                public.join(", ")
+            }
+        ));
+    }
+    if ft.pretrain_steps == 0 {
+        return invalid(format!(
+            "{at}.fine_tune.pretrain_steps = 0: pretrain at least one step"
+        ));
+    }
+    Ok(())
 }
 
 fn check_seeds(seeds: usize, key: &str) -> Result<(), ExpError> {

@@ -59,14 +59,16 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
             "fedavg[protocol=plaintext]",
             "fedavg[protocol=secagg]",
             "fedavg[protocol=float]",
-            "ddg"
+            "ddg",
+            "public-only",
+            "fine-tune-dp"
         ]
     );
 
     // Uninterrupted run.
     let full = run(&exp, &reg, REGISTRY, &options(&dir, "full", None)).unwrap();
     assert!(full.complete);
-    assert_eq!((full.computed, full.reused), (8, 0));
+    assert_eq!((full.computed, full.reused), (10, 0));
     for r in &full.results {
         // Three cohorts, each under the strict and the authors' protocol.
         assert_eq!(r.evals.len(), 6, "{}", r.arm.name);
@@ -109,6 +111,25 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     let ledger = ddg.ledger.as_ref().expect("DP arm has a ledger");
     assert_eq!(ledger.entries.len(), 2);
     assert!(ledger.spent() <= 1000.0 && ledger.spent() > 900.0);
+    // Patient-level DP: the ledger accounts the secret sampling; the fine-tuned model
+    // keeps the public backbone, so it differs from the public model only in its heads.
+    let ft = full
+        .results
+        .iter()
+        .find(|r| r.arm.name == "fine-tune-dp")
+        .unwrap();
+    let ledger = ft
+        .ledger
+        .as_ref()
+        .expect("patient-level DP arm has a ledger");
+    assert_eq!(ledger.accountant, "rdp-subsampled");
+    assert!(ledger.entries.iter().all(|e| e.sampling_rate == 0.5));
+    assert!(
+        ledger.spent() <= 8.0 && ledger.spent() > 7.5,
+        "{}",
+        ledger.spent()
+    );
+    assert_ne!(model("public-only"), model("fine-tune-dp"));
     let secagg = full
         .results
         .iter()
@@ -186,7 +207,7 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     assert_eq!((first.computed, first.reused), (1, 0));
     let second = run(&exp, &reg, REGISTRY, &options(&dir, "resumed", None)).unwrap();
     assert!(second.complete);
-    assert_eq!((second.computed, second.reused), (7, 1));
+    assert_eq!((second.computed, second.reused), (9, 1));
     // The distributed noise and every model are seeded, so the runs agree exactly.
     let read = |p: &Path| std::fs::read_to_string(p).unwrap();
     assert_eq!(
@@ -199,7 +220,7 @@ fn the_smoke_experiment_runs_end_to_end_and_resumes_identically() {
     );
     // A third run reuses everything.
     let third = run(&exp, &reg, REGISTRY, &options(&dir, "resumed", None)).unwrap();
-    assert_eq!((third.computed, third.reused), (0, 8));
+    assert_eq!((third.computed, third.reused), (0, 10));
 
     sharded_runs_equal_the_local_run(&dir, &reg, &exp, &read(&full.dir.join("results.json")));
 }
@@ -211,7 +232,16 @@ fn sharded_runs_equal_the_local_run(dir: &Path, reg: &Registry, exp: &Experiment
     // The ensemble travels with its members; every other arm is its own group.
     assert_eq!(
         groups,
-        vec![vec![0, 1, 2], vec![3], vec![4], vec![5], vec![6], vec![7]]
+        vec![
+            vec![0, 1, 2],
+            vec![3],
+            vec![4],
+            vec![5],
+            vec![6],
+            vec![7],
+            vec![8],
+            vec![9]
+        ]
     );
     let sharded = |k: usize| {
         let mut o = options(dir, "sharded", None);
@@ -220,8 +250,9 @@ fn sharded_runs_equal_the_local_run(dir: &Path, reg: &Registry, exp: &Experiment
     };
     let one = run(exp, reg, REGISTRY, &sharded(1)).unwrap();
     assert_eq!(
-        one.computed, 4,
-        "groups 1 and 4: the ensemble with its members, and fedavg[protocol=secagg]"
+        one.computed, 5,
+        "groups 1, 4 and 7: the ensemble with its members, fedavg[protocol=secagg] and \
+         public-only"
     );
     assert!(
         !dir.join("sharded-report").exists(),
@@ -234,7 +265,8 @@ fn sharded_runs_equal_the_local_run(dir: &Path, reg: &Registry, exp: &Experiment
             "pooled",
             "fedavg[protocol=plaintext]",
             "fedavg[protocol=float]",
-            "ddg"
+            "ddg",
+            "fine-tune-dp"
         ]
     );
     let readme = std::fs::read_to_string(dir.join("sharded-report/README.md")).unwrap();
@@ -246,7 +278,7 @@ fn sharded_runs_equal_the_local_run(dir: &Path, reg: &Registry, exp: &Experiment
     // processes (as Slurm runs them) are what scripts/slurm-test.sh checks.
     let two = run(exp, reg, REGISTRY, &sharded(2)).unwrap();
     let three = run(exp, reg, REGISTRY, &sharded(3)).unwrap();
-    assert_eq!(two.computed + three.computed, 4);
+    assert_eq!(two.computed + three.computed, 5);
     let done = assemble_report(exp, reg, REGISTRY, &options(dir, "sharded", None)).unwrap();
     assert!(done.missing.is_empty());
     let merged = std::fs::read_to_string(done.dir.join("results.json")).unwrap();
@@ -321,6 +353,22 @@ fn invalid_experiment_files_name_the_key() {
         (
             "name = \"x\"\ndescription = \"d\"\n[settings]\nrounds = 0\n[[arm]]\nname = \"p\"\nkind = \"pooled\"\n",
             "settings.rounds = 0",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"p\"\nkind = \"pooled\"\nfine_tune = { public = \"public-ct\", pretrain_steps = 4 }\n",
+            "arm[0] (p).fine_tune: only federated and public arms",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"p\"\nkind = \"public\"\nfine_tune = { public = \"hk-a\", pretrain_steps = 4 }\n",
+            "fine_tune.public = \"hk-a\" is not a public cohort of the registry (public-ct)",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\nprotocol = \"secagg\"\ndp = { mechanism = \"ddg\", unit = \"patient\", sampling_rate = 0.5, epsilon = 8.0, l2_clip = 0.1 }\n",
+            "dp.unit = \"patient\" needs fine_tune",
+        ),
+        (
+            "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\nprotocol = \"secagg\"\ndp = { mechanism = \"ddg\", sampling_rate = 0.5, epsilon = 8.0, l2_clip = 0.1 }\n",
+            "dp.sampling_rate",
         ),
         ("name = \"x\"\ndescription = \"d\"\n", "missing field `arm`"),
     ];

@@ -1,6 +1,6 @@
 //! Private fine-tuning: a detector pretrained on a public cohort keeps its backbone and
-//! pyramid frozen, and only the three heads are trained — per site, or once per sampled
-//! patient for the patient privacy unit. Fewer private coordinates mean less noise in
+//! pyramid frozen, and only its heads, or only their output layers ([`Trainable`]), are
+//! trained — per site, or once per sampled patient for the patient privacy unit. Fewer private coordinates mean less noise in
 //! norm for the same guarantee, and the public model is a useful start at any ε.
 //!
 //! The frozen part runs once, in evaluation mode (its public normalisation statistics),
@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use tessera_core::{LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
 
 use crate::loss::{Example, Targets, losses};
-use crate::model::{Detector, DetectorConfig, is_head};
+use crate::model::{Detector, DetectorConfig, Trainable};
 use crate::params::{flatten, layout_of, unflatten};
 use crate::trainer::TrainError;
 
@@ -61,6 +61,7 @@ impl FineTuner {
         model: &DetectorConfig,
         public: &[f32],
         patients: Vec<Vec<Example>>,
+        trainable: Trainable,
         threads: i32,
     ) -> Result<Self, TrainError> {
         tch::set_num_threads(threads);
@@ -71,7 +72,7 @@ impl FineTuner {
         let head_entries = full
             .entries()
             .iter()
-            .filter(|e| is_head(&e.name))
+            .filter(|e| trainable.includes(&e.name))
             .map(|e| (e.name.clone(), e.shape.clone(), e.kind))
             .collect();
         let layout = ParamLayout::new(head_entries)?;

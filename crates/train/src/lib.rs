@@ -46,7 +46,7 @@ pub use kernels::{CPU_KERNEL_PINS, numeric_environment, pin_cpu_kernels};
 pub use loss::{
     DecodeConfig, Example, Losses, MASK_LOSS_WEIGHT, Targets, decode, losses, score_maps,
 };
-pub use model::{Detector, DetectorConfig, DetectorNet, HeadOutputs, STRIDE, is_head};
+pub use model::{Detector, DetectorConfig, DetectorNet, HeadOutputs, STRIDE, Trainable, is_head};
 pub use params::{flatten, layout_of, unflatten};
 pub use trainer::{
     DetectorTrainer, Predictions, TrainError, TrainerConfig, VolumePrediction, infer_volume,

@@ -203,7 +203,28 @@ impl DetectorNet for Detector {
     }
 }
 
-/// Variables of the three heads (what private fine-tuning trains).
+/// Variables of the three heads.
 pub fn is_head(name: &str) -> bool {
     name.starts_with("head_")
+}
+
+/// What private fine-tuning trains; everything else stays the public model's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trainable {
+    /// The three heads (hidden 3×3 and output 1×1 convolutions).
+    #[default]
+    Heads,
+    /// Only the heads' output 1×1 convolutions (a few hundred parameters at `tiny`): a
+    /// small adapter whose noise, in norm, is far below the whole heads'.
+    HeadOutputs,
+}
+
+impl Trainable {
+    pub fn includes(self, name: &str) -> bool {
+        match self {
+            Trainable::Heads => is_head(name),
+            Trainable::HeadOutputs => is_head(name) && name.split('.').any(|p| p == "out"),
+        }
+    }
 }

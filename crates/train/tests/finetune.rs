@@ -3,7 +3,9 @@
 
 use tessera_core::{LocalTrainer, LocalTrainingConfig};
 use tessera_eval::BBox;
-use tessera_train::{DetectorConfig, DetectorTrainer, Example, FineTuner, TrainerConfig, is_head};
+use tessera_train::{
+    DetectorConfig, DetectorTrainer, Example, FineTuner, Trainable, TrainerConfig, is_head,
+};
 
 const SIZE: usize = 64;
 
@@ -66,7 +68,7 @@ fn public() -> Vec<f32> {
 fn only_the_heads_are_private_and_the_backbone_stays_public() {
     let public = public();
     let patients = vec![examples(3, 0), examples(2, 5)];
-    let mut ft = FineTuner::new(&tiny(), &public, patients, 1).unwrap();
+    let mut ft = FineTuner::new(&tiny(), &public, patients, Trainable::Heads, 1).unwrap();
     assert!(ft.layout().entries().iter().all(|e| is_head(&e.name)));
     assert!(
         ft.layout().len() < public.len() / 2,
@@ -93,7 +95,7 @@ fn only_the_heads_are_private_and_the_backbone_stays_public() {
 fn each_patient_is_trained_on_that_patient_alone() {
     let public = public();
     let patients = vec![examples(3, 0), examples(2, 5), examples(4, 9)];
-    let mut ft = FineTuner::new(&tiny(), &public, patients, 1).unwrap();
+    let mut ft = FineTuner::new(&tiny(), &public, patients, Trainable::Heads, 1).unwrap();
     let start = ft.parameters();
     let c = cfg(4, 11);
     let alone = ft.train_patients(&start, &c, &[1]).unwrap().unwrap();
@@ -108,7 +110,8 @@ fn each_patient_is_trained_on_that_patient_alone() {
 #[test]
 fn training_the_heads_lowers_the_loss() {
     let public = public();
-    let mut ft = FineTuner::new(&tiny(), &public, vec![examples(4, 0)], 1).unwrap();
+    let mut ft =
+        FineTuner::new(&tiny(), &public, vec![examples(4, 0)], Trainable::Heads, 1).unwrap();
     let start = ft.parameters();
     let first = ft.train(&start, &cfg(5, 3)).unwrap();
     let mut params = first.parameters.clone();
@@ -119,4 +122,28 @@ fn training_the_heads_lowers_the_loss() {
         last = u.mean_loss;
     }
     assert!(last < first.mean_loss * 0.8, "{} → {last}", first.mean_loss);
+}
+
+#[test]
+fn the_output_adapter_is_a_few_hundred_parameters_and_learns() {
+    let public = public();
+    let mut ft = FineTuner::new(
+        &tiny(),
+        &public,
+        vec![examples(4, 0)],
+        Trainable::HeadOutputs,
+        1,
+    )
+    .unwrap();
+    // 16 channels → 1 + 4 + 1 outputs, with biases.
+    assert_eq!(ft.layout().len(), 16 * 6 + 6);
+    assert!(
+        ft.layout()
+            .entries()
+            .iter()
+            .all(|e| e.name.contains(".out."))
+    );
+    let start = ft.parameters();
+    let u = ft.train(&start, &cfg(10, 1)).unwrap();
+    assert_ne!(u.parameters, start);
 }
