@@ -103,6 +103,14 @@ fn test_scans(
         .collect()
 }
 
+/// A series file of a synthetic cohort (`…/longitudinal/<kind>/<file>`) under `cohort`.
+fn rebase(path: &Path, cohort: &Path) -> std::path::PathBuf {
+    let tail: Vec<_> = path.components().rev().take(3).collect();
+    tail.into_iter()
+        .rev()
+        .fold(cohort.to_path_buf(), |p, c| p.join(c))
+}
+
 /// The synthetic-data folder of a profile.
 pub(crate) fn synthetic_root(data_root: &Path, profile: &Profile) -> std::path::PathBuf {
     data_root.join(match profile.resolution {
@@ -224,7 +232,26 @@ impl Cohorts {
                     .ok_or_else(|| {
                         ExpError::Data(format!("{}: unreadable manifest", path.display()))
                     })?;
-                manifest.longitudinal
+                // Paths were written under the data folder as it was given then
+                // (perhaps relative to another working directory): rebase them on
+                // this cohort's folder.
+                let dir = cohort_dir(spec, &root);
+                manifest
+                    .longitudinal
+                    .into_iter()
+                    .map(|(patient, scans)| {
+                        let scans = scans
+                            .into_iter()
+                            .map(|mut s| {
+                                s.files.volume = rebase(&s.files.volume, &dir);
+                                s.files.lesion_mask = rebase(&s.files.lesion_mask, &dir);
+                                s.files.lung_mask = s.files.lung_mask.map(|l| rebase(&l, &dir));
+                                s
+                            })
+                            .collect();
+                        (patient, scans)
+                    })
+                    .collect()
             } else {
                 tessera_data::locate_series(&files).map_err(data_error)?
             };
@@ -259,5 +286,21 @@ impl Cohorts {
             .iter()
             .flat_map(|h| h.patients.iter().flat_map(|p| p.examples.iter().cloned()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run from another folder with `--data` elsewhere finds the series files the
+    /// manifest recorded under the data folder as it was given when written.
+    #[test]
+    fn series_files_are_rebased_on_the_cohort_folder() {
+        let written = Path::new("data/synthetic-small/hk-c/longitudinal/volumes/046-day00.nii.gz");
+        assert_eq!(
+            rebase(written, Path::new("/srv/d/synthetic-small/hk-c")),
+            Path::new("/srv/d/synthetic-small/hk-c/longitudinal/volumes/046-day00.nii.gz")
+        );
     }
 }
