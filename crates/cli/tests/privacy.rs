@@ -130,3 +130,39 @@ fn impossible_parameters_are_one_line_naming_the_argument() {
         assert!(err.contains(word), "{err}");
     }
 }
+
+/// The patient unit's accounting from the command line: the sum of discrete Gaussians
+/// with secret Poisson sampling is accounted by `rdp` (the general subsampling bound),
+/// and sampling fewer patients costs less ε.
+#[test]
+fn sampled_discrete_gaussian_sums_are_accounted_with_rdp() {
+    let eps = |rate: &str| {
+        let (code, out, err) = run(&[
+            "privacy",
+            "epsilon",
+            "--mechanism",
+            "discrete-gaussian-sum",
+            "--sigma",
+            "2000",
+            "--l2-sensitivity",
+            "1000",
+            "--dim",
+            "1024",
+            "--contributors",
+            "2",
+            "--rounds",
+            "15",
+            "--sampling-rate",
+            rate,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let accountant = v["accountant"].as_str().unwrap().to_string();
+        (v["epsilon"].as_f64().unwrap(), accountant)
+    };
+    let (tenth, a) = eps("0.1");
+    assert_eq!(a, "rdp");
+    let (all, _) = eps("1");
+    assert!(tenth < 0.5 * all, "{tenth} vs {all}");
+}

@@ -1,5 +1,6 @@
 //! Site pipeline for 10^6 coordinates (rotate, clip, round, noise, encode) with the exact
-//! discrete Gaussian, sampler throughput (ours versus OpenDP's, in the same run), and the
+//! discrete Gaussian, the patient unit's pipeline (16 sampled patients clipped one by
+//! one, summed, rotated, rounded, noised), sampler throughput (ours versus OpenDP's, in the same run), and the
 //! PLD accountant for 10^4 composed rounds.
 
 use chacha20::ChaCha20Rng;
@@ -8,7 +9,8 @@ use dashu::rational::RBig;
 use rand_core::SeedableRng;
 use std::hint::black_box;
 use tessera_dp::{
-    DiscreteGaussian, DpConfig, Mechanism, PrivateCodec, PrivateCodecSpec, Ratio, RoundShape, plan,
+    DiscreteGaussian, DpConfig, Mechanism, PrivacyUnit, PrivateCodec, PrivateCodecSpec, Ratio,
+    RoundShape, Unit, plan,
 };
 
 const DIM: usize = 1_000_000;
@@ -63,6 +65,68 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
+/// The patient unit at one site: 16 sampled patients' changes of 10^6 coordinates each.
+fn patient_pipeline(c: &mut Criterion) {
+    const PATIENTS: usize = 16;
+    let mut group = c.benchmark_group("patient_pipeline");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(DIM as u64));
+    let cfg = DpConfig {
+        mechanism: Mechanism::Ddg,
+        epsilon: 8.0,
+        delta: 1e-5,
+        rounds: 20,
+        l2_clip: 0.1,
+        unit: PrivacyUnit::Patient,
+        sampling_rate: 0.5,
+        patients: 60,
+    };
+    let shape = RoundShape {
+        sites: 3,
+        guaranteed: 2,
+        bits: 32,
+        dim: DIM,
+    };
+    let p = plan(&cfg, shape).expect("feasible plan");
+    eprintln!(
+        "patient unit: γ = {:.3e}, per-site σ {:.1} grid units, wrap bound {:.1e}",
+        p.gamma, p.noise, p.wrap_probability
+    );
+    let codec = PrivateCodec::new(PrivateCodecSpec {
+        bits: 32,
+        l2_clip: 0.1,
+        gamma: p.gamma,
+        dim: DIM,
+        max_sites: 3,
+        max_weight: 1,
+        rotation_seed: [1; 32],
+        site_noise: p.site_noise,
+        unit: Unit::Patient {
+            sampling_rate: 0.5,
+            denominator: cfg.denominator(),
+        },
+    })
+    .expect("codec");
+    let patients: Vec<Vec<f32>> = (0..PATIENTS)
+        .map(|k| {
+            (0..DIM)
+                .map(|i| ((i + 7 * k) as f32 * 0.001).sin() * 1e-3)
+                .collect()
+        })
+        .collect();
+    let mut rng = ChaCha20Rng::from_seed([2; 32]);
+    group.bench_function(BenchmarkId::new("encode_contributions", PATIENTS), |b| {
+        b.iter(|| {
+            black_box(
+                codec
+                    .encode_contributions(&patients, &mut rng)
+                    .expect("encode"),
+            )
+        })
+    });
+    group.finish();
+}
+
 fn samplers(c: &mut Criterion) {
     let mut group = c.benchmark_group("discrete_gaussian");
     const N: usize = 20_000;
@@ -113,5 +177,5 @@ fn accountant(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline, samplers, accountant);
+criterion_group!(benches, pipeline, patient_pipeline, samplers, accountant);
 criterion_main!(benches);
