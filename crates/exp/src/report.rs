@@ -142,6 +142,50 @@ fn cohort_tables(
     (md, tex)
 }
 
+/// What the ε in arm names means, for tables that carry them (empty without DP arms):
+/// the unit and its adjacency, what is public, δ and the accountant.
+fn privacy_note(arms: &[ArmRuns<'_>]) -> String {
+    let mut lines = Vec::new();
+    for a in arms {
+        let ArmPlan::Federated(f) = &a.first().arm.plan else {
+            continue;
+        };
+        if f.dp.mechanism == Mechanism::None {
+            continue;
+        }
+        let accountant = a
+            .first()
+            .ledger
+            .as_ref()
+            .map_or("—".to_string(), |l| l.accountant.clone());
+        let unit = match f.dp.unit {
+            tessera_dp::PrivacyUnit::Site => {
+                "one site (zero-out adjacency; participation and sample counts public)".to_string()
+            }
+            tessera_dp::PrivacyUnit::Patient => format!(
+                "one patient (add/remove adjacency; patients sampled secretly with q = {}; \
+                 participation and enrolled patients public, sampled counts not)",
+                f.dp.sampling_rate
+            ),
+        };
+        let line = format!(
+            "{}: ε over the whole training run at δ = {:e} for {unit}; accountant {accountant}",
+            f.dp.mechanism.name(),
+            f.dp.delta
+        );
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nPrivacy of the DP arms — {}. Ledgers in `ledgers/`.\n",
+        lines.join("; ")
+    )
+}
+
 /// mAP per cohort and the external mean, per arm, under `protocol`.
 fn summary_table(results: &[ArmResult], protocol: EvalProtocol) -> String {
     let cs = cohorts(results);
@@ -198,6 +242,7 @@ fn write_cohorts(
         for protocol in PROTOCOLS {
             let (md, tex) = cohort_tables(arms, &cohort, protocol, synthetic);
             let base = stem(&cohort, protocol);
+            let md = md + &privacy_note(arms);
             write_atomic(&tables.join(format!("{base}.md")), md.as_bytes())?;
             write_atomic(&tables.join(format!("{base}.tex")), tex.as_bytes())?;
         }
@@ -353,7 +398,7 @@ pub fn write(
     write_cohorts(dir, &arms, results, synthetic)?;
     let mut summaries = Vec::new();
     for protocol in PROTOCOLS {
-        let summary = summary_table(results, protocol);
+        let summary = summary_table(results, protocol) + &privacy_note(&arms);
         let name = format!("{}.md", stem("summary", protocol));
         write_atomic(&dir.join("tables").join(name), summary.as_bytes())?;
         summaries.push((protocol, summary));
