@@ -86,8 +86,10 @@ async fn sampled_clipped_patients_move_the_model_by_their_sum_over_the_fixed_den
     for (r, m) in moves.iter().enumerate() {
         assert!(*m > 0.0005 && *m < 0.0045, "round {}: {m}", r + 1);
     }
-    // Secret samples differ from round to round.
-    assert!(moves[0] != moves[1] || moves[1] != moves[2]);
+    // Over the three rounds the mean move has sd ≈ 0.0005 around 0.00215; were every
+    // patient included each round (no sampling) it would be about 0.0043.
+    let average = moves.iter().sum::<f64>() / 3.0;
+    assert!(average > 0.0007 && average < 0.0036, "{average}");
     let ledger: Ledger =
         serde_json::from_slice(&std::fs::read(dir.join("checkpoint.ledger.json")).unwrap())
             .unwrap();
