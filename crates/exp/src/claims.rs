@@ -335,6 +335,7 @@ mod tests {
             weighting: tessera_fl::Weighting::Samples,
             canaries: 0,
             fine_tune: None,
+            site_weights: None,
         })
     }
 

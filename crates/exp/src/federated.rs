@@ -54,6 +54,8 @@ impl Running {
 struct SharedTrainer {
     inner: Arc<Mutex<DetectorTrainer>>,
     layout: ParamLayout,
+    /// A fixed weight reported instead of the sample count (`site_weights`).
+    weight: Option<u64>,
 }
 
 impl LocalTrainer for SharedTrainer {
@@ -75,11 +77,23 @@ impl LocalTrainer for SharedTrainer {
         start: &[f32],
         config: &LocalTrainingConfig,
     ) -> Result<LocalUpdate, TrainError> {
-        match self.inner.lock() {
+        let update = match self.inner.lock() {
             Ok(mut t) => t.train(start, config),
             Err(poisoned) => poisoned.into_inner().train(start, config),
-        }
+        }?;
+        Ok(LocalUpdate {
+            samples: self.weight.unwrap_or(update.samples),
+            ..update
+        })
     }
+}
+
+/// Site `i`'s weight in the mean: its fixed weight, or what it reports.
+fn weight_of(arm: &FederatedArm, i: usize, reported: u64) -> u64 {
+    arm.site_weights
+        .as_ref()
+        .and_then(|w| w.get(i).copied())
+        .unwrap_or(reported)
 }
 
 /// What a federated arm returns: the model to evaluate, round logs and the ledger.
@@ -138,7 +152,7 @@ fn train_float(inputs: &ArmInputs<'_>, arm: &FederatedArm) -> Result<FederatedOu
                 ))
             })??;
             let weight = match arm.weighting {
-                tessera_fl::Weighting::Samples => update.samples,
+                tessera_fl::Weighting::Samples => weight_of(arm, site, update.samples),
                 tessera_fl::Weighting::Uniform => 1,
             };
             let delta = arm
@@ -227,10 +241,12 @@ pub fn train_federated(
     });
     let mut trainers: Vec<ArmSite<SharedTrainer>> = shared
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(i, t)| {
             ArmSite::Hospital(SharedTrainer {
                 inner: t.clone(),
                 layout: layout.clone(),
+                weight: arm.site_weights.as_ref().and_then(|w| w.get(i).copied()),
             })
         })
         .collect();
@@ -247,7 +263,10 @@ pub fn train_federated(
         &sim::AFTER_TRAINING,
     );
     let delta = dp.delta;
-    let max_weight = site_examples.iter().copied().max().unwrap_or(1) as u64;
+    let max_weight = match &arm.site_weights {
+        Some(w) => w.iter().copied().max().unwrap_or(1),
+        None => site_examples.iter().copied().max().unwrap_or(1) as u64,
+    };
     let config = FederationConfig::builder(session, dir.join("checkpoint.bin"))
         .strategy(arm.strategy.clone())
         .training(round_config(profile, seed))

@@ -93,6 +93,50 @@ fn check_fine_tuning(
     }
 }
 
+/// Fixed site weights: one positive weight per hospital, the hospitals themselves as
+/// sites, in this process or over loopback QUIC; returned in thousandths.
+fn site_weights(
+    arm: &ArmFile,
+    (sites, hospitals): (usize, usize),
+    heterogeneity: f64,
+    transport: Transport,
+    at: &str,
+) -> Result<Option<Vec<u64>>, ExpError> {
+    let Some(weights) = &arm.site_weights else {
+        return Ok(None);
+    };
+    let problem = if weights.len() != hospitals {
+        Some(format!(
+            "give one weight per training hospital ({hospitals}), not {}",
+            weights.len()
+        ))
+    } else if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.001)) {
+        Some(format!("{w} is not a weight of at least 0.001"))
+    } else if sites != hospitals || heterogeneity != 1.0 {
+        Some(format!(
+            "needs sites = {hospitals} and heterogeneity = 1 (the hospitals themselves)"
+        ))
+    } else if transport == Transport::Processes {
+        Some(
+            "site processes report their own sample counts; use transport = \"memory\" or \"quic\""
+                .into(),
+        )
+    } else if arm.weighting.is_some() || arm.canaries.is_some() || arm.fine_tune.is_some() {
+        Some("replaces weighting; not with canaries or fine_tune".into())
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => invalid(format!("{at}.site_weights: {p}")),
+        None => Ok(Some(
+            weights
+                .iter()
+                .map(|w| (w * 1000.0).round() as u64)
+                .collect(),
+        )),
+    }
+}
+
 /// A privacy audit's canaries count once each (uniform weighting), join a secure
 /// federation in this process, and never drop out.
 fn check_canaries(
@@ -307,6 +351,7 @@ pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Ar
                 weighting: arm.weighting.unwrap_or_default(),
                 canaries: arm.canaries.unwrap_or(0),
                 fine_tune: arm.fine_tune.clone(),
+                site_weights: site_weights(arm, (n, hospitals), heterogeneity, transport, at)?,
             }),
             grid,
         });

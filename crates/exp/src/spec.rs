@@ -117,6 +117,10 @@ pub struct ArmFile {
     pub canaries: Option<usize>,
     /// Federated and public arms: pretrain on a public cohort, federate the heads only.
     pub fine_tune: Option<FineTune>,
+    /// Fixed site weights instead of sample counts, one per training hospital in
+    /// registry order (the study's federated weights: 0.15, 0.10, 0.75); carried exactly
+    /// as integer thousandths.
+    pub site_weights: Option<Vec<f64>>,
 }
 
 /// How a federated arm aggregates: one of Tessera's protocols (updates quantised by
@@ -233,6 +237,9 @@ pub struct FederatedArm {
     /// Private fine-tuning of a public model's heads (absent when not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fine_tune: Option<FineTune>,
+    /// Fixed site weights in thousandths, per site (absent: sample counts or uniform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_weights: Option<Vec<u64>>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -443,6 +450,7 @@ impl ExperimentFile {
                 ("transport", arm.transport.is_some()),
                 ("weighting", arm.weighting.is_some()),
                 ("canaries", arm.canaries.is_some()),
+                ("site_weights", arm.site_weights.is_some()),
             ];
             if arm.kind != ArmKind::Federated
                 && let Some((key, _)) = federated_keys.iter().find(|(_, set)| *set)

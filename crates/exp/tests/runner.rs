@@ -481,3 +481,36 @@ fn an_arm_with_canaries_is_audited() {
     let table = std::fs::read_to_string(dir.join("audit-report/tables/privacy-audit.md")).unwrap();
     assert!(table.contains("| audited | 12 |"), "{table}");
 }
+
+/// Fixed site weights reach the coordinator's mean: equal weights give exactly the model
+/// of uniform weighting (the codec scales each update by its weight over the largest),
+/// skewed ones another model; both through the plaintext federation and float FedAvg.
+#[test]
+fn fixed_site_weights_weight_the_mean() {
+    let dir = tmp("weights");
+    let reg = registry(&dir);
+    let text = "name = \"weights\"\ndescription = \"d\"\nseed = 3\n\
+        [settings]\nrounds = 1\nlocal_steps = 1\nbatch_size = 2\ntrain_negative_stride = 16\n\
+        eval_slice_stride = 6\neval_patients = 1\n\
+        [[arm]]\nname = \"uniform\"\nkind = \"federated\"\nprotocol = \"plaintext\"\n\
+        weighting = \"uniform\"\n\
+        [[arm]]\nname = \"even\"\nkind = \"federated\"\nprotocol = \"plaintext\"\n\
+        site_weights = [0.5, 0.5]\n\
+        [[arm]]\nname = \"skewed\"\nkind = \"federated\"\nprotocol = \"plaintext\"\n\
+        site_weights = [0.1, 0.9]\n";
+    let exp = Experiment::parse(text, &reg).unwrap();
+    let out = run(&exp, &reg, REGISTRY, &options(&dir, "weights", None)).unwrap();
+    let model = |name: &str| {
+        let r = out.results.iter().find(|r| r.arm.name == name).unwrap();
+        r.model_sha256.clone().unwrap()
+    };
+    assert_eq!(model("uniform"), model("even"));
+    assert_ne!(model("even"), model("skewed"));
+    let bad = "name = \"x\"\ndescription = \"d\"\n[[arm]]\nname = \"f\"\nkind = \"federated\"\n\
+        site_weights = [0.5, 0.3, 0.2]\n";
+    let err = Experiment::parse(bad, &reg).unwrap_err().to_string();
+    assert!(
+        err.contains("site_weights: give one weight per training hospital (2), not 3"),
+        "{err}"
+    );
+}
