@@ -108,7 +108,46 @@ impl Profile {
             eval_slice_stride: settings.eval_slice_stride.unwrap_or(base.eval_slice_stride),
             eval_patients: settings.eval_patients.or(base.eval_patients),
             keep_optimizer_state: settings.keep_optimizer_state.unwrap_or(false),
+            model: match settings.detector {
+                Some(crate::spec::DetectorChoice::Study) => {
+                    DetectorConfig::study(base.model.input_size)
+                }
+                _ => base.model.clone(),
+            },
             ..base
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_train::HeadKind;
+
+    /// `detector = "study"` swaps in the study's network at the profile's input size;
+    /// without it the profile keeps its own, whose serialised form (and so every cache
+    /// key) is unchanged by the new options.
+    #[test]
+    fn the_study_detector_is_an_option_of_either_profile() {
+        let study = Settings {
+            detector: Some(crate::spec::DetectorChoice::Study),
+            ..Settings::default()
+        };
+        for name in [ProfileName::Quick, ProfileName::Full] {
+            let p = Profile::new(name, &study);
+            assert_eq!(p.model.head, HeadKind::Retinanet);
+            assert!(!p.model.batch_norm && p.model.vgg_stem);
+            assert_eq!(
+                p.model.input_size,
+                Profile::new(name, &Settings::default()).model.input_size
+            );
+        }
+        let quick = Profile::new(ProfileName::Quick, &Settings::default());
+        assert_eq!(quick.model.head, HeadKind::Centre);
+        let json = serde_json::to_string(&quick.model).unwrap();
+        assert!(
+            !json.contains("head") && !json.contains("batch_norm"),
+            "{json}"
+        );
     }
 }

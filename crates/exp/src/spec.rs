@@ -59,6 +59,17 @@ pub struct Settings {
     pub eval_patients: Option<usize>,
     /// Keep Adam's state across rounds (the study's clients do); default false.
     pub keep_optimizer_state: Option<bool>,
+    /// "tessera" (default: the profile's centre-head detector) or "study" (VGG19 without
+    /// batch normalisation and RetinaNet's subnets on P2–P6 with the study's anchors).
+    pub detector: Option<DetectorChoice>,
+}
+
+/// Which network the profile trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectorChoice {
+    Tessera,
+    Study,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -64,6 +64,12 @@ impl FineTuner {
         trainable: Trainable,
         threads: i32,
     ) -> Result<Self, TrainError> {
+        if model.head != crate::model::HeadKind::Centre {
+            return Err(TrainError::Unsupported(
+                "private fine-tuning trains the centre heads; the RetinaNet head is not supported"
+                    .into(),
+            ));
+        }
         tch::set_num_threads(threads);
         let mut vs = VarStore::new(Device::Cpu);
         let net = Detector::new(&vs.root(), model);

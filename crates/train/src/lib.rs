@@ -17,6 +17,15 @@
 //! focal loss (α 0.25, γ 2) weighted 0.6. Decoding keeps heatmap peaks, removes nested
 //! boxes (overlap > 0.7, as in the study) and applies NMS.
 //!
+//! **The study's network, as an option** ([`DetectorConfig::study`]; `detector =
+//! "study"` in an experiment's settings): VGG19 without batch normalisation (blocks of
+//! 2, 2, 4, 4, 4 convolutions), a pyramid P2–P6 (P6 a stride-2 convolution of C5), and
+//! RetinaNet's classification and box subnets shared across the levels with the study's
+//! anchors (sizes 16–256, ratios 0.30–3.27, scales 0.85–1.36; see the `retina` module),
+//! focal loss and smooth-L1 on keras-retinanet's deltas, beside the same lesion-score
+//! head on P2. Tested at a small width (it overfits four slices and finds their
+//! lesions); at 512² it is meant for a GPU and has not been trained here.
+//!
 //! **Training.** Adam with gradient-norm clipping, the study's augmentation (rotation,
 //! translation, shear, scale, flips; deterministic under the round's seed), FedProx's
 //! proximal term when μ > 0. With the same seed and thread count on CPU, two runs give
@@ -38,6 +47,7 @@ mod kernels;
 mod loss;
 mod model;
 mod params;
+mod retina;
 mod trainer;
 
 pub use augment::{Augmentation, augment};
@@ -46,8 +56,11 @@ pub use kernels::{CPU_KERNEL_PINS, numeric_environment, pin_cpu_kernels};
 pub use loss::{
     DecodeConfig, Example, Losses, MASK_LOSS_WEIGHT, Targets, decode, losses, score_maps,
 };
-pub use model::{Detector, DetectorConfig, DetectorNet, HeadOutputs, STRIDE, Trainable, is_head};
+pub use model::{
+    Detector, DetectorConfig, DetectorNet, HeadKind, HeadOutputs, STRIDE, Trainable, is_head,
+};
 pub use params::{flatten, layout_of, unflatten};
+pub use retina::{AnchorSpec, PER_LOCATION, STUDY_ANCHORS, anchors};
 pub use trainer::{
     DetectorTrainer, Predictions, TrainError, TrainerConfig, VolumePrediction, infer_volume,
 };

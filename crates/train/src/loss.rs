@@ -30,6 +30,8 @@ pub struct Example {
 /// Targets of a batch as tensors.
 pub struct Targets {
     pub images: Tensor,
+    /// Each image's lesion boxes (input pixels), for anchor assignment.
+    pub boxes: Vec<Vec<BBox>>,
     heat: Tensor,
     regression: Tensor,
     positive: Tensor,
@@ -42,6 +44,7 @@ impl Targets {
     pub fn to_device(&self, device: tch::Device) -> Self {
         Self {
             images: self.images.to_device(device),
+            boxes: self.boxes.clone(),
             heat: self.heat.to_device(device),
             regression: self.regression.to_device(device),
             positive: self.positive.to_device(device),
@@ -51,8 +54,13 @@ impl Targets {
 
     /// The rows `index` (a 1-D Int64 tensor) of every target.
     pub fn select(&self, index: &Tensor) -> Self {
+        let rows: Vec<i64> = Vec::try_from(index.to_device(tch::Device::Cpu)).unwrap_or_default();
         Self {
             images: self.images.index_select(0, index),
+            boxes: rows
+                .iter()
+                .filter_map(|&r| self.boxes.get(r as usize).cloned())
+                .collect(),
             heat: self.heat.index_select(0, index),
             regression: self.regression.index_select(0, index),
             positive: self.positive.index_select(0, index),
@@ -66,6 +74,7 @@ impl Targets {
             |f: fn(&Targets) -> &Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
         Self {
             images: field(|t| &t.images),
+            boxes: parts.iter().flat_map(|t| t.boxes.iter().cloned()).collect(),
             heat: field(|t| &t.heat),
             regression: field(|t| &t.regression),
             positive: field(|t| &t.positive),
@@ -121,6 +130,7 @@ impl Targets {
         let n = n as i64;
         Self {
             images: Tensor::from_slice(&images).view([n, 3, size, size]),
+            boxes: batch.iter().map(|ex| ex.boxes.clone()).collect(),
             heat: Tensor::from_slice(&heat).view([n, 1, g, g]),
             regression: Tensor::from_slice(&regression).view([n, 4, g, g]),
             positive: Tensor::from_slice(&positive).view([n, 1, g, g]),
@@ -145,6 +155,17 @@ fn smooth_l1(x: &Tensor, sigma: f64) -> Tensor {
 }
 
 pub fn losses(out: &HeadOutputs, t: &Targets) -> Losses {
+    let mask = mask_loss(out, t);
+    if let Some(r) = &out.retina {
+        let (classify, regress) = crate::retina::retina_losses(r, &t.boxes);
+        let total = &classify + &regress + &mask * MASK_LOSS_WEIGHT;
+        return Losses {
+            heatmap: classify.double_value(&[]),
+            boxes: regress.double_value(&[]),
+            mask: mask.double_value(&[]),
+            total,
+        };
+    }
     let num_pos = t.positive.sum(Kind::Float).clamp_min(1.0);
     let p = out.heatmap.sigmoid().clamp(1e-4, 1.0 - 1e-4);
     let is_peak = t.heat.ge(1.0 - 1e-6).to_kind(Kind::Float);
@@ -157,6 +178,17 @@ pub fn losses(out: &HeadOutputs, t: &Targets) -> Losses {
     let boxes =
         (smooth_l1(&(&out.boxes - &t.regression), 3.0) * &t.positive).sum(Kind::Float) / &num_pos;
 
+    let total = &heatmap + &boxes + &mask * MASK_LOSS_WEIGHT;
+    Losses {
+        heatmap: heatmap.double_value(&[]),
+        boxes: boxes.double_value(&[]),
+        mask: mask.double_value(&[]),
+        total,
+    }
+}
+
+/// The lesion-score map's focal loss against the lesion mask, per lesion pixel.
+fn mask_loss(out: &HeadOutputs, t: &Targets) -> Tensor {
     let size = t.mask.size();
     let logits = out
         .mask
@@ -171,15 +203,7 @@ pub fn losses(out: &HeadOutputs, t: &Targets) -> Losses {
     let p_t = &q * &t.mask + (1.0f64 - &q) * (1.0f64 - &t.mask);
     let alpha_t = &t.mask * 0.25 + (1.0f64 - &t.mask) * 0.75;
     let focal = alpha_t * (1.0f64 - p_t).pow_tensor_scalar(2) * bce;
-    let mask = focal.sum(Kind::Float) / t.mask.sum(Kind::Float).clamp_min(1.0);
-
-    let total = &heatmap + &boxes + &mask * MASK_LOSS_WEIGHT;
-    Losses {
-        heatmap: heatmap.double_value(&[]),
-        boxes: boxes.double_value(&[]),
-        mask: mask.double_value(&[]),
-        total,
-    }
+    focal.sum(Kind::Float) / t.mask.sum(Kind::Float).clamp_min(1.0)
 }
 
 /// Detection post-processing settings.
@@ -207,6 +231,9 @@ impl Default for DecodeConfig {
 
 /// Boxes (input pixels) and scores per image, after NMS and nested-box removal.
 pub fn decode(out: &HeadOutputs, cfg: &DecodeConfig) -> Vec<Vec<Detection>> {
+    if let Some(r) = &out.retina {
+        return crate::retina::retina_decode(r, cfg);
+    }
     let heat = out.heatmap.sigmoid();
     let peaks = heat.max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false);
     let keep = heat.eq_tensor(&peaks).to_kind(Kind::Float) * &heat;

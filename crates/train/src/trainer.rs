@@ -16,6 +16,7 @@ use crate::augment::{Augmentation, augment};
 use crate::loss::{DecodeConfig, Example, Targets, decode, losses, score_maps};
 use crate::model::{Detector, DetectorConfig, DetectorNet, HeadOutputs, STRIDE};
 use crate::params::{flatten, layout_of, unflatten};
+use crate::retina::RetinaOutputs;
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -31,6 +32,8 @@ pub enum TrainError {
     NoData,
     #[error("input size {0} is not a positive multiple of 32")]
     InputSize(i64),
+    #[error("{0}")]
+    Unsupported(String),
     /// Never scored as "no detections": a model that outputs NaN or ±∞ (for instance a
     /// negative batch-norm variance) is an error, reported as such.
     #[error("the model's outputs are not finite ({0} of {1} heatmap values)")]
@@ -109,6 +112,7 @@ impl TorchScriptNet {
             heatmap,
             boxes,
             mask,
+            retina: None,
         })
     }
 }
@@ -157,6 +161,12 @@ impl DetectorTrainer {
     ) -> Result<Self, TrainError> {
         if model.input_size <= 0 || model.input_size % 32 != 0 {
             return Err(TrainError::InputSize(model.input_size));
+        }
+        if model.head == crate::model::HeadKind::Retinanet && model.input_size % 64 != 0 {
+            return Err(TrainError::Unsupported(format!(
+                "the RetinaNet head's P6 needs an input size that is a multiple of 64, not {}",
+                model.input_size
+            )));
         }
         tch::set_num_threads(config.threads);
         tch::manual_seed(seed as i64);
@@ -267,9 +277,16 @@ impl DetectorTrainer {
             heatmap: out.heatmap.to_device(Device::Cpu),
             boxes: out.boxes.to_device(Device::Cpu),
             mask: out.mask.to_device(Device::Cpu),
+            retina: out.retina.map(|r| RetinaOutputs {
+                logits: r.logits.to_device(Device::Cpu),
+                deltas: r.deltas.to_device(Device::Cpu),
+                anchors: r.anchors.to_device(Device::Cpu),
+                input_size: r.input_size,
+            }),
         };
-        let total = out.heatmap.numel();
-        let finite = out.heatmap.isfinite().sum(Kind::Int64).int64_value(&[]) as usize;
+        let scores = out.retina.as_ref().map_or(&out.heatmap, |r| &r.logits);
+        let total = scores.numel();
+        let finite = scores.isfinite().sum(Kind::Int64).int64_value(&[]) as usize;
         if finite != total {
             return Err(TrainError::NonFiniteOutput(total - finite, total));
         }

@@ -36,6 +36,7 @@ fn site(brightness: f32, count: usize, seed: u64) -> DetectorTrainer {
         widths: [8, 8, 16, 16, 16],
         convs_per_stage: [1, 1, 1, 1],
         fpn_channels: 16,
+        ..DetectorConfig::tiny()
     };
     DetectorTrainer::native(
         &model,

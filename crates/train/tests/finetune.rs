@@ -39,6 +39,7 @@ fn tiny() -> DetectorConfig {
         widths: [8, 8, 16, 16, 16],
         convs_per_stage: [1, 1, 1, 1],
         fpn_channels: 16,
+        ..DetectorConfig::tiny()
     }
 }
 

@@ -53,6 +53,7 @@ fn tiny() -> DetectorConfig {
         widths: [8, 8, 16, 16, 16],
         convs_per_stage: [1, 1, 1, 1],
         fpn_channels: 16,
+        ..DetectorConfig::tiny()
     }
 }
 
@@ -342,4 +343,62 @@ fn adam_state_can_persist_across_rounds() {
     assert_eq!(fresh_1, kept_1);
     assert_ne!(fresh_2, kept_2);
     assert_eq!(two_rounds(true).1, kept_2);
+}
+
+/// The study's network (VGG without batch norm, RetinaNet's subnets on P2–P6, the
+/// study's anchors) at a small width: it learns a handful of slices and then finds their
+/// lesions.
+#[test]
+fn the_study_network_learns_and_finds_lesions() {
+    let model = DetectorConfig {
+        input_size: SIZE as i64,
+        widths: [8, 8, 16, 16, 16],
+        convs_per_stage: [1, 1, 1, 1],
+        fpn_channels: 16,
+        ..DetectorConfig::study(SIZE as i64)
+    };
+    let data = examples(4);
+    let mut t = DetectorTrainer::native(&model, data.clone(), no_augmentation(), 1).unwrap();
+    let names: Vec<String> = t
+        .layout()
+        .entries()
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("retina_classify")));
+    assert!(
+        names.iter().all(|n| !n.contains(".bn.")),
+        "no batch norm: {names:?}"
+    );
+    let mut params = t.parameters();
+    let first = t.train(&params, &round(1, 0)).unwrap().mean_loss;
+    let mut last = first;
+    for r in 1..40 {
+        let u = t.train(&params, &round(5, r)).unwrap();
+        params = u.parameters;
+        last = u.mean_loss;
+    }
+    assert!(last < first * 0.5, "{first} → {last}");
+    t.set_parameters(&params).unwrap();
+    let images: Vec<&[f32]> = data.iter().map(|e| e.image.as_slice()).collect();
+    let found = t.predict(&images, &DecodeConfig::default()).unwrap();
+    let hits = data
+        .iter()
+        .zip(&found.detections)
+        .filter(|(ex, dets)| {
+            ex.boxes
+                .iter()
+                .all(|b| dets.iter().any(|d| d.score > 0.3 && d.bbox.iou(b) > 0.3))
+        })
+        .count();
+    assert!(
+        hits >= 3,
+        "{hits} of 4 slices had every lesion found: {:?}",
+        found.detections
+    );
+    assert!(
+        DetectorTrainer::native(&DetectorConfig::study(96), Vec::new(), no_augmentation(), 1)
+            .is_err(),
+        "P6 needs a multiple of 64"
+    );
 }
