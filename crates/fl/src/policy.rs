@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use tessera_core::seed::Purpose;
 use tessera_dp::accounting::{ddg_rho, skellam_rho};
-use tessera_dp::{CodecSpec, Ledger, Mechanism, SiteNoise};
+use tessera_dp::{CodecSpec, Ledger, Mechanism, PrivacyUnit, SiteNoise};
 use tessera_secagg::GraphSpec;
 use thiserror::Error;
 
@@ -54,6 +54,13 @@ pub struct SitePolicy {
     pub max_epsilon: Option<f64>,
     /// δ of the site's budget.
     pub delta: f64,
+    /// Whom the site's required noise protects: "site" (default: its whole update) or
+    /// "patient" (each of its patients, sampled secretly). With `require_mechanism`, a
+    /// patient-unit round is refused by a site whose unit is "site": clipping each
+    /// patient instead of the site's update would leave the site's whole contribution
+    /// as many clips large as it has sampled patients, while its ledger counted one. A
+    /// site-unit round also protects each patient, so a "patient" site accepts it.
+    pub unit: PrivacyUnit,
 }
 
 impl Default for SitePolicy {
@@ -75,6 +82,7 @@ impl Default for SitePolicy {
             min_noise_per_clip: 0.0,
             max_epsilon: None,
             delta: 1e-5,
+            unit: PrivacyUnit::Site,
         }
     }
 }
@@ -244,6 +252,14 @@ impl SitePolicy {
                     mechanism.name(),
                     required.name()
                 ),
+            );
+        }
+        if self.unit == PrivacyUnit::Site && start.codec.patient_sampling().is_some() {
+            return refuse(
+                "unit",
+                "the round clips each patient, not this site's update, so its noise would \
+                 not protect the site as a whole"
+                    .into(),
             );
         }
         if std.is_nan() || std < self.min_noise_per_clip {

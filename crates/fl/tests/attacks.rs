@@ -359,6 +359,52 @@ fn attack_weaker_noise_refused() {
     assert_eq!(keys(&h), vec!["require_mechanism"; 4]);
 }
 
+/// A coordinator that switches a DP site to the patient unit (each patient clipped, so
+/// the site's whole update is as many clips large as it sampled patients) is refused by
+/// a site whose policy protects the site; a site that chose the patient unit takes part.
+#[test]
+fn attack_patient_unit_refused_by_a_site_that_protects_itself() {
+    use tessera_dp::{DpConfig, Mechanism, PrivacyUnit};
+    let cfg = FederationConfig {
+        dp: DpConfig {
+            mechanism: Mechanism::Ddg,
+            epsilon: 8.0,
+            delta: 1e-5,
+            rounds: 3,
+            l2_clip: 1.0,
+            unit: PrivacyUnit::Patient,
+            sampling_rate: 0.5,
+            patients: 40,
+        },
+        ..config()
+    };
+    let policy = |unit| SitePolicy {
+        require_mechanism: Some(Mechanism::Ddg),
+        unit,
+        ..SitePolicy::default()
+    };
+    let mut h = Harness::with_policy(
+        cfg.clone(),
+        4,
+        &memory::Dropouts::new(),
+        None,
+        policy(PrivacyUnit::Site),
+    );
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert_eq!(keys(&h), vec!["unit"; 4]);
+    let mut h = Harness::with_policy(
+        cfg,
+        4,
+        &memory::Dropouts::new(),
+        None,
+        policy(PrivacyUnit::Patient),
+    );
+    h.coordinator.start_round().unwrap();
+    h.settle();
+    assert!(h.refusals.is_empty(), "{:?}", h.refusals);
+}
+
 /// A site keeps its own privacy ledger: it accounts every round it answers exactly as
 /// the coordinator plans it (with no colluders assumed), and refuses the round that
 /// would take its ε past its own budget, whatever the coordinator's budget says.
