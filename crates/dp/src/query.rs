@@ -108,7 +108,7 @@ fn check(q: &Query) -> Result<(), DpError> {
 
 /// RDP of one Poisson-subsampled Gaussian round at integer order α ≥ 2:
 /// (1/(α−1))·log Σ_k C(α,k)(1−q)^{α−k} q^k exp((k² − k)/(2z²)).
-fn subsampled_gaussian_rdp(z: f64, q: f64, alpha: u32) -> f64 {
+pub(crate) fn subsampled_gaussian_rdp(z: f64, q: f64, alpha: u32) -> f64 {
     if q == 1.0 {
         return f64::from(alpha) / (2.0 * z * z);
     }

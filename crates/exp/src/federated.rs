@@ -279,11 +279,7 @@ pub fn train_federated(
         .timeouts(Duration::from_secs(3600), Duration::from_secs(600))
         .dp(dp)
         .build()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| ExpError::io(dir, e))?;
+    let runtime = runtime(dir)?;
     let hospitals: Vec<String> = cohorts.hospitals.iter().map(|h| h.id.clone()).collect();
     let (global, rounds, ledger, movements) = runtime.block_on(async {
         let mut fed = match arm.transport {
@@ -349,6 +345,16 @@ pub fn train_federated(
         site_examples,
         audit,
     })
+}
+
+/// The runtime a federated arm's coordinator and sites run on (two workers: the
+/// machine's cores).
+pub(crate) fn runtime(dir: &std::path::Path) -> Result<tokio::runtime::Runtime, ExpError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ExpError::io(dir, e))
 }
 
 /// Runs the rounds left up to `last`; with `track`, also the global model's movement in

@@ -133,11 +133,7 @@ pub(crate) fn train_fine_tune(
         .timeouts(Duration::from_secs(3600), Duration::from_secs(600))
         .dp(dp)
         .build()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| ExpError::io(inputs.dir, e))?;
+    let runtime = crate::federated::runtime(inputs.dir)?;
     let root = RootSeed::from_experiment(seed);
     let (global, rounds, ledger) = runtime.block_on(async {
         let transcripts = inputs.dir.join("transcripts");

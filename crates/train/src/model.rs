@@ -250,13 +250,9 @@ impl Detector {
                 )
             })
             .collect();
-        let retina = (config.head == HeadKind::Retinanet).then(|| Retina {
-            smooth: (3..=5)
-                .map(|k| conv3(root / format!("fpn_smooth_p{k}"), f, f, 1))
-                .collect(),
-            p6: conv3(root / "fpn_p6", w[4], f, 2),
-            head: RetinaHead::new(root, f),
-        });
+        // Creation order fixes the initial weights: stem, stages, laterals, smoothing,
+        // the heads (heatmap, boxes, mask), then RetinaNet's layers.
+        let smooth = conv3(root / "fpn_smooth", f, f, 1);
         // Focal-loss prior: the centre logit starts at P(lesion) = 0.1.
         let prior = -((1.0f64 - 0.1) / 0.1).ln();
         let centre = (config.head == HeadKind::Centre).then(|| {
@@ -264,13 +260,21 @@ impl Detector {
             let boxes: Box<dyn ModuleT> = Box::new(head(root / "head_boxes", f, 4, 0.0));
             (heatmap, boxes)
         });
+        let mask = Box::new(head(root / "head_mask", f, 1, prior));
+        let retina = (config.head == HeadKind::Retinanet).then(|| Retina {
+            smooth: (3..=5)
+                .map(|k| conv3(root / format!("fpn_smooth_p{k}"), f, f, 1))
+                .collect(),
+            p6: conv3(root / "fpn_p6", w[4], f, 2),
+            head: RetinaHead::new(root, f),
+        });
         Self {
             stem,
             stages,
             laterals,
-            smooth: conv3(root / "fpn_smooth", f, f, 1),
+            smooth,
             centre,
-            mask: Box::new(head(root / "head_mask", f, 1, prior)),
+            mask,
             retina,
             input_size: config.input_size,
         }

@@ -402,3 +402,29 @@ fn the_study_network_learns_and_finds_lesions() {
         "P6 needs a multiple of 64"
     );
 }
+
+/// The initial weights of the `tiny` detector for one seed, pinned (FNV-1a over their
+/// bits): libtorch draws them in variable-creation order, so reordering layers in the
+/// code silently changes every model and every committed report. Checked equal to the
+/// weights of the code that generated `paper/` when this test was written.
+#[test]
+fn initial_weights_are_pinned() {
+    let t = DetectorTrainer::native(
+        &DetectorConfig::tiny(),
+        Vec::new(),
+        TrainerConfig::default(),
+        2021,
+    )
+    .unwrap();
+    let p = t.parameters();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in &p {
+        for b in v.to_bits().to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    assert_eq!(p.len(), 125_942);
+    assert_eq!(h, EXPECTED_INIT_FNV, "{h:016x}");
+}
+
+const EXPECTED_INIT_FNV: u64 = 0x3f07_03f1_826b_5240;
