@@ -169,6 +169,87 @@ fn check_canaries(
 }
 
 /// The product of a federated arm's grids.
+/// The swept values whose ranges are checked one by one.
+struct Swept<'a> {
+    sites: &'a [usize],
+    dropouts: &'a [f64],
+    hets: &'a [f64],
+    bits: &'a [u8],
+    clips: &'a [f32],
+}
+
+/// The ranges of a federated arm's swept values, and what site processes allow.
+fn check_ranges(
+    at: &str,
+    swept: Swept<'_>,
+    transport: Transport,
+    hospitals: usize,
+) -> Result<(), ExpError> {
+    let Swept {
+        sites,
+        dropouts,
+        hets,
+        bits,
+        clips,
+    } = swept;
+    for &s in sites {
+        if s < 2 {
+            return invalid(format!(
+                "{at}.sites = {s}: a federation needs at least 2 sites"
+            ));
+        }
+    }
+    for &d in dropouts {
+        if !(0.0..0.9).contains(&d) {
+            return invalid(format!("{at}.dropout = {d}: must be in [0, 0.9)"));
+        }
+    }
+    for &h in hets {
+        if !(0.0..=1.0).contains(&h) {
+            return invalid(format!("{at}.heterogeneity = {h}: must be in [0, 1]"));
+        }
+    }
+    for &b in bits {
+        if !(8..=32).contains(&b) {
+            return invalid(format!("{at}.bits = {b}: must be between 8 and 32"));
+        }
+    }
+    for &c in clips {
+        if !(c.is_finite() && c > 0.0) {
+            return invalid(format!("{at}.clip = {c}: must be positive"));
+        }
+    }
+    if transport == Transport::Processes
+        && (sites.iter().any(|&s| s != hospitals)
+            || hets.iter().any(|&h| h != 1.0)
+            || dropouts.iter().any(|&d| d != 0.0))
+    {
+        return invalid(format!(
+            "{at}.transport = \"processes\": each site process trains on its own hospital's \
+             cohort, so sites = {hospitals}, heterogeneity = 1 and dropout = 0 are required"
+        ));
+    }
+    Ok(())
+}
+
+/// Every combination of indices into lists of these lengths, the first list slowest.
+fn product(lists: &[(&str, usize)]) -> Vec<Vec<usize>> {
+    let mut combos: Vec<Vec<usize>> = vec![vec![]];
+    for &(_, len) in lists {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                (0..len).map(move |i| {
+                    let mut c = c.clone();
+                    c.push(i);
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
 pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Arm>, ExpError> {
     let protocols = arm
         .protocol
@@ -210,58 +291,16 @@ pub(crate) fn expand(arm: &ArmFile, at: &str, hospitals: usize) -> Result<Vec<Ar
     if let Some((key, _)) = lists.iter().find(|(_, n)| *n == 0) {
         return invalid(format!("{at}.{key}: an empty list sweeps nothing"));
     }
-    for &s in &sites {
-        if s < 2 {
-            return invalid(format!(
-                "{at}.sites = {s}: a federation needs at least 2 sites"
-            ));
-        }
-    }
-    for &d in &dropouts {
-        if !(0.0..0.9).contains(&d) {
-            return invalid(format!("{at}.dropout = {d}: must be in [0, 0.9)"));
-        }
-    }
-    for &h in &hets {
-        if !(0.0..=1.0).contains(&h) {
-            return invalid(format!("{at}.heterogeneity = {h}: must be in [0, 1]"));
-        }
-    }
-    for &b in &bits {
-        if !(8..=32).contains(&b) {
-            return invalid(format!("{at}.bits = {b}: must be between 8 and 32"));
-        }
-    }
-    for &c in &clips {
-        if !(c.is_finite() && c > 0.0) {
-            return invalid(format!("{at}.clip = {c}: must be positive"));
-        }
-    }
     let transport = arm.transport.unwrap_or_default();
-    if transport == Transport::Processes
-        && (sites.iter().any(|&s| s != hospitals)
-            || hets.iter().any(|&h| h != 1.0)
-            || dropouts.iter().any(|&d| d != 0.0))
-    {
-        return invalid(format!(
-            "{at}.transport = \"processes\": each site process trains on its own hospital's \
-             cohort, so sites = {hospitals}, heterogeneity = 1 and dropout = 0 are required"
-        ));
-    }
-    // Every combination of indices into the ten lists, first list slowest.
-    let mut combos: Vec<Vec<usize>> = vec![vec![]];
-    for (_, len) in lists {
-        combos = combos
-            .into_iter()
-            .flat_map(|c| {
-                (0..len).map(move |i| {
-                    let mut c = c.clone();
-                    c.push(i);
-                    c
-                })
-            })
-            .collect();
-    }
+    let swept = Swept {
+        sites: &sites,
+        dropouts: &dropouts,
+        hets: &hets,
+        bits: &bits,
+        clips: &clips,
+    };
+    check_ranges(at, swept, transport, hospitals)?;
+    let combos = product(&lists);
     let mut out = Vec::new();
     for idx in combos {
         let (protocol, strategy, n) = (protocols[idx[0]], &strategies[idx[1]], sites[idx[2]]);

@@ -27,6 +27,7 @@ mod profile;
 mod report;
 mod run;
 mod seeds;
+mod settings;
 pub mod shard;
 pub mod slurm;
 mod spec;
