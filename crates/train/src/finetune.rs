@@ -118,7 +118,7 @@ impl FineTuner {
             .collect();
         let ts: Vec<Targets> = picks
             .iter()
-            .map(|&(p, r)| self.patients[p].targets.select(&Tensor::from_slice(&[r])))
+            .map(|&(p, r)| self.patients[p].targets.select(&[r]))
             .collect();
         (Tensor::cat(&xs, 0), Targets::cat(&ts))
     }

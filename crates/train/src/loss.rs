@@ -9,7 +9,7 @@
 //!   mask; sigmoid focal loss (α = 0.25, γ = 2) normalised by the lesion pixels, weighted
 //!   0.6 as in the study.
 
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 use tessera_eval::{BBox, Detection, nms, remove_nested};
 
 use crate::model::{HeadOutputs, STRIDE};
@@ -52,19 +52,19 @@ impl Targets {
         }
     }
 
-    /// The rows `index` (a 1-D Int64 tensor) of every target.
-    pub fn select(&self, index: &Tensor) -> Self {
-        let rows: Vec<i64> = Vec::try_from(index.to_device(tch::Device::Cpu)).unwrap_or_default();
+    /// These rows of every target.
+    pub fn select(&self, rows: &[i64]) -> Self {
+        let index = Tensor::from_slice(rows).to_device(self.heat.device());
         Self {
-            images: self.images.index_select(0, index),
+            images: self.images.index_select(0, &index),
             boxes: rows
                 .iter()
                 .filter_map(|&r| self.boxes.get(r as usize).cloned())
                 .collect(),
-            heat: self.heat.index_select(0, index),
-            regression: self.regression.index_select(0, index),
-            positive: self.positive.index_select(0, index),
-            mask: self.mask.index_select(0, index),
+            heat: self.heat.index_select(0, &index),
+            regression: self.regression.index_select(0, &index),
+            positive: self.positive.index_select(0, &index),
+            mask: self.mask.index_select(0, &index),
         }
     }
 
@@ -230,19 +230,20 @@ impl Default for DecodeConfig {
 }
 
 /// Boxes (input pixels) and scores per image, after NMS and nested-box removal.
-pub fn decode(out: &HeadOutputs, cfg: &DecodeConfig) -> Vec<Vec<Detection>> {
+pub fn decode(out: &HeadOutputs, cfg: &DecodeConfig) -> Result<Vec<Vec<Detection>>, TchError> {
     if let Some(r) = &out.retina {
         return crate::retina::retina_decode(r, cfg);
     }
     let heat = out.heatmap.sigmoid();
     let peaks = heat.max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false);
     let keep = heat.eq_tensor(&peaks).to_kind(Kind::Float) * &heat;
-    let [n, _, g, _] = <[i64; 4]>::try_from(keep.size()).unwrap_or([0, 1, 0, 0]);
-    let scores: Vec<f32> = Vec::<f32>::try_from(keep.flatten(0, -1)).unwrap_or_default();
-    let regress: Vec<f32> = Vec::<f32>::try_from(out.boxes.flatten(0, -1)).unwrap_or_default();
+    let [n, _, g, _] = <[i64; 4]>::try_from(keep.size())
+        .map_err(|s| TchError::Shape(format!("heatmap of shape {s:?}")))?;
+    let scores: Vec<f32> = Vec::<f32>::try_from(keep.flatten(0, -1))?;
+    let regress: Vec<f32> = Vec::<f32>::try_from(out.boxes.flatten(0, -1))?;
     let cells = (g * g) as usize;
     let s = STRIDE as f32;
-    (0..n as usize)
+    Ok((0..n as usize)
         .map(|b| {
             let mut candidates: Vec<(usize, f32)> = scores[b * cells..(b + 1) * cells]
                 .iter()
@@ -267,7 +268,7 @@ pub fn decode(out: &HeadOutputs, cfg: &DecodeConfig) -> Vec<Vec<Detection>> {
                 .collect();
             nms(remove_nested(dets, cfg.nested_overlap), cfg.nms_iou)
         })
-        .collect()
+        .collect())
 }
 
 /// Lesion-score maps at input resolution, [B, size, size] row-major per image.

@@ -235,7 +235,10 @@ pub fn retina_losses(out: &RetinaOutputs, boxes: &[Vec<BBox>]) -> (Tensor, Tenso
 
 /// Boxes and scores per image: the best-scoring anchors, decoded, clipped to the input,
 /// nested boxes removed, then NMS.
-pub fn retina_decode(out: &RetinaOutputs, cfg: &DecodeConfig) -> Vec<Vec<Detection>> {
+pub fn retina_decode(
+    out: &RetinaOutputs,
+    cfg: &DecodeConfig,
+) -> Result<Vec<Vec<Detection>>, tch::TchError> {
     let scores = out.logits.sigmoid();
     let b = scores.size()[0];
     let limit = out.input_size as f32;
@@ -248,8 +251,8 @@ pub fn retina_decode(out: &RetinaOutputs, cfg: &DecodeConfig) -> Vec<Vec<Detecti
                 &out.anchors.index_select(0, &idx),
                 &out.deltas.get(i).index_select(0, &idx),
             );
-            let top: Vec<f32> = Vec::try_from(top).unwrap_or_default();
-            let flat: Vec<f32> = Vec::try_from(boxes.flatten(0, -1)).unwrap_or_default();
+            let top: Vec<f32> = Vec::try_from(top)?;
+            let flat: Vec<f32> = Vec::try_from(boxes.flatten(0, -1))?;
             let dets: Vec<Detection> = top
                 .iter()
                 .zip(flat.chunks_exact(4))
@@ -266,7 +269,7 @@ pub fn retina_decode(out: &RetinaOutputs, cfg: &DecodeConfig) -> Vec<Vec<Detecti
                 .collect();
             let mut kept = nms(remove_nested(dets, cfg.nested_overlap), cfg.nms_iou);
             kept.truncate(cfg.top_k);
-            kept
+            Ok(kept)
         })
         .collect()
 }

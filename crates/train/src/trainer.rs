@@ -291,7 +291,7 @@ impl DetectorTrainer {
             return Err(TrainError::NonFiniteOutput(total - finite, total));
         }
         Ok(Predictions {
-            detections: decode(&out, cfg),
+            detections: decode(&out, cfg)?,
             scores: score_maps(&out, self.size),
         })
     }
