@@ -72,7 +72,7 @@ impl TrainRequest {
         trainer: &mut T,
     ) -> Result<LocalUpdate, PatientTrainingError<T::Error>> {
         let chosen = sampling.draw(trainer.patients());
-        let start = self.global.clone();
+        let start = self.start(trainer);
         let patients = trainer
             .train_patients(&start, &self.config, &chosen)
             .ok_or(PatientTrainingError::Unsupported)?
@@ -96,6 +96,13 @@ impl TrainRequest {
     }
 
     pub fn run<T: LocalTrainer>(&self, trainer: &mut T) -> Result<LocalUpdate, T::Error> {
+        let from = self.start(trainer);
+        trainer.train(&from, &self.config)
+    }
+
+    /// Where training starts: the global model merged into the site's own (the strategy
+    /// decides which entries stay local).
+    fn start<T: LocalTrainer>(&self, trainer: &T) -> Vec<f32> {
         let layout = trainer.layout();
         // Where the strategy federates every entry, the site's own model plays no part.
         if layout
@@ -103,13 +110,11 @@ impl TrainRequest {
             .iter()
             .all(|e| self.strategy.is_federated(e.kind, self.private))
         {
-            return trainer.train(&self.global, &self.config);
+            return self.global.clone();
         }
         let local = trainer.parameters();
-        let from =
-            self.strategy
-                .merge_into_local(trainer.layout(), &local, &self.global, self.private);
-        trainer.train(&from, &self.config)
+        self.strategy
+            .merge_into_local(layout, &local, &self.global, self.private)
     }
 }
 
