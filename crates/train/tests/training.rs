@@ -346,8 +346,8 @@ fn adam_state_can_persist_across_rounds() {
 }
 
 /// The study's network (VGG without batch norm, RetinaNet's subnets on P2–P6, the
-/// study's anchors) at a small width: it learns a handful of slices and then finds their
-/// lesions.
+/// study's anchors) at a small width: on four slices its loss halves and it then finds
+/// every lesion of at least three.
 #[test]
 fn the_study_network_learns_and_finds_lesions() {
     let model = DetectorConfig {
