@@ -8,7 +8,9 @@
 //! (defaults: data/synthetic-small, hk-c; run `tessera data synth` first).
 
 use std::path::PathBuf;
-use tessera_data::{Registry, SliceSample, SliceSpec, component_boxes, load_scan, locate, slices};
+use tessera_data::{
+    Registry, Role, SliceSample, SliceSpec, component_boxes, load_scan, locate, slices,
+};
 use tessera_eval::{DEFAULT_SCORE_THRESHOLD, Detection, PatientResult, SliceResult, summarise};
 
 const FEATURES: usize = 4;
@@ -138,7 +140,7 @@ fn main() {
         "| cohort | role | test patients | sensitivity (95% CI) | precision (95% CI) | FP per slice |"
     );
     println!("|---|---|---|---|---|---|");
-    for c in &registry.cohorts {
+    for c in registry.cohorts.iter().filter(|c| c.role != Role::Public) {
         let files = locate(c, &root).expect("cohort files");
         let patients: Vec<PatientResult> = files
             .test
@@ -158,8 +160,9 @@ fn main() {
             .collect();
         let sum = summarise(&patients, DEFAULT_SCORE_THRESHOLD);
         let fmt = |e: Option<tessera_eval::Estimate>| {
-            e.map_or("–".into(), |e| {
-                format!("{:.2} ({:.2}–{:.2})", e.mean, e.low, e.high)
+            e.map_or("–".into(), |e| match e.n {
+                0 | 1 => format!("{:.2} (n = 1: no interval)", e.mean),
+                _ => format!("{:.2} ({:.2}–{:.2})", e.mean, e.low, e.high),
             })
         };
         println!(

@@ -236,7 +236,7 @@ pub struct CohortManifest {
 }
 
 fn fingerprint(seed: u64, spec: &CohortSpec, resolution: Resolution) -> String {
-    let text = format!("v2|{seed}|{resolution:?}|{spec:?}");
+    let text = format!("v3|{seed}|{resolution:?}|{spec:?}");
     // FNV-1a, 64-bit: a change detector, not a security measure.
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -244,17 +244,25 @@ fn fingerprint(seed: u64, spec: &CohortSpec, resolution: Resolution) -> String {
     format!("{hash:016x}")
 }
 
+/// Index of a cohort's first held-out (test) patient: after a training site's training
+/// patients; every external patient; none of a public cohort's.
+fn first_held_out(spec: &CohortSpec, total: usize) -> usize {
+    match spec.role {
+        Role::TrainingSite => spec.train_patients.unwrap_or(0),
+        Role::External => 0,
+        Role::Public => total,
+    }
+}
+
 /// The patients (indices) a cohort's longitudinal series follow: the first of its
-/// held-out ones (after the training patients of a training site).
+/// held-out ones.
 fn series_patients(spec: &CohortSpec, total: usize) -> Vec<usize> {
     let Some(series) = &spec.longitudinal else {
         return Vec::new();
     };
-    let first_test = match spec.role {
-        Role::TrainingSite => spec.train_patients.unwrap_or(0),
-        Role::External | Role::Public => 0,
-    };
-    (first_test..total).take(series.patients).collect()
+    (first_held_out(spec, total)..total)
+        .take(series.patients)
+        .collect()
 }
 
 fn patient_seed(registry_seed: u64, cohort: &str, index: usize, purpose: u8) -> [u8; 32] {
@@ -312,8 +320,17 @@ pub fn synthesize(
         let _ = std::fs::remove_file(&manifest_path);
         let (vp, lp, lungp) = patterns(spec);
         let ids: Vec<String> = (1..=total).map(|i| format!("{i:03}")).collect();
+        // Held-out (test) patients all have lesions, as the study's did.
+        let first_test = first_held_out(spec, total);
         let mut patients: Vec<Patient> = (0..total)
-            .map(|i| Patient::sample(pop, patient_seed(registry.seed, &spec.id, i, 0)))
+            .map(|i| {
+                let seed = patient_seed(registry.seed, &spec.id, i, 0);
+                if i >= first_test {
+                    Patient::sample_diseased(pop, seed)
+                } else {
+                    Patient::sample(pop, seed)
+                }
+            })
             .collect();
         // Series follow held-out (test) patients, with hospitalised patients' burdens.
         let chosen = series_patients(spec, total);

@@ -16,10 +16,12 @@
 //!   three adjacent slices as channels, with lesion boxes from connected components.
 //! - [`check`]: everything `tessera data check` reports.
 
+mod anatomy;
 mod cohort;
 mod error;
 mod nifti_io;
 mod prep;
+mod recon;
 mod registry;
 mod series;
 mod synth;

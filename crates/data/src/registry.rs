@@ -98,9 +98,14 @@ pub struct Acquisition {
     pub noise_hu: f32,
     /// Gaussian blur of the reconstruction kernel (σ, mm); larger is smoother.
     pub kernel_blur_mm: f32,
-    /// Calibration: stored = hu_scale · true HU + hu_offset.
+    /// Calibration: stored = hu_scale · true HU + hu_offset (scanner QA keeps water
+    /// within about ±5 HU).
     pub hu_scale: f32,
     pub hu_offset: f32,
+    /// Enhancement of blood by an iodinated contrast agent (HU added to the heart,
+    /// aorta and pulmonary vessels, half of it to the liver); 0 for a non-contrast scan.
+    #[serde(default)]
+    pub contrast_hu: f32,
 }
 
 /// Per-cohort disease (synthetic cohorts).
@@ -115,6 +120,10 @@ pub struct Population {
     pub lesion_diameter_mm: [f32; 2],
     /// Share of lesions that are consolidations rather than ground-glass opacities.
     pub consolidation_share: f32,
+    /// Share of the lungs each diseased patient's disease covers, log-uniform in this
+    /// range (diffuse opacities added to the focal lesions); none: focal lesions only.
+    #[serde(default)]
+    pub burden: Option<[f32; 2]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -312,6 +321,13 @@ impl Registry {
                             );
                             in_range(&mut e, format!("{p}.hu_scale"), a.hu_scale, 0.5, 2.0);
                             in_range(&mut e, format!("{p}.hu_offset"), a.hu_offset, -300.0, 300.0);
+                            in_range(
+                                &mut e,
+                                format!("{p}.contrast_hu"),
+                                a.contrast_hu,
+                                0.0,
+                                500.0,
+                            );
                         }
                     }
                     match &c.population {
@@ -350,6 +366,13 @@ impl Registry {
                                 lo.max(2.0),
                                 100.0,
                             );
+                            if let Some([lo, hi]) = p.burden
+                                && !(lo > 0.0 && lo <= hi && hi <= 0.6)
+                            {
+                                e.push(format!(
+                                    "{q}.burden = [{lo}, {hi}]: need 0 < low ≤ high ≤ 0.6"
+                                ));
+                            }
                         }
                     }
                     if let Some(l) = &c.longitudinal {

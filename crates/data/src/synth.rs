@@ -1,16 +1,20 @@
 //! Synthetic chest CT: an analytic phantom per patient, sampled by a per-cohort scanner.
 //!
-//! **Anatomy** (in millimetres, LPS, z = 0 at the lung bases): an elliptical body with a
-//! fat rim, a spine, two ellipsoidal lungs at −860 HU, a trachea and main bronchi (air),
-//! and a tree of vessels (+40 HU) inside the lungs. **Lesions** are COVID-like:
-//! ground-glass opacities (−650…−350 HU, soft edges, vessels stay visible) or
-//! consolidations (−80…+40 HU, opaque); irregular ellipsoids 2–100 mm across
-//! (log-uniform within the cohort's range), multifocal, placed in the lung periphery
-//! (70–95% of the way to the pleura) with posterior and lateral predominance.
+//! **Anatomy** ([`crate::anatomy`]): body, chest wall with ribs, spine, heart and great
+//! vessels, diaphragm domes over the liver, two lungs with fissures and dependent
+//! density, a trachea and main bronchi (air), and a tree of pulmonary vessels.
+//! **Lesions** are COVID-like: ground-glass opacities (−650…−350 HU, soft edges, vessels
+//! stay visible) or consolidations (−80…+40 HU, opaque); irregular ellipsoids
+//! (log-uniform diameters within the cohort's range), multifocal, placed in the lung
+//! periphery (70–95% of the way to the pleura) with posterior and lateral predominance.
+//! A cohort may give a burden range: each diseased patient then also gets diffuse
+//! disease up to a log-uniform share of the lungs (hospitalised patients: about 1–40%).
 //!
 //! **Acquisition** (per cohort): in-plane spacing and field of view fix the matrix; slice
-//! thickness sets partial-volume averaging along z (three sub-samples per slice); the
-//! reconstruction kernel is a Gaussian blur; white noise; a linear HU calibration.
+//! thickness sets partial-volume averaging along z (three sub-samples per slice);
+//! contrast enhances blood (heart, aorta, pulmonary vessels) and the liver; the
+//! reconstruction kernel blurs and shapes the noise ([`crate::recon`]: band-pass, not
+//! white); dose sets the noise level; a linear HU calibration comes last.
 //!
 //! Masks are exact: a voxel is lesion (lung) when its centre lies inside a lesion (lung)
 //! on the central sub-slice. `Resolution::Small` keeps the field of view with a 4× coarser
@@ -19,6 +23,8 @@
 use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
+use crate::anatomy::{Ellipsoid, Lung, Thorax, Tissue};
+use crate::recon::{NoiseFilter, gaussian_blur};
 use crate::registry::{Acquisition, Population};
 use crate::volume::{Scan, Volume};
 
@@ -48,7 +54,7 @@ impl Resolution {
     }
 }
 
-type P3 = [f32; 3];
+pub(crate) type P3 = [f32; 3];
 
 #[derive(Clone, Debug)]
 struct Segment {
@@ -57,20 +63,12 @@ struct Segment {
     radius: f32,
 }
 
-#[derive(Clone, Debug)]
-struct Lung {
-    center: P3,
-    semi: P3,
-}
-
-impl Lung {
-    fn contains(&self, p: P3) -> bool {
-        let q = [
-            (p[0] - self.center[0]) / self.semi[0],
-            (p[1] - self.center[1]) / self.semi[1],
-            (p[2] - self.center[2]) / self.semi[2],
-        ];
-        q[0] * q[0] + q[1] * q[1] + q[2] * q[2] <= 1.0
+impl Segment {
+    /// Bounding box.
+    fn bounds(&self) -> (P3, P3) {
+        let lo = [0, 1, 2].map(|d| self.a[d].min(self.b[d]) - self.radius);
+        let hi = [0, 1, 2].map(|d| self.a[d].max(self.b[d]) + self.radius);
+        (lo, hi)
     }
 }
 
@@ -93,7 +91,7 @@ impl Lesion {
         diameter_mm: [f32; 2],
         consolidation_share: f32,
     ) -> Self {
-        let lung = &lungs[(rng.next_u32() % 2) as usize];
+        let lung = &lungs[(rng.next_u32() % 2) as usize].shape;
         let lateral = lung.center[0].signum() * if uniform(rng) < 0.7 { 1.0 } else { -0.3 };
         let posterior = if uniform(rng) < 0.7 { 1.0 } else { -1.0 };
         let d = [
@@ -102,8 +100,7 @@ impl Lesion {
             range(rng, -0.8, 0.8),
         ];
         let center = point_in(lung, d, range(rng, 0.7, 0.95));
-        let [dmin, dmax] = diameter_mm;
-        let diameter = (dmin.ln() + (dmax.ln() - dmin.ln()) * uniform(rng)).exp();
+        let diameter = log_uniform(rng, diameter_mm[0], diameter_mm[1]);
         let semi = [0, 1, 2].map(|_| diameter / 2.0 * range(rng, 0.75, 1.25));
         let consolidation = uniform(rng) < consolidation_share;
         let hu = if consolidation {
@@ -118,10 +115,6 @@ impl Lesion {
             consolidation,
             phase: [range(rng, 0.0, 6.3), range(rng, 0.0, 6.3)],
         }
-    }
-
-    fn volume(&self) -> f32 {
-        4.0 / 3.0 * std::f32::consts::PI * self.semi.iter().product::<f32>()
     }
 
     /// (inside the lesion, opacity weight in [0, 1]) at p for a size scale.
@@ -149,24 +142,26 @@ impl Lesion {
 /// One patient's anatomy and disease, independent of any scanner.
 #[derive(Clone, Debug)]
 pub struct Patient {
-    body: [f32; 2],
-    spine: (P3, f32),
-    lungs: [Lung; 2],
+    thorax: Thorax,
     z_range: [f32; 2],
     airways: Vec<Segment>,
     vessels: Vec<Segment>,
     lesions: Vec<Lesion>,
 }
 
-fn uniform(rng: &mut ChaCha20Rng) -> f32 {
+pub(crate) fn uniform(rng: &mut ChaCha20Rng) -> f32 {
     (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
 }
 
-fn range(rng: &mut ChaCha20Rng, lo: f32, hi: f32) -> f32 {
+pub(crate) fn range(rng: &mut ChaCha20Rng, lo: f32, hi: f32) -> f32 {
     lo + (hi - lo) * uniform(rng)
 }
 
-fn normal(rng: &mut ChaCha20Rng) -> f32 {
+fn log_uniform(rng: &mut ChaCha20Rng, lo: f32, hi: f32) -> f32 {
+    (lo.ln() + (hi.ln() - lo.ln()) * uniform(rng)).exp()
+}
+
+pub(crate) fn normal(rng: &mut ChaCha20Rng) -> f32 {
     // Box–Muller
     let u1 = uniform(rng).max(1e-7);
     let u2 = uniform(rng);
@@ -174,97 +169,114 @@ fn normal(rng: &mut ChaCha20Rng) -> f32 {
 }
 
 /// A point of the lung ellipsoid at radial fraction `r` along direction `d`.
-fn point_in(lung: &Lung, d: P3, r: f32) -> P3 {
+fn point_in(lung: &Ellipsoid, d: P3, r: f32) -> P3 {
     let n = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt().max(1e-6);
-    [
-        lung.center[0] + lung.semi[0] * r * d[0] / n,
-        lung.center[1] + lung.semi[1] * r * d[1] / n,
-        lung.center[2] + lung.semi[2] * r * d[2] / n,
-    ]
+    [0, 1, 2].map(|i| lung.center[i] + lung.semi[i] * r * d[i] / n)
+}
+
+/// Trachea, main bronchi and, from each hilum, a two-level tree of pulmonary vessels.
+fn bronchovascular_tree(thorax: &Thorax, rng: &mut ChaCha20Rng) -> (Vec<Segment>, Vec<Segment>) {
+    let [_, ay] = thorax.body;
+    let height = thorax.height;
+    let carina = [0.0, -0.18 * ay, 0.72 * height];
+    let mut airways = vec![Segment {
+        a: carina,
+        b: [0.0, -0.2 * ay, height + 40.0],
+        radius: 8.0,
+    }];
+    let mut vessels = Vec::new();
+    for lung in &thorax.lungs {
+        let lung = &lung.shape;
+        let hilum = [lung.center[0] * 0.62, 0.0, 0.62 * height];
+        airways.push(Segment {
+            a: carina,
+            b: hilum,
+            radius: 5.0,
+        });
+        for _ in 0..24 {
+            let d = [0, 1, 2].map(|_| range(rng, -1.0, 1.0));
+            let mid = point_in(lung, d, range(rng, 0.35, 0.6));
+            let radius = range(rng, 2.0, 3.5);
+            vessels.push(Segment {
+                a: hilum,
+                b: mid,
+                radius,
+            });
+            for _ in 0..2 {
+                let d2 = [0, 1, 2].map(|i| d[i] + range(rng, -0.5, 0.5));
+                let end = point_in(lung, d2, range(rng, 0.7, 0.92));
+                vessels.push(Segment {
+                    a: mid,
+                    b: end,
+                    radius: radius * 0.55,
+                });
+            }
+        }
+    }
+    (airways, vessels)
+}
+
+/// 1 + Poisson(mean − 1) focal lesions, by inversion.
+fn focal_lesions(population: &Population, lungs: &[Lung; 2], rng: &mut ChaCha20Rng) -> Vec<Lesion> {
+    let lambda = (population.lesions_mean - 1.0).max(0.0);
+    let (mut k, mut p, u) = (0usize, (-lambda).exp(), uniform(rng));
+    let mut cdf = p;
+    while u > cdf && k < 30 {
+        k += 1;
+        p *= lambda / k as f32;
+        cdf += p;
+    }
+    (0..=k)
+        .map(|_| {
+            Lesion::draw(
+                rng,
+                lungs,
+                population.lesion_diameter_mm,
+                population.consolidation_share,
+            )
+        })
+        .collect()
 }
 
 impl Patient {
-    /// Draws a patient; `seed` fixes everything.
+    /// Draws a patient; `seed` fixes everything. The population's lesion-free share
+    /// applies.
     pub fn sample(population: &Population, seed: [u8; 32]) -> Self {
+        Self::draw(population, seed, false)
+    }
+
+    /// Draws a patient with disease, whatever the population's lesion-free share: held-out
+    /// test patients, like the study's, all have annotated lesions.
+    pub fn sample_diseased(population: &Population, seed: [u8; 32]) -> Self {
+        Self::draw(population, seed, true)
+    }
+
+    fn draw(population: &Population, seed: [u8; 32], diseased: bool) -> Self {
         let mut rng = ChaCha20Rng::from_seed(seed);
-        let ax = range(&mut rng, 145.0, 175.0);
-        let ay = range(&mut rng, 100.0, 125.0);
-        let height = range(&mut rng, 210.0, 260.0);
-        let lungs = [-1.0f32, 1.0].map(|side| Lung {
-            center: [side * 0.45 * ax, 0.04 * ay, height / 2.0],
-            semi: [0.33 * ax, 0.6 * ay, height / 2.0],
-        });
-        let carina = [0.0, -0.18 * ay, 0.72 * height];
-        let mut airways = vec![Segment {
-            a: carina,
-            b: [0.0, -0.2 * ay, height + 40.0],
-            radius: 8.0,
-        }];
-        let mut vessels = Vec::new();
-        for lung in &lungs {
-            let hilum = [lung.center[0] * 0.62, 0.0, 0.62 * height];
-            airways.push(Segment {
-                a: carina,
-                b: hilum,
-                radius: 5.0,
-            });
-            for _ in 0..24 {
-                let d = [
-                    range(&mut rng, -1.0, 1.0),
-                    range(&mut rng, -1.0, 1.0),
-                    range(&mut rng, -1.0, 1.0),
-                ];
-                let mid = point_in(lung, d, range(&mut rng, 0.35, 0.6));
-                let radius = range(&mut rng, 2.0, 3.5);
-                vessels.push(Segment {
-                    a: hilum,
-                    b: mid,
-                    radius,
-                });
-                for _ in 0..2 {
-                    let d2 = [
-                        d[0] + range(&mut rng, -0.5, 0.5),
-                        d[1] + range(&mut rng, -0.5, 0.5),
-                        d[2] + range(&mut rng, -0.5, 0.5),
-                    ];
-                    let end = point_in(lung, d2, range(&mut rng, 0.7, 0.92));
-                    vessels.push(Segment {
-                        a: mid,
-                        b: end,
-                        radius: radius * 0.55,
-                    });
-                }
-            }
-        }
-        let mut lesions = Vec::new();
-        if uniform(&mut rng) >= population.lesion_free_share {
-            // 1 + Poisson(mean − 1) by inversion
-            let lambda = (population.lesions_mean - 1.0).max(0.0);
-            let (mut k, mut p, u) = (0usize, (-lambda).exp(), uniform(&mut rng));
-            let mut cdf = p;
-            while u > cdf && k < 30 {
-                k += 1;
-                p *= lambda / k as f32;
-                cdf += p;
-            }
-            let [dmin, dmax] = population.lesion_diameter_mm;
-            for _ in 0..=k {
-                lesions.push(Lesion::draw(
-                    &mut rng,
-                    &lungs,
-                    [dmin, dmax],
-                    population.consolidation_share,
-                ));
-            }
-        }
-        Self {
-            body: [ax, ay],
-            spine: ([0.0, 0.78 * ay, 0.0], 16.0),
-            lungs,
-            z_range: [-25.0, height + 25.0],
+        let thorax = Thorax::sample(&mut rng);
+        let (airways, vessels) = bronchovascular_tree(&thorax, &mut rng);
+        let free = uniform(&mut rng) < population.lesion_free_share;
+        let sick = diseased || !free;
+        let lesions = if sick {
+            focal_lesions(population, &thorax.lungs, &mut rng)
+        } else {
+            Vec::new()
+        };
+        let burden = population
+            .burden
+            .map(|[lo, hi]| log_uniform(&mut rng, lo, hi));
+        let mut burden_seed = [0u8; 32];
+        rng.fill_bytes(&mut burden_seed);
+        let patient = Self {
+            z_range: [-25.0, thorax.height + 25.0],
+            thorax,
             airways,
             vessels,
             lesions,
+        };
+        match burden {
+            Some(b) if sick => patient.with_burden(b, burden_seed),
+            _ => patient,
         }
     }
 
@@ -273,23 +285,41 @@ impl Patient {
     }
 
     /// The same patient with diffuse disease added: large ground-glass and
-    /// consolidative opacities until their volume reaches about `burden` of the lungs'
-    /// (hospitalised COVID-19 patients range from about 1% to 40%; overlaps and the
-    /// lung boundary make the measured burden somewhat lower than the target).
+    /// consolidative opacities until they cover about `burden` of the lungs (hospitalised
+    /// COVID-19 patients range from about 1% to 40%). Coverage is measured on random
+    /// points of the lungs, so overlapping lesions and lesion parts outside the lung
+    /// count once or not at all.
     pub fn with_burden(mut self, burden: f32, seed: [u8; 32]) -> Self {
         let mut rng = ChaCha20Rng::from_seed(seed);
-        let lungs: f32 = self
-            .lungs
+        let points = self.lung_points(&mut rng, 3000);
+        let mut covered: Vec<bool> = points
             .iter()
-            .map(|l| 4.0 / 3.0 * std::f32::consts::PI * l.semi.iter().product::<f32>())
-            .sum();
-        let mut total: f32 = self.lesions.iter().map(Lesion::volume).sum();
-        while total < burden * lungs && self.lesions.len() < 200 {
-            let lesion = Lesion::draw(&mut rng, &self.lungs, [20.0, 70.0], 0.3);
-            total += lesion.volume();
+            .map(|p| self.lesions.iter().any(|l| l.sample(*p, 1.0).0))
+            .collect();
+        let share = |c: &[bool]| c.iter().filter(|x| **x).count() as f32 / c.len().max(1) as f32;
+        while share(&covered) < burden && self.lesions.len() < 200 {
+            let lesion = Lesion::draw(&mut rng, &self.thorax.lungs, [20.0, 70.0], 0.3);
+            for (c, p) in covered.iter_mut().zip(&points) {
+                *c |= lesion.sample(*p, 1.0).0;
+            }
             self.lesions.push(lesion);
         }
         self
+    }
+
+    /// `n` points drawn uniformly in the lungs (rejection sampling in their boxes).
+    fn lung_points(&self, rng: &mut ChaCha20Rng, n: usize) -> Vec<P3> {
+        let mut points = Vec::with_capacity(n);
+        let mut tries = 0;
+        while points.len() < n && tries < 50 * n {
+            tries += 1;
+            let lung = &self.thorax.lungs[(rng.next_u32() % 2) as usize].shape;
+            let p = [0, 1, 2].map(|d| lung.center[d] + lung.semi[d] * range(rng, -1.0, 1.0));
+            if matches!(self.thorax.tissue(p, 1.0), Tissue::Lung(_)) {
+                points.push(p);
+            }
+        }
+        points
     }
 
     /// Scans the patient with `acq` at `resolution`; lesions are scaled by
@@ -302,152 +332,215 @@ impl Patient {
         lesion_scale: f32,
         seed: [u8; 32],
     ) -> Scan {
-        let spacing_xy = acq.in_plane_spacing_mm * resolution.in_plane_factor();
-        let n_xy = (acq.field_of_view_mm / spacing_xy).round().max(8.0) as usize;
-        let spacing_xy = acq.field_of_view_mm / n_xy as f32;
-        let thickness = acq.slice_thickness_mm * resolution.thickness_factor();
-        let nz = ((self.z_range[1] - self.z_range[0]) / thickness).ceil() as usize;
-        const SUB: usize = 3;
-        let fine_dz = thickness / SUB as f32;
-        let half_fov = acq.field_of_view_mm / 2.0;
-        let coord = |i: usize| (i as f32 + 0.5) * spacing_xy - half_fov;
-        let fine_z = |k: usize| self.z_range[0] + (k as f32 + 0.5) * fine_dz;
-        let n_fine = nz * SUB;
-        let plane = n_xy * n_xy;
-        let mut hu = vec![-1000f32; n_fine * plane];
-        let mut lung = vec![false; n_fine * plane];
-        let mut lesion = vec![false; n_fine * plane];
-        let [ax, ay] = self.body;
+        let grid = Grid::new(acq, resolution, self.z_range);
+        let mut fine = self.anatomy(&grid, acq.contrast_hu);
+        self.paint_tubes(&grid, &mut fine, acq.contrast_hu);
+        self.paint_lesions(&grid, &mut fine, lesion_scale);
+        let (mut ct, lung, lesion) = grid.thick_slices(fine);
+        reconstruct(&mut ct, &grid, acq, seed);
+        Scan {
+            id: id.to_string(),
+            ct,
+            lesion,
+            lung,
+            lung_mask_estimated: false,
+        }
+    }
 
-        // Base anatomy.
+    /// The thorax on the fine grid (sub-slices).
+    fn anatomy(&self, grid: &Grid, contrast_hu: f32) -> Fine {
+        let (plane, n_fine) = (grid.plane(), grid.n_fine());
+        let mut fine = Fine {
+            hu: vec![-1000f32; n_fine * plane],
+            lung: vec![false; n_fine * plane],
+            lesion: vec![false; n_fine * plane],
+        };
         for k in 0..n_fine {
-            let z = fine_z(k);
-            for yi in 0..n_xy {
-                let y = coord(yi);
-                for xi in 0..n_xy {
-                    let x = coord(xi);
-                    let e = (x / ax).powi(2) + (y / ay).powi(2);
-                    if e > 1.0 {
-                        continue;
-                    }
-                    let i = k * plane + yi * n_xy + xi;
-                    let fat = ((x / (ax - 12.0)).powi(2) + (y / (ay - 12.0)).powi(2)) > 1.0;
-                    hu[i] = if fat { -100.0 } else { 40.0 };
-                    let (sc, sr) = self.spine;
-                    if (x - sc[0]).powi(2) + (y - sc[1]).powi(2) < sr * sr {
-                        hu[i] = 500.0;
-                    }
-                    if self.lungs.iter().any(|l| l.contains([x, y, z])) {
-                        hu[i] = -860.0;
-                        lung[i] = true;
-                    }
+            let z = grid.fine_z(k);
+            for yi in 0..grid.n_xy {
+                let y = grid.coord(yi);
+                for xi in 0..grid.n_xy {
+                    let i = k * plane + yi * grid.n_xy + xi;
+                    let t = self.thorax.tissue([grid.coord(xi), y, z], grid.spacing_xy);
+                    fine.hu[i] = t.hu(contrast_hu);
+                    fine.lung[i] = matches!(t, Tissue::Lung(_));
                 }
             }
         }
+        fine
+    }
 
-        // Paints a shape over its bounding box: `f(point, index)`.
-        let paint = |lo: P3, hi: P3, f: &mut dyn FnMut(P3, usize)| {
-            let to_xy = |v: f32| ((v + half_fov) / spacing_xy).floor();
-            let x0 = to_xy(lo[0]).max(0.0) as usize;
-            let x1 = (to_xy(hi[0]) as isize + 1).clamp(0, n_xy as isize) as usize;
-            let y0 = to_xy(lo[1]).max(0.0) as usize;
-            let y1 = (to_xy(hi[1]) as isize + 1).clamp(0, n_xy as isize) as usize;
-            let k0 = ((lo[2] - self.z_range[0]) / fine_dz).floor().max(0.0) as usize;
-            let k1 = (((hi[2] - self.z_range[0]) / fine_dz).floor() as isize + 1)
-                .clamp(0, n_fine as isize) as usize;
-            for k in k0..k1 {
-                for yi in y0..y1 {
-                    for xi in x0..x1 {
-                        f(
-                            [coord(xi), coord(yi), fine_z(k)],
-                            k * plane + yi * n_xy + xi,
-                        );
-                    }
+    /// Great vessels (blood, outside the lungs), airways (air), pulmonary vessels.
+    fn paint_tubes(&self, grid: &Grid, fine: &mut Fine, contrast_hu: f32) {
+        let blood = Tissue::vessel_hu(contrast_hu);
+        for (a, b, radius) in self.thorax.great_vessels() {
+            let s = Segment { a, b, radius };
+            let (lo, hi) = s.bounds();
+            grid.paint(lo, hi, &mut |p, i| {
+                if distance_to_segment(p, &s) < s.radius {
+                    fine.hu[i] = blood;
+                    fine.lung[i] = false;
                 }
-            }
-        };
-        let seg_bounds = |s: &Segment| {
-            let lo = [0, 1, 2].map(|d| s.a[d].min(s.b[d]) - s.radius);
-            let hi = [0, 1, 2].map(|d| s.a[d].max(s.b[d]) + s.radius);
-            (lo, hi)
-        };
+            });
+        }
         for s in &self.airways {
-            let (lo, hi) = seg_bounds(s);
-            paint(lo, hi, &mut |p, i| {
+            let (lo, hi) = s.bounds();
+            grid.paint(lo, hi, &mut |p, i| {
                 if distance_to_segment(p, s) < s.radius {
-                    hu[i] = -1000.0;
+                    fine.hu[i] = -1000.0;
                 }
             });
         }
         for s in &self.vessels {
-            let (lo, hi) = seg_bounds(s);
-            paint(lo, hi, &mut |p, i| {
-                if lung[i] && distance_to_segment(p, s) < s.radius {
-                    hu[i] = 40.0;
+            let (lo, hi) = s.bounds();
+            grid.paint(lo, hi, &mut |p, i| {
+                if fine.lung[i] && distance_to_segment(p, s) < s.radius {
+                    fine.hu[i] = blood;
                 }
             });
         }
+    }
+
+    fn paint_lesions(&self, grid: &Grid, fine: &mut Fine, lesion_scale: f32) {
         for l in &self.lesions {
             let r = l.reach(lesion_scale);
             let lo = [0, 1, 2].map(|d| l.center[d] - r[d]);
             let hi = [0, 1, 2].map(|d| l.center[d] + r[d]);
-            paint(lo, hi, &mut |p, i| {
-                if !lung[i] {
+            grid.paint(lo, hi, &mut |p, i| {
+                if !fine.lung[i] {
                     return;
                 }
                 let (inside, w) = l.sample(p, lesion_scale);
                 if w > 0.0 {
-                    let target = hu[i] + (l.hu - hu[i]) * w;
+                    let hu = fine.hu[i];
+                    let target = hu + (l.hu - hu) * w;
                     // Ground glass leaves denser structures (vessels) visible.
-                    hu[i] = if l.consolidation {
+                    fine.hu[i] = if l.consolidation {
                         target
                     } else {
-                        hu[i].max(target)
+                        hu.max(target)
                     };
                 }
-                lesion[i] |= inside;
+                fine.lesion[i] |= inside;
             });
         }
+    }
+}
 
-        // Thick slices: average the sub-slices; masks from the central one.
-        let shape = [nz, n_xy, n_xy];
-        let spacing = [thickness, spacing_xy, spacing_xy];
+/// HU and masks on the fine grid (`SUB` sub-slices per slice).
+struct Fine {
+    hu: Vec<f32>,
+    lung: Vec<bool>,
+    lesion: Vec<bool>,
+}
+
+/// Sub-slices per slice: partial-volume averaging along z.
+const SUB: usize = 3;
+
+/// The sampling grid of one scan.
+struct Grid {
+    n_xy: usize,
+    spacing_xy: f32,
+    thickness: f32,
+    nz: usize,
+    half_fov: f32,
+    z0: f32,
+    /// The scanner's own pixel (the ramp filter's scale).
+    native_spacing: f32,
+}
+
+impl Grid {
+    fn new(acq: &Acquisition, resolution: Resolution, z_range: [f32; 2]) -> Self {
+        let spacing_xy = acq.in_plane_spacing_mm * resolution.in_plane_factor();
+        let n_xy = (acq.field_of_view_mm / spacing_xy).round().max(8.0) as usize;
+        let thickness = acq.slice_thickness_mm * resolution.thickness_factor();
+        Self {
+            n_xy,
+            spacing_xy: acq.field_of_view_mm / n_xy as f32,
+            thickness,
+            nz: ((z_range[1] - z_range[0]) / thickness).ceil() as usize,
+            half_fov: acq.field_of_view_mm / 2.0,
+            z0: z_range[0],
+            native_spacing: acq.in_plane_spacing_mm,
+        }
+    }
+
+    fn plane(&self) -> usize {
+        self.n_xy * self.n_xy
+    }
+
+    fn n_fine(&self) -> usize {
+        self.nz * SUB
+    }
+
+    fn fine_dz(&self) -> f32 {
+        self.thickness / SUB as f32
+    }
+
+    fn coord(&self, i: usize) -> f32 {
+        (i as f32 + 0.5) * self.spacing_xy - self.half_fov
+    }
+
+    fn fine_z(&self, k: usize) -> f32 {
+        self.z0 + (k as f32 + 0.5) * self.fine_dz()
+    }
+
+    /// Calls `f(point, index)` over the fine voxels of a bounding box.
+    fn paint(&self, lo: P3, hi: P3, f: &mut dyn FnMut(P3, usize)) {
+        let n = self.n_xy as isize;
+        let to_xy = |v: f32| ((v + self.half_fov) / self.spacing_xy).floor();
+        let x0 = to_xy(lo[0]).max(0.0) as usize;
+        let x1 = (to_xy(hi[0]) as isize + 1).clamp(0, n) as usize;
+        let y0 = to_xy(lo[1]).max(0.0) as usize;
+        let y1 = (to_xy(hi[1]) as isize + 1).clamp(0, n) as usize;
+        let k0 = ((lo[2] - self.z0) / self.fine_dz()).floor().max(0.0) as usize;
+        let k1 = (((hi[2] - self.z0) / self.fine_dz()).floor() as isize + 1)
+            .clamp(0, self.n_fine() as isize) as usize;
+        for k in k0..k1 {
+            for yi in y0..y1 {
+                for xi in x0..x1 {
+                    let p = [self.coord(xi), self.coord(yi), self.fine_z(k)];
+                    f(p, k * self.plane() + yi * self.n_xy + xi);
+                }
+            }
+        }
+    }
+
+    /// Thick slices: the mean of the sub-slices; masks from the central one.
+    fn thick_slices(&self, fine: Fine) -> (Volume<f32>, Volume<bool>, Volume<bool>) {
+        let (plane, nz) = (self.plane(), self.nz);
+        let shape = [nz, self.n_xy, self.n_xy];
+        let spacing = [self.thickness, self.spacing_xy, self.spacing_xy];
         let mut ct = Volume::filled(shape, spacing, 0f32);
-        let mut lung_mask = Volume::filled(shape, spacing, false);
-        let mut lesion_mask = Volume::filled(shape, spacing, false);
+        let mut lung = Volume::filled(shape, spacing, false);
+        let mut lesion = Volume::filled(shape, spacing, false);
         for z in 0..nz {
             for j in 0..plane {
-                let sum: f32 = (0..SUB).map(|s| hu[(z * SUB + s) * plane + j]).sum();
+                let sum: f32 = (0..SUB).map(|s| fine.hu[(z * SUB + s) * plane + j]).sum();
                 ct.data[z * plane + j] = sum / SUB as f32;
                 let mid = (z * SUB + SUB / 2) * plane + j;
-                lung_mask.data[z * plane + j] = lung[mid];
-                lesion_mask.data[z * plane + j] = lesion[mid] && lung[mid];
+                lung.data[z * plane + j] = fine.lung[mid];
+                lesion.data[z * plane + j] = fine.lesion[mid] && fine.lung[mid];
             }
         }
-        drop((hu, lung, lesion));
+        (ct, lung, lesion)
+    }
+}
 
-        // Reconstruction kernel, noise, calibration.
-        let sigma_px = acq.kernel_blur_mm / spacing_xy;
-        if sigma_px > 0.05 {
-            for z in 0..nz {
-                gaussian_blur(
-                    &mut ct.data[z * plane..(z + 1) * plane],
-                    n_xy,
-                    n_xy,
-                    sigma_px,
-                );
-            }
+/// The reconstruction kernel's blur, noise shaped by that kernel (see `recon`), and the
+/// scanner's HU calibration.
+fn reconstruct(ct: &mut Volume<f32>, grid: &Grid, acq: &Acquisition, seed: [u8; 32]) {
+    let (n, plane) = (grid.n_xy, grid.plane());
+    let kernel_px = acq.kernel_blur_mm / grid.spacing_xy;
+    let filter = NoiseFilter::new(kernel_px, 2.0 * grid.native_spacing / grid.spacing_xy);
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    for slice in ct.data.chunks_mut(plane) {
+        if kernel_px > 0.05 {
+            gaussian_blur(slice, n, n, kernel_px);
         }
-        let mut rng = ChaCha20Rng::from_seed(seed);
-        for v in &mut ct.data {
-            *v = (*v + acq.noise_hu * normal(&mut rng)) * acq.hu_scale + acq.hu_offset;
-        }
-        Scan {
-            id: id.to_string(),
-            ct,
-            lesion: lesion_mask,
-            lung: lung_mask,
-            lung_mask_estimated: false,
+        filter.add(slice, n, acq.noise_hu, &mut rng);
+        for v in slice.iter_mut() {
+            *v = *v * acq.hu_scale + acq.hu_offset;
         }
     }
 }
@@ -463,37 +556,6 @@ fn distance_to_segment(p: P3, s: &Segment) -> f32 {
     };
     let d = [ap[0] - t * ab[0], ap[1] - t * ab[1], ap[2] - t * ab[2]];
     (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt()
-}
-
-/// Separable Gaussian blur of a row-major `h × w` image (edges clamped).
-pub(crate) fn gaussian_blur(img: &mut [f32], h: usize, w: usize, sigma: f32) {
-    let r = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> = (-r..=r)
-        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let norm: f32 = kernel.iter().sum();
-    let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
-    let mut tmp = vec![0f32; img.len()];
-    for y in 0..h {
-        for x in 0..w {
-            tmp[y * w + x] = (-r..=r)
-                .map(|i| {
-                    kernel[(i + r) as usize]
-                        * img[y * w + (x as isize + i).clamp(0, w as isize - 1) as usize]
-                })
-                .sum();
-        }
-    }
-    for y in 0..h {
-        for x in 0..w {
-            img[y * w + x] = (-r..=r)
-                .map(|i| {
-                    kernel[(i + r) as usize]
-                        * tmp[(y as isize + i).clamp(0, h as isize - 1) as usize * w + x]
-                })
-                .sum();
-        }
-    }
 }
 
 /// The lesion-size factor of scan `index` of `scans` in a longitudinal series: growth to
@@ -516,6 +578,7 @@ mod tests {
             kernel_blur_mm: 0.0,
             hu_scale: 1.0,
             hu_offset: 0.0,
+            contrast_hu: 0.0,
         }
     }
 
@@ -525,6 +588,7 @@ mod tests {
             lesions_mean: 3.0,
             lesion_diameter_mm: [8.0, 40.0],
             consolidation_share: 0.5,
+            burden: None,
         }
     }
 
@@ -620,13 +684,71 @@ mod tests {
         assert!(burden(scales[1]) > burden(scales[4]));
     }
 
+    /// Lesion voxels over lung voxels.
+    fn burden(scan: &Scan) -> f32 {
+        let lung = scan.lung.data.iter().filter(|l| **l).count();
+        let lesion = scan.lesion.data.iter().filter(|l| **l).count();
+        lesion as f32 / lung as f32
+    }
+
     #[test]
-    fn blur_preserves_the_mean_and_smooths() {
-        let mut img = vec![0f32; 16 * 16];
-        img[8 * 16 + 8] = 256.0;
-        gaussian_blur(&mut img, 16, 16, 1.5);
-        let total: f32 = img.iter().sum();
-        assert!((total - 256.0).abs() < 1e-2);
-        assert!(img[8 * 16 + 8] < 256.0 && img[8 * 16 + 9] > 0.0);
+    fn held_out_patients_are_diseased_and_burdens_spread_like_hospitalised_patients() {
+        assert!(!Patient::sample(&pop(1.0), [9; 32]).has_lesions());
+        assert!(Patient::sample_diseased(&pop(1.0), [9; 32]).has_lesions());
+        let population = Population {
+            burden: Some([0.01, 0.4]),
+            ..pop(0.0)
+        };
+        let mut burdens: Vec<f32> = (0..12u8)
+            .map(|i| {
+                let p = Patient::sample(&population, [i; 32]);
+                burden(&p.scan("x", &acq(), Resolution::Small, 1.0, [0; 32]))
+            })
+            .collect();
+        burdens.sort_by(f32::total_cmp);
+        let (lo, median, hi) = (burdens[0], burdens[6], burdens[11]);
+        // Hospitalised COVID-19 pneumonia: about 1–40% of the lungs, median near 10%.
+        assert!(lo >= 0.004 && hi <= 0.5, "burdens {burdens:?}");
+        assert!((0.03..=0.2).contains(&median), "burdens {burdens:?}");
+        assert!(hi / lo > 5.0, "burdens should spread: {burdens:?}");
+    }
+
+    #[test]
+    fn contrast_enhances_blood_and_not_lung() {
+        let p = Patient::sample(&pop(0.0), [4; 32]);
+        let plain = p.scan("x", &acq(), Resolution::Small, 1.0, [0; 32]);
+        let enhanced = p.scan(
+            "x",
+            &Acquisition {
+                contrast_hu: 200.0,
+                ..acq()
+            },
+            Resolution::Small,
+            1.0,
+            [0; 32],
+        );
+        let raised = plain
+            .ct
+            .data
+            .iter()
+            .zip(&enhanced.ct.data)
+            .filter(|(a, b)| **b - **a > 150.0)
+            .count();
+        // The heart and aorta: tens of cm³ at 2.8 × 2.8 × 4 mm voxels.
+        assert!(raised > 2000, "{raised} voxels enhanced");
+        let lung_changed = plain
+            .ct
+            .data
+            .iter()
+            .zip(&enhanced.ct.data)
+            .zip(&plain.lung.data)
+            .filter(|((a, b), l)| **l && (**b - **a).abs() > 1e-3)
+            .count();
+        let lung = plain.lung.data.iter().filter(|l| **l).count();
+        // Only the pulmonary vessels inside the lungs change.
+        assert!(
+            lung_changed * 10 < lung,
+            "{lung_changed} of {lung} lung voxels"
+        );
     }
 }

@@ -147,6 +147,32 @@ fn synthesis_is_deterministic_and_resumes_without_recomputing() {
     assert_eq!(std::fs::read(&file).unwrap(), first);
 }
 
+#[test]
+fn held_out_patients_have_lesions_whatever_the_lesion_free_share() {
+    let dir = std::env::temp_dir().join(format!("tessera-cohorts-sick-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("datasets.toml");
+    std::fs::write(
+        &path,
+        REGISTRY.replace("lesion_free_share = 0.0", "lesion_free_share = 1.0"),
+    )
+    .unwrap();
+    let reg = Registry::load(&path).unwrap();
+    let root = dir.join("synthetic");
+    synthesize(&reg, &root, Resolution::Small).unwrap();
+    let has_lesions =
+        |f: &tessera_data::PatientFiles| load_scan(f).unwrap().lesion.data.iter().any(|l| *l);
+    let site = locate(&reg.cohorts[0], &root).unwrap();
+    // Training patients follow the population (all lesion-free here); held-out ones,
+    // as in the study, all have lesions.
+    assert!(site.train.iter().all(|f| !has_lesions(f)));
+    assert!(site.test.iter().all(has_lesions));
+    let external = locate(&reg.cohorts[1], &root).unwrap();
+    assert!(external.test.iter().all(has_lesions));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn assert_names(err: &DataError, needle: &Path) {
     let text = err.to_string();
     assert!(

@@ -253,6 +253,7 @@ fn volume_inference_covers_the_lung_slices_and_keeps_detections_in_the_lung() {
         lesions_mean: 3.0,
         lesion_diameter_mm: [10.0, 40.0],
         consolidation_share: 0.5,
+        burden: None,
     };
     let acq = Acquisition {
         in_plane_spacing_mm: 0.8,
@@ -262,6 +263,7 @@ fn volume_inference_covers_the_lung_slices_and_keeps_detections_in_the_lung() {
         kernel_blur_mm: 0.5,
         hu_scale: 1.0,
         hu_offset: 0.0,
+        contrast_hu: 0.0,
     };
     let scan =
         Patient::sample(&population, [4; 32]).scan("p", &acq, Resolution::Small, 1.0, [1; 32]);
