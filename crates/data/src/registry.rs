@@ -550,5 +550,36 @@ source = { kind = "nifti", root = "data", volumes = "v/{id}.nii.gz", lesion_mask
                 .iter()
                 .all(|c| c.is_synthetic() && c.name.contains("synthetic"))
         );
+        // Calibration within scanner QA tolerance; the site shift comes from what real
+        // scanners differ in, and disease from hospitalised patients' burdens.
+        for c in &reg.cohorts {
+            let (Some(a), Some(p)) = (&c.acquisition, &c.population) else {
+                panic!("{} has no acquisition or population", c.id);
+            };
+            assert!(a.hu_offset.abs() <= 5.0 && a.hu_scale == 1.0, "{}", c.id);
+            assert!(
+                p.burden.is_some_and(|[lo, hi]| lo <= 0.02 && hi >= 0.25),
+                "{}",
+                c.id
+            );
+        }
+        let spread = |f: fn(&Acquisition) -> f32| {
+            let v: Vec<f32> = reg
+                .cohorts
+                .iter()
+                .filter_map(|c| c.acquisition.as_ref())
+                .map(f)
+                .collect();
+            v.iter().copied().fold(f32::MIN, f32::max)
+                / v.iter().copied().fold(f32::MAX, f32::min).max(1e-3)
+        };
+        assert!(spread(|a| a.slice_thickness_mm) >= 4.0);
+        assert!(spread(|a| a.kernel_blur_mm) >= 3.0);
+        assert!(spread(|a| a.noise_hu) >= 2.0);
+        assert!(
+            reg.cohorts
+                .iter()
+                .any(|c| c.acquisition.as_ref().is_some_and(|a| a.contrast_hu > 0.0))
+        );
     }
 }
