@@ -5,6 +5,7 @@ use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use tch::nn::{self, OptimizerConfig, VarStore};
 use tch::{Device, IValue, Kind, Tensor};
 use tessera_core::{LayoutError, LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
@@ -17,6 +18,19 @@ use crate::loss::{DecodeConfig, Example, Targets, decode, losses, score_maps};
 use crate::model::{Detector, DetectorConfig, DetectorNet, HeadOutputs, STRIDE};
 use crate::params::{flatten, layout_of, unflatten};
 use crate::retina::RetinaOutputs;
+
+/// libtorch has one default random generator per process. Seeding it and drawing a new
+/// model's initial weights happen under this lock, so trainers built at once in threads
+/// of one process (simulated sites, tests) each get exactly the weights their seed names
+/// (a test builds them from several threads and compares).
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+/// The generator lock; it guards no data, so a panic elsewhere cannot leave it invalid.
+fn torch_rng() -> MutexGuard<'static, ()> {
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -169,9 +183,12 @@ impl DetectorTrainer {
             )));
         }
         tch::set_num_threads(config.threads);
-        tch::manual_seed(seed as i64);
         let vs = VarStore::new(device(&config));
-        let network = Network::Native(Box::new(Detector::new(&vs.root(), model)));
+        let network = {
+            let _rng = torch_rng();
+            tch::manual_seed(seed as i64);
+            Network::Native(Box::new(Detector::new(&vs.root(), model)))
+        };
         let layout = layout_of(&vs)?;
         Ok(Self {
             vs,
@@ -320,7 +337,10 @@ impl LocalTrainer for DetectorTrainer {
             return Err(TrainError::NoData);
         }
         tch::set_num_threads(self.config.threads);
-        tch::manual_seed(cfg.seed as i64);
+        {
+            let _rng = torch_rng();
+            tch::manual_seed(cfg.seed as i64);
+        }
         unflatten(&mut self.vs, &self.layout, start)?;
         self.set_mode(true);
         let anchor: Vec<Tensor> = if cfg.proximal_mu > 0.0 {

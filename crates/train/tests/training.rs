@@ -196,6 +196,37 @@ fn training_is_bitwise_deterministic_on_cpu() {
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
+/// libtorch's random generator is one per process: trainers built at once in several
+/// threads must still each draw the initial weights their seed names. Without the
+/// trainer's generator lock the threads interleave seeding and drawing, and most of
+/// these models differ from the reference.
+#[test]
+fn trainers_built_at_once_in_threads_get_the_weights_of_their_seed() {
+    let build = |seed| {
+        DetectorTrainer::native(&tiny(), vec![], no_augmentation(), seed)
+            .unwrap()
+            .parameters()
+    };
+    let reference = [build(21), build(22)];
+    let mismatches: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                let reference = &reference;
+                s.spawn(move || {
+                    (0..25)
+                        .filter(|_| build(21 + t % 2) != reference[(t % 2) as usize])
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(
+        mismatches, 0,
+        "{mismatches} of 100 models differ from their seed's"
+    );
+}
+
 #[test]
 fn fedprox_keeps_the_model_closer_to_the_start() {
     let data = examples(4);
