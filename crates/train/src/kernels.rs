@@ -18,23 +18,21 @@ pub const CPU_KERNEL_PINS: [(&str, &str); 3] = [
     ("MKL_CBWR", "AVX2"),
 ];
 
-/// OpenMP's wait policy: threads that wait sleep instead of spinning. Federated sites
-/// train in threads of one process, often more than the machine has cores, and
-/// spinning OpenMP workers then take the cores the others need: measured here (2
-/// cores, a federated and a single-site arm), CPU time halved, results byte-identical.
-/// Not a numeric setting; recorded in the manifest with the pins.
-pub const OPENMP_WAIT: (&str, &str) = ("OMP_WAIT_POLICY", "PASSIVE");
-
 /// Sets every pin the environment does not set already (a value the user set wins and
-/// is recorded as set), and [`OPENMP_WAIT`]. The libraries read these when libtorch
-/// first runs a kernel.
+/// is recorded as set). The libraries read these when libtorch first runs a kernel.
+///
+/// OpenMP's own settings (`OMP_WAIT_POLICY`, `OMP_NUM_THREADS`) cannot be set here:
+/// libgomp reads them when it is loaded, before `main`. Thread counts are set through
+/// libtorch instead; the wait policy is left to the user (on this project's 2-core
+/// machine, `OMP_WAIT_POLICY=PASSIVE` in the environment made a short single-site run
+/// take 61 s instead of 36 s, for the same CPU time).
 ///
 /// # Safety
 ///
 /// Changes the process environment: call it first thing in `main`, before any other
 /// thread exists (see [`std::env::set_var`]).
 pub unsafe fn pin_cpu_kernels() {
-    for (key, value) in CPU_KERNEL_PINS.into_iter().chain([OPENMP_WAIT]) {
+    for (key, value) in CPU_KERNEL_PINS {
         if std::env::var_os(key).is_none() {
             // SAFETY: the caller guarantees that no other thread runs yet.
             unsafe { std::env::set_var(key, value) };
@@ -46,7 +44,7 @@ pub unsafe fn pin_cpu_kernels() {
 /// settings in effect, the CPU, and the libtorch build.
 pub fn numeric_environment() -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for (key, _) in CPU_KERNEL_PINS.into_iter().chain([OPENMP_WAIT]) {
+    for (key, _) in CPU_KERNEL_PINS {
         let value = std::env::var(key).unwrap_or_else(|_| "unset".into());
         out.insert(key.to_string(), value);
     }
