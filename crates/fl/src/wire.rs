@@ -12,7 +12,7 @@ use tessera_secagg::{Envelope, PlainVector, RoundParams};
 use thiserror::Error;
 
 /// Version of this message format.
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 
 /// Everything a site needs to take part in a round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,7 @@ pub struct RoundStart {
     pub training: LocalTrainingConfig,
     pub strategy: Strategy,
     /// The global model, in the layout's order.
+    #[serde(with = "f32_bytes")]
     pub global: Vec<f32>,
     /// `false` only in the plaintext baseline: sites then send their encoded update in
     /// the clear instead of running secure aggregation.
@@ -150,6 +151,48 @@ impl RoundStart {
     }
 }
 
+/// A model travels as one byte string of little-endian `f32`s: as a sequence, postcard
+/// would encode and decode it one value at a time.
+mod f32_bytes {
+    use serde::{Deserializer, Serializer, de};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(values: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = vec![0u8; 4 * values.len()];
+        for (dst, v) in bytes.chunks_exact_mut(4).zip(values) {
+            dst.copy_from_slice(&v.to_le_bytes());
+        }
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        d.deserialize_bytes(F32s)
+    }
+
+    struct F32s;
+
+    impl de::Visitor<'_> for F32s {
+        type Value = Vec<f32>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("little-endian f32 values")
+        }
+
+        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
+            if bytes.len() % 4 != 0 {
+                return Err(E::custom(format!(
+                    "a model of {} bytes is not a whole number of f32 values",
+                    bytes.len()
+                )));
+            }
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        }
+    }
+}
+
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("undecodable message: {0}")]
@@ -193,6 +236,33 @@ mod tests {
     use super::*;
     use tessera_dp::FixedPointSpec;
     use tessera_secagg::{GraphSpec, Modulus, Round, SessionId, SiteId};
+
+    /// The model's values come back bit for bit (signed zeros, infinities and NaN
+    /// payloads included), and a byte string that is not whole values is refused.
+    #[test]
+    fn models_travel_as_exact_little_endian_bytes() {
+        #[derive(Serialize, Deserialize)]
+        struct Model(#[serde(with = "f32_bytes")] Vec<f32>);
+        let values: Vec<f32> = [0.0, -0.0, 1.5, f32::INFINITY, f32::from_bits(0x7fc0_1234)]
+            .into_iter()
+            .chain((0..1000).map(|i| (i as f32).sqrt() - 9.0))
+            .collect();
+        let bytes = encode(&Model(values.clone())).unwrap();
+        let back = decode::<Model>(&bytes).unwrap().0;
+        assert_eq!(back.len(), values.len());
+        assert!(
+            back.iter()
+                .zip(&values)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        // Version, byte count 7, seven bytes: not whole f32 values.
+        let mut ragged = vec![WIRE_VERSION, 7];
+        ragged.extend([0u8; 7]);
+        assert!(decode::<Model>(&ragged).is_err());
+        ragged[1] = 4;
+        ragged.truncate(6);
+        assert_eq!(decode::<Model>(&ragged).unwrap().0, vec![0.0]);
+    }
 
     /// Every strategy and graph survives the binary format (it cannot carry internally
     /// tagged enums, for instance).

@@ -91,11 +91,8 @@ impl Decoder {
     }
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> Result<Option<Vec<u8>>, FrameError> {
+/// Reads a frame's length prefix; `Ok(None)` on a clean end of stream before it.
+async fn read_len<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<usize>, FrameError> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -109,19 +106,46 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    let mut payload = vec![0u8; len];
+    Ok(Some(u32::from_be_bytes(prefix) as usize))
+}
+
+/// Appends the next `count` bytes of a frame of `len` bytes, `done` of them read
+/// already, to `out`, without zeroing the space first.
+async fn append<R: AsyncRead + Unpin>(
+    r: &mut R,
+    out: &mut Vec<u8>,
+    count: usize,
+    (len, done): (usize, usize),
+) -> Result<(), FrameError> {
+    out.reserve(count);
+    let mut limited = r.take(count as u64);
     let mut got = 0;
-    while got < len {
-        let n = r.read(&mut payload[got..]).await?;
+    while got < count {
+        let n = limited.read_buf(out).await?;
         if n == 0 {
-            return Err(FrameError::Truncated { expected: len, got });
+            return Err(FrameError::Truncated {
+                expected: len,
+                got: done + got,
+            });
         }
         got += n;
     }
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let Some(len) = read_len(r).await? else {
+        return Ok(None);
+    };
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut payload = Vec::new();
+    append(r, &mut payload, len, (len, 0)).await?;
     Ok(Some(payload))
 }
 
@@ -175,7 +199,8 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     let mut message = Vec::new();
     let mut first = true;
     loop {
-        let Some(frame) = read_frame(r, CHUNK + 1).await? else {
+        // Each piece goes straight into the message: no frame buffer in between.
+        let Some(len) = read_len(r).await? else {
             return if first {
                 Ok(None)
             } else {
@@ -183,16 +208,26 @@ pub async fn read_message<R: AsyncRead + Unpin>(
             };
         };
         first = false;
-        let (&more, piece) = frame
-            .split_first()
+        if len > CHUNK + 1 {
+            return Err(FrameError::TooLarge {
+                len,
+                max: CHUNK + 1,
+            });
+        }
+        let piece = len
+            .checked_sub(1)
             .ok_or(FrameError::Malformed("a piece without its flag byte"))?;
-        if message.len() + piece.len() > max {
+        let mut more = Vec::with_capacity(1);
+        append(r, &mut more, 1, (len, 0)).await?;
+        if message.len() + piece > max {
+            // The piece is read all the same, so the stream stays at a frame boundary.
+            append(r, &mut Vec::new(), piece, (len, 1)).await?;
             return Err(FrameError::MessageTooLarge { max });
         }
-        message.extend_from_slice(piece);
-        match more {
-            0 => return Ok(Some(message)),
-            1 => {}
+        append(r, &mut message, piece, (len, 1)).await?;
+        match more.as_slice() {
+            [0] => return Ok(Some(message)),
+            [1] => {}
             _ => return Err(FrameError::Malformed("a flag byte other than 0 or 1")),
         }
     }
