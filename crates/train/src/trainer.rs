@@ -338,6 +338,9 @@ impl LocalTrainer for DetectorTrainer {
         }
         tch::set_num_threads(self.config.threads);
         {
+            // Under the lock only so that this reseeding cannot fall between another
+            // trainer's seeding and its initial weights. Draws during training (a
+            // TorchScript model's dropout, say) are not serialised by it.
             let _rng = torch_rng();
             tch::manual_seed(cfg.seed as i64);
         }
