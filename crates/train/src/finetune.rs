@@ -18,6 +18,7 @@ use tessera_core::{LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
 use crate::loss::{Example, Targets, losses};
 use crate::model::{Detector, DetectorConfig, Trainable};
 use crate::params::{flatten, layout_of, unflatten};
+use crate::torch_state::{ThreadLease, torch_rng};
 use crate::trainer::TrainError;
 
 /// Slices per forward pass of the frozen part.
@@ -70,9 +71,14 @@ impl FineTuner {
                     .into(),
             ));
         }
-        tch::set_num_threads(threads);
+        let _threads = ThreadLease::acquire(threads);
         let mut vs = VarStore::new(Device::Cpu);
-        let net = Detector::new(&vs.root(), model);
+        // Its random initial weights are overwritten below, but drawing them moves
+        // libtorch's one generator: under its lock, not inside another trainer's draws.
+        let net = {
+            let _rng = torch_rng();
+            Detector::new(&vs.root(), model)
+        };
         let full = layout_of(&vs)?;
         unflatten(&mut vs, &full, public)?;
         let head_entries = full
@@ -220,7 +226,7 @@ impl LocalTrainer for FineTuner {
         start: &[f32],
         cfg: &LocalTrainingConfig,
     ) -> Result<LocalUpdate, TrainError> {
-        tch::set_num_threads(self.threads);
+        let _threads = ThreadLease::acquire(self.threads);
         let index: Vec<(usize, i64)> = self
             .patients
             .iter()
@@ -258,7 +264,7 @@ impl LocalTrainer for FineTuner {
         cfg: &LocalTrainingConfig,
         chosen: &[usize],
     ) -> Option<Result<Vec<Vec<f32>>, TrainError>> {
-        tch::set_num_threads(self.threads);
+        let _threads = ThreadLease::acquire(self.threads);
         let batch = cfg.batch_size.max(1);
         let run = |me: &mut Self| {
             let mut out = Vec::with_capacity(chosen.len());

@@ -30,7 +30,9 @@
 //! **Training.** Adam with gradient-norm clipping, the study's augmentation (rotation,
 //! translation, shear, scale, flips; deterministic under the round's seed), FedProx's
 //! proximal term when μ > 0. With the same seed and thread count on CPU, two runs give
-//! bitwise-identical parameters.
+//! bitwise-identical parameters, whatever other trainers of the process do at the time:
+//! libtorch's generator and intra-op thread count are one per process, and the
+//! `torch_state` module serialises seeding and holds each run's thread count.
 //!
 //! **Parameters.** Every variable of the `VarStore`, sorted by name, flattened to
 //! `Vec<f32>` ([`flatten`]); batch-norm weights, biases and running statistics are marked
@@ -49,6 +51,7 @@ mod loss;
 mod model;
 mod params;
 mod retina;
+mod torch_state;
 mod trainer;
 
 pub use augment::{Augmentation, augment};

@@ -5,7 +5,6 @@ use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 use tch::nn::{self, OptimizerConfig, VarStore};
 use tch::{Device, IValue, Kind, Tensor};
 use tessera_core::{LayoutError, LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout};
@@ -18,19 +17,7 @@ use crate::loss::{DecodeConfig, Example, Targets, decode, losses, score_maps};
 use crate::model::{Detector, DetectorConfig, DetectorNet, HeadOutputs, STRIDE};
 use crate::params::{flatten, layout_of, unflatten};
 use crate::retina::RetinaOutputs;
-
-/// libtorch has one default random generator per process. Seeding it and drawing a new
-/// model's initial weights happen under this lock, so trainers built at once in threads
-/// of one process (simulated sites, tests) each get exactly the weights their seed names
-/// (a test builds them from several threads and compares).
-static TORCH_RNG: Mutex<()> = Mutex::new(());
-
-/// The generator lock; it guards no data, so a panic elsewhere cannot leave it invalid.
-fn torch_rng() -> MutexGuard<'static, ()> {
-    TORCH_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::torch_state::{ThreadLease, torch_rng};
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -182,7 +169,7 @@ impl DetectorTrainer {
                 model.input_size
             )));
         }
-        tch::set_num_threads(config.threads);
+        let _threads = ThreadLease::acquire(config.threads);
         let vs = VarStore::new(device(&config));
         let network = {
             let _rng = torch_rng();
@@ -209,7 +196,7 @@ impl DetectorTrainer {
         examples: Vec<Example>,
         config: TrainerConfig,
     ) -> Result<Self, TrainError> {
-        tch::set_num_threads(config.threads);
+        let _threads = ThreadLease::acquire(config.threads);
         let vs = VarStore::new(device(&config));
         let module = tch::TrainableCModule::load(path, vs.root())?;
         let network = Network::TorchScript(TorchScriptNet {
@@ -289,7 +276,10 @@ impl DetectorTrainer {
             .view([n, 3, self.size, self.size])
             .to_device(self.vs.device());
         self.set_mode(false);
-        let out = tch::no_grad(|| self.forward(&x, false))?;
+        let out = {
+            let _threads = ThreadLease::acquire(self.config.threads);
+            tch::no_grad(|| self.forward(&x, false))?
+        };
         let out = HeadOutputs {
             heatmap: out.heatmap.to_device(Device::Cpu),
             boxes: out.boxes.to_device(Device::Cpu),
@@ -336,7 +326,8 @@ impl LocalTrainer for DetectorTrainer {
         if self.examples.is_empty() {
             return Err(TrainError::NoData);
         }
-        tch::set_num_threads(self.config.threads);
+        // The thread count stays fixed for the whole run (see `torch_state`).
+        let _threads = ThreadLease::acquire(self.config.threads);
         {
             // Under the lock only so that this reseeding cannot fall between another
             // trainer's seeding and its initial weights. Draws during training (a

@@ -4,76 +4,11 @@
 use std::path::Path;
 use tessera_core::{LocalTrainer, LocalTrainingConfig, ParamKind};
 use tessera_data::{Acquisition, Patient, Population, Resolution, SliceSpec};
-use tessera_eval::{BBox, PatientResult, SliceResult, summarise};
-use tessera_train::{
-    DecodeConfig, DetectorConfig, DetectorTrainer, Example, TrainerConfig, infer_volume,
-};
+use tessera_eval::{PatientResult, SliceResult, summarise};
+use tessera_train::{DecodeConfig, DetectorConfig, DetectorTrainer, TrainerConfig, infer_volume};
 
-const SIZE: usize = 64;
-
-/// Lung-like background with one or two bright square lesions.
-fn examples(count: usize) -> Vec<Example> {
-    (0..count)
-        .map(|i| {
-            let mut image = vec![0.1f32; 3 * SIZE * SIZE];
-            let mut lesion = vec![false; SIZE * SIZE];
-            let mut boxes = Vec::new();
-            let spots = [
-                (8 + (i * 7) % 30, 10 + (i * 11) % 30, 8 + i % 5),
-                (40, 36 + i % 8, 10),
-            ];
-            for &(x0, y0, side) in spots.iter().take(1 + i % 2) {
-                for y in y0..y0 + side {
-                    for x in x0..x0 + side {
-                        lesion[y * SIZE + x] = true;
-                        for c in 0..3 {
-                            image[c * SIZE * SIZE + y * SIZE + x] = 0.7;
-                        }
-                    }
-                }
-                boxes.push(BBox::new(
-                    x0 as f32,
-                    y0 as f32,
-                    (x0 + side) as f32,
-                    (y0 + side) as f32,
-                ));
-            }
-            Example {
-                image,
-                boxes,
-                lesion,
-            }
-        })
-        .collect()
-}
-
-fn tiny() -> DetectorConfig {
-    DetectorConfig {
-        input_size: SIZE as i64,
-        widths: [8, 8, 16, 16, 16],
-        convs_per_stage: [1, 1, 1, 1],
-        fpn_channels: 16,
-        ..DetectorConfig::tiny()
-    }
-}
-
-fn round(steps: usize, seed: u64) -> LocalTrainingConfig {
-    LocalTrainingConfig {
-        steps,
-        batch_size: 4,
-        learning_rate: 3e-3,
-        proximal_mu: 0.0,
-        seed,
-    }
-}
-
-fn no_augmentation() -> TrainerConfig {
-    TrainerConfig {
-        augmentation: None,
-        threads: 1,
-        ..TrainerConfig::default()
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn loss_decreases_and_a_handful_of_slices_is_overfitted() {
@@ -178,22 +113,8 @@ fn parameters_flatten_and_checkpoint_exactly() {
 
 #[test]
 fn training_is_bitwise_deterministic_on_cpu() {
-    let run = || {
-        let data = examples(6);
-        let mut t = DetectorTrainer::native(
-            &tiny(),
-            data,
-            TrainerConfig {
-                threads: 2,
-                ..TrainerConfig::default()
-            },
-            11,
-        )
-        .unwrap();
-        t.train(&t.parameters(), &round(8, 5)).unwrap().parameters
-    };
-    let (a, b) = (run(), run());
-    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let (a, b) = (deterministic_run(2), deterministic_run(2));
+    assert!(same_bits(&a, &b));
 }
 
 /// libtorch's random generator is one per process: trainers built at once in several
