@@ -8,7 +8,7 @@ use tessera_core::seed::RootSeed;
 use tessera_fl::wire::{self, ToCoordinator};
 use tessera_fl::{FederationConfig, KnownUpdateTrainer};
 use tessera_net::pki::load_identity;
-use tessera_net::transcript::{Entry, OpenFacts, Record, RoundFacts, TranscriptWriter};
+use tessera_net::transcript::{Durability, Entry, OpenFacts, Record, RoundFacts, TranscriptWriter};
 use tessera_secagg::{
     Body, Envelope, Header, MaskedUpload, MaskedVector, Modulus, PROTOCOL_VERSION, Party, Phase,
     PlainVector, Round, SessionId, SiteId,
@@ -180,7 +180,13 @@ fn resigned(name: &str, i: usize, mut edit: impl FnMut(Entry) -> Vec<Entry>) -> 
         panic!("no open record")
     };
     let path = scratch.join(format!("site-{i}.transcript"));
-    let mut w = TranscriptWriter::open(&path, identity, edit_open(open, &mut edit)).unwrap();
+    let mut w = TranscriptWriter::open(
+        &path,
+        identity,
+        edit_open(open, &mut edit),
+        Durability::Synced,
+    )
+    .unwrap();
     for r in &records[1..] {
         for e in edit(r.entry.clone()) {
             match e {
@@ -326,6 +332,7 @@ fn retained_uploads_are_tested_for_uniformity() {
             policy_sha256: "0".repeat(64),
             keep_payloads: true,
         },
+        Durability::Synced,
     )
     .unwrap();
     w.round(facts.clone()).unwrap();
@@ -434,7 +441,7 @@ fn a_crash_mid_write_and_a_restart_audit_clean() {
         panic!("no open record")
     };
     let identity = Arc::new(load_identity(&dir.join("pki/site-0.identity")).unwrap());
-    let w = TranscriptWriter::open(&path, identity, open).unwrap();
+    let w = TranscriptWriter::open(&path, identity, open, Durability::Synced).unwrap();
     assert!(w.torn().is_some_and(|t| t.exists()));
     drop(w);
     let found = audit(&inputs(&dir, vec![path])).unwrap();

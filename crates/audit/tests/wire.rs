@@ -20,6 +20,7 @@ use tessera_fl::{
 };
 use tessera_net::pki::load_identity;
 use tessera_net::quic::{Credentials, client, server};
+use tessera_net::transcript::Durability;
 use tessera_secagg::SiteId;
 
 const DIM: usize = 3000;
@@ -110,6 +111,7 @@ async fn federation(dir: &Path, keylog: &Path, fault: bool, capture: &Path) -> O
             &RosterFacts::of_file(&pki.join("roster.json"), roster.version).unwrap(),
             &SitePolicy::permissive(),
             false,
+            Durability::Synced,
         )
         .unwrap();
         let who = SiteIdentity {

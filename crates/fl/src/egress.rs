@@ -143,6 +143,7 @@ mod tests {
     use super::*;
     use crate::facts::{RosterFacts, open_transcript};
     use crate::policy::SitePolicy;
+    use tessera_net::transcript::Durability;
     use tessera_secagg::{
         Body, Envelope, Header, IdentityKeyPair, MaskedVector, Modulus, PROTOCOL_VERSION, Party,
         PlainVector, Round, SessionId, SiteId,
@@ -163,6 +164,7 @@ mod tests {
             &RosterFacts::unsigned(),
             &SitePolicy::permissive(),
             true,
+            Durability::Synced,
         )
         .unwrap();
         let (out_tx, mut out_rx) = mpsc::channel(8);

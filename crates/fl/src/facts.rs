@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 use tessera_dp::LedgerEntry;
-use tessera_net::transcript::{DpCharge, FORMAT, OpenFacts, RoundFacts, TranscriptWriter, hex};
+use tessera_net::transcript::{
+    DpCharge, Durability, FORMAT, OpenFacts, RoundFacts, TranscriptWriter, hex,
+};
 use tessera_secagg::{GraphSpec, IdentityKeyPair, RoundConfig, SiteId};
 
 use crate::config::session_hex;
@@ -55,6 +57,7 @@ pub fn open_transcript(
     roster: &RosterFacts,
     policy: &SitePolicy,
     keep_payloads: bool,
+    durability: Durability,
 ) -> Result<TranscriptWriter, FlError> {
     let open = OpenFacts {
         format: FORMAT,
@@ -64,7 +67,7 @@ pub fn open_transcript(
         policy_sha256: policy_digest(policy)?,
         keep_payloads,
     };
-    Ok(TranscriptWriter::open(path, identity, open)?)
+    Ok(TranscriptWriter::open(path, identity, open, durability)?)
 }
 
 /// The parameters a site obeys in `start`, with what its own ledger charged.

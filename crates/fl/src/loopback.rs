@@ -11,6 +11,7 @@ use tessera_core::seed::{Purpose, RootSeed, SeedContext};
 use tessera_core::{LocalTrainer, ParamLayout};
 use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
 use tessera_net::quic::{Credentials, client, server};
+use tessera_net::transcript::Durability;
 use tessera_secagg::SiteId;
 use tokio::task::JoinHandle;
 
@@ -140,6 +141,7 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
             &RosterFacts::of_file(&pki.join("roster.json"), 0)?,
             &SitePolicy::permissive(),
             false,
+            Durability::InProcess,
         )?;
         let who = SiteIdentity {
             id,

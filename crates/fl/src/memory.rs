@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tessera_core::seed::{Purpose, RootSeed, SeedContext};
 use tessera_core::{LocalTrainer, ParamLayout};
+use tessera_net::transcript::Durability;
 use tessera_secagg::{IdentityKeyPair, Phase, Roster, SiteId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -85,6 +86,7 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
             &RosterFacts::unsigned(),
             &SitePolicy::permissive(),
             false,
+            Durability::InProcess,
         )?;
         let who = SiteIdentity {
             id,

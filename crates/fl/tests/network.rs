@@ -17,6 +17,7 @@ use tessera_fl::{
 use tessera_net::frame::{CHUNK, MAX_MESSAGE, read_message, write_message};
 use tessera_net::pki::{Role, SignedRoster, init, issue, load_identity};
 use tessera_net::quic::{Credentials, client, connect, server};
+use tessera_net::transcript::Durability;
 use tessera_secagg::{Party, PlainVector, Roster, Round, RoundConfig, Site, SiteId};
 
 const DIM: usize = 8;
@@ -56,6 +57,7 @@ fn spawn_honest_site(dir: &Path, identities: &Arc<Roster>, addr: SocketAddr, i: 
             &RosterFacts::unsigned(),
             &SitePolicy::permissive(),
             false,
+            Durability::Synced,
         )
         .unwrap();
         let who = SiteIdentity {

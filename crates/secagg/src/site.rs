@@ -4,7 +4,7 @@ use curve25519_dalek::scalar::Scalar;
 use rand_core::CryptoRng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{self, AgreementSecret, IdentityKeyPair, random_scalar};
 use crate::error::{MessageError, SiteError};
@@ -46,6 +46,9 @@ enum State {
         secrets: Secrets,
         input: PlainVector,
         neighbours: BTreeMap<SiteId, KeyAdvertisement>,
+        /// X25519(c_u, c_v) per neighbour, agreed once to seal this site's shares and
+        /// kept to open the neighbour's (the same key both ways).
+        transport: BTreeMap<SiteId, Zeroizing<[u8; 32]>>,
         own: HeldShares,
     },
     AwaitingSurvivors {
@@ -207,10 +210,11 @@ impl Site {
                     secrets,
                     input,
                     neighbours,
+                    transport,
                     own,
                 },
                 Body::ForwardedShares(shares),
-            ) => self.mask_input(&secrets, input, &neighbours, own, shares)?,
+            ) => self.mask_input(&secrets, input, &neighbours, &transport, own, shares)?,
             (State::AwaitingSurvivors { held }, Body::SurvivorSet(survivors)) => {
                 self.sign_survivors(held, survivors)?
             }
@@ -265,6 +269,7 @@ impl Site {
         let self_shares = shamir::share(&secrets.self_mask, t, &holders, rng)?;
         let mut own = None;
         let mut out = Vec::with_capacity(neighbours.len());
+        let mut transport = BTreeMap::new();
         for ((holder, s), (_, b)) in mask_shares.into_iter().zip(self_shares) {
             let held = HeldShares {
                 mask_secret: s,
@@ -290,6 +295,7 @@ impl Site {
                 peer: holder,
                 ciphertext,
             });
+            transport.insert(holder, shared);
         }
         let own = own.expect("the site is one of its own holders");
         Ok((
@@ -297,6 +303,7 @@ impl Site {
                 secrets,
                 input,
                 neighbours,
+                transport,
                 own,
             },
             Body::ShareKeys(out),
@@ -308,13 +315,14 @@ impl Site {
         secrets: &Secrets,
         input: PlainVector,
         neighbours: &BTreeMap<SiteId, KeyAdvertisement>,
+        transport: &BTreeMap<SiteId, Zeroizing<[u8; 32]>>,
         own: HeldShares,
         shares: Vec<EncryptedShares>,
     ) -> Result<(State, Body), SiteError> {
         let mut held = BTreeMap::new();
         let mut accused = Vec::new();
         for EncryptedShares { peer, ciphertext } in shares {
-            let Some(ad) = neighbours.get(&peer) else {
+            let Some(shared) = transport.get(&peer) else {
                 return Err(self.malformed(
                     "forwarded-shares",
                     format!("{peer} is not a neighbour with keys"),
@@ -323,7 +331,7 @@ impl Site {
             if held.contains_key(&peer) || accused.contains(&peer) {
                 return Err(self.malformed("forwarded-shares", format!("{peer} appears twice")));
             }
-            match self.open_shares(secrets, peer, ad, &ciphertext)? {
+            match self.open_shares(shared, peer, &ciphertext) {
                 Some(shares) => {
                     held.insert(peer, shares);
                 }
@@ -375,30 +383,19 @@ impl Site {
     /// Opens `peer`'s ciphertext; `None` when it is forged, corrupted or not canonical.
     fn open_shares(
         &self,
-        secrets: &Secrets,
+        shared: &[u8; 32],
         peer: SiteId,
-        ad: &KeyAdvertisement,
         ciphertext: &[u8],
-    ) -> Result<Option<HeldShares>, SiteError> {
-        let shared = secrets
-            .share_key
-            .agree(&ad.share_key)
-            .map_err(|source| SiteError::Agreement { peer, source })?;
-        let Ok(plain) =
-            crypto::open_shares(&shared, self.config.digest(), peer, self.id, ciphertext)
-        else {
-            return Ok(None);
-        };
+    ) -> Option<HeldShares> {
+        let plain =
+            crypto::open_shares(shared, self.config.digest(), peer, self.id, ciphertext).ok()?;
         let scalar = |bytes: &[u8]| {
             let arr: [u8; 32] = bytes.try_into().ok()?;
             Option::<Scalar>::from(Scalar::from_canonical_bytes(arr))
         };
-        Ok(match (scalar(&plain[..32]), scalar(&plain[32..])) {
-            (Some(mask_secret), Some(self_mask)) => Some(HeldShares {
-                mask_secret,
-                self_mask,
-            }),
-            _ => None,
+        Some(HeldShares {
+            mask_secret: scalar(&plain[..32])?,
+            self_mask: scalar(&plain[32..])?,
         })
     }
 

@@ -19,6 +19,7 @@ use tessera_core::seed::{Purpose, RootSeed, SeedContext};
 use tessera_core::{LocalTrainer, ParamLayout};
 use tessera_net::pki::load_identity;
 use tessera_net::quic::{Credentials, client, server};
+use tessera_net::transcript::Durability;
 use tessera_secagg::SiteId;
 
 pub use crate::config::session_hex;
@@ -442,6 +443,7 @@ pub async fn run_site_process<T: LocalTrainer>(
         &RosterFacts::of_file(&cfg.pki.join("roster.json"), roster.version)?,
         &cfg.policy,
         cfg.keep_payloads,
+        Durability::Synced,
     )?;
     let (root, fresh) = match cfg.seed {
         Some(seed) => (RootSeed::from_experiment(seed).site_root(id.0), false),

@@ -20,7 +20,7 @@ use tessera_secagg::{IdentityPublicKey, Signature};
 use thiserror::Error;
 
 pub use crate::receipt::Receipt;
-pub use writer::TranscriptWriter;
+pub use writer::{Durability, TranscriptWriter};
 
 /// The format version written in every `open` record.
 pub const FORMAT: u32 = 2;

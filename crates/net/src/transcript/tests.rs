@@ -30,7 +30,7 @@ fn open_facts() -> OpenFacts {
 
 /// open + three messages = four records.
 fn write_three(path: &Path, id: &Arc<IdentityKeyPair>) {
-    let mut w = TranscriptWriter::open(path, id.clone(), open_facts()).unwrap();
+    let mut w = TranscriptWriter::open(path, id.clone(), open_facts(), Durability::Synced).unwrap();
     w.message("00", 1, "advertise-keys", "advertise-keys", b"keys")
         .unwrap();
     w.message("00", 1, "masked-input", "masked-input", &[7u8; 1000])
@@ -47,7 +47,8 @@ fn an_intact_transcript_verifies_and_resumes() {
     assert_eq!(v.records.len(), 4);
     assert_eq!(v.bytes_by_kind()["masked-input"], (1, 1000));
     // Reopening records another `open` and continues the chain.
-    let mut w = TranscriptWriter::open(&path, id.clone(), open_facts()).unwrap();
+    let mut w =
+        TranscriptWriter::open(&path, id.clone(), open_facts(), Durability::Synced).unwrap();
     assert_eq!(w.head().0, 5);
     let r = w
         .message("00", 2, "masked-input", "masked-input", b"x")
@@ -92,7 +93,7 @@ fn removal_reordering_editing_and_another_key_are_detected() {
     assert!(verify(&path, &other.public()).is_err());
     // A writer refuses to continue a broken file.
     check(&[a, c]).unwrap_err();
-    assert!(TranscriptWriter::open(&path, id.clone(), open_facts()).is_err());
+    assert!(TranscriptWriter::open(&path, id.clone(), open_facts(), Durability::Synced).is_err());
 }
 
 /// A crash mid-write leaves a partial line: reopening keeps it aside, truncates to the
@@ -109,7 +110,7 @@ fn a_torn_tail_is_kept_aside_and_the_site_continues() {
         verify(&path, &id.public()),
         Err(TranscriptError::Malformed { line: 5, .. })
     ));
-    let w = TranscriptWriter::open(&path, id.clone(), open_facts()).unwrap();
+    let w = TranscriptWriter::open(&path, id.clone(), open_facts(), Durability::Synced).unwrap();
     let aside = w.torn().unwrap().to_owned();
     assert_eq!(std::fs::read(&aside).unwrap(), br#"{"seq":4,"prev":"ab"#);
     assert_eq!(aside, PathBuf::from(format!("{}.torn-4", path.display())));
@@ -121,7 +122,7 @@ fn a_torn_tail_is_kept_aside_and_the_site_continues() {
     let mut bad = std::fs::read(&path).unwrap();
     bad.extend_from_slice(b"junk\n");
     std::fs::write(&path, &bad).unwrap();
-    assert!(TranscriptWriter::open(&path, id.clone(), open_facts()).is_err());
+    assert!(TranscriptWriter::open(&path, id.clone(), open_facts(), Durability::Synced).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), bad);
 }
 
@@ -131,7 +132,8 @@ fn a_torn_tail_is_kept_aside_and_the_site_continues() {
 #[test]
 fn records_with_awkward_floats_verify() {
     let (path, id) = setup("floats");
-    let mut w = TranscriptWriter::open(&path, id.clone(), open_facts()).unwrap();
+    let mut w =
+        TranscriptWriter::open(&path, id.clone(), open_facts(), Durability::Synced).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
         state ^= state << 13;
