@@ -51,9 +51,12 @@ pub struct SimulateArgs {
     #[arg(long)]
     quic: bool,
     /// Backstop deadline of each phase. Simulated dropouts withdraw explicitly, so
-    /// results do not depend on it (or on load) unless a site is truly stuck.
-    #[arg(long, default_value_t = 60_000)]
-    phase_timeout_ms: u64,
+    /// results do not depend on it (or on load) unless a site is truly stuck. Default:
+    /// 60 s plus 20 ms per site and 10^5 coordinates, since every simulated site's work
+    /// shares this machine's cores (at 10,000 sites a phase's work alone took over a
+    /// minute on 2 cores, and a flat 60 s cut 1,434 sites off the masked input).
+    #[arg(long)]
+    phase_timeout_ms: Option<u64>,
     /// The mask generator: aes-256-ctr or chacha20.
     #[arg(long, default_value = "aes-256-ctr")]
     mask_prg: tessera_secagg::MaskPrg,
@@ -134,6 +137,12 @@ fn keep_large_buffers_mapped() {
     }
 }
 
+/// 60 s, plus 20 ms for each site and 10^5 coordinates (see `--phase-timeout-ms`).
+fn default_phase_timeout_ms(sites: usize, dim: usize) -> u64 {
+    let per_site = 20 * (dim as u64).div_ceil(100_000).max(1);
+    60_000u64.saturating_add(per_site.saturating_mul(sites as u64))
+}
+
 pub fn run_command(args: &SimulateArgs) -> Result<ExitCode, String> {
     keep_large_buffers_mapped();
     let spec = SimulationSpec {
@@ -150,7 +159,11 @@ pub fn run_command(args: &SimulateArgs) -> Result<ExitCode, String> {
         clip: args.clip,
         seed: args.seed,
         quic: args.quic,
-        phase_timeout: Duration::from_millis(args.phase_timeout_ms.max(1)),
+        phase_timeout: Duration::from_millis(
+            args.phase_timeout_ms
+                .unwrap_or_else(|| default_phase_timeout_ms(args.sites, args.dim))
+                .max(1),
+        ),
         max_weight: 1000,
         mask_prg: args.mask_prg,
     };

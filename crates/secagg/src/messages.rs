@@ -12,7 +12,7 @@ use crate::ids::{Party, Phase, Round, SessionId, SiteId};
 use crate::ring::MaskedVector;
 
 /// Version of this wire format and protocol.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {

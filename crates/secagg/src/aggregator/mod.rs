@@ -77,6 +77,8 @@ pub struct Aggregator {
     /// Accusations one site may make before it is excluded itself.
     tolerated: usize,
     masked_sum: Vec<u32>,
+    /// The message survivors sign in the consistency check, once U3 is known.
+    consistency: Vec<u8>,
     signatures: BTreeMap<SiteId, Signature>,
     /// What each site was asked to reveal (self-mask owners, mask-key owners).
     requests: BTreeMap<SiteId, (Vec<SiteId>, Vec<SiteId>)>,
@@ -109,6 +111,7 @@ impl Aggregator {
             accusations: BTreeMap::new(),
             tolerated: 1,
             masked_sum: vec![0; len],
+            consistency: Vec::new(),
             signatures: BTreeMap::new(),
             requests: BTreeMap::new(),
             self_mask_shares: BTreeMap::new(),
@@ -232,16 +235,12 @@ impl Aggregator {
             }
             Body::MaskedInput(upload) => self.add_masked(from, upload)?,
             Body::ConsistencySignature(sig) => {
-                let survivors: Vec<SiteId> = self.survivors.masked.iter().copied().collect();
                 let key = self
                     .roster
                     .get(from)
                     .ok_or(AggregatorError::UnknownSite(from))?;
-                key.verify(
-                    &protocol::consistency_message(&self.config, &survivors),
-                    &sig,
-                )
-                .map_err(|_| MessageError::BadSignature(from))?;
+                key.verify(&self.consistency, &sig)
+                    .map_err(|_| MessageError::BadSignature(from))?;
                 self.signatures.insert(from, sig);
             }
             Body::UnmaskShares(reply) => self.accept_shares(from, reply)?,
@@ -511,6 +510,7 @@ impl Aggregator {
                 }
                 self.sum_uploads(&u3);
                 let list: Vec<SiteId> = u3.iter().copied().collect();
+                self.consistency = protocol::consistency_message(&self.config, &list);
                 for &site in &u3 {
                     self.send(site, Body::SurvivorSet(list.clone()));
                 }
