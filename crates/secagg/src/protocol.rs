@@ -77,7 +77,12 @@ pub(crate) fn verify_advertisement(
 /// a fixed size: with the set itself, every site hashed k copies of an n-entry list,
 /// and at n = 10,000 that SHA-512 work was the largest share of the round's CPU.
 pub(crate) fn consistency_message(config: &RoundConfig, survivors: &[SiteId]) -> Vec<u8> {
-    let set = crypto::hash(Purpose::ConsistencySignature, config.digest(), survivors, &[]);
+    let set = crypto::hash(
+        Purpose::ConsistencySignature,
+        config.digest(),
+        survivors,
+        &[],
+    );
     let mut m = context_bytes(Purpose::ConsistencySignature, config.digest(), &[]);
     m.extend_from_slice(&set);
     m

@@ -30,7 +30,11 @@ fn open_facts() -> OpenFacts {
 
 /// open + three messages = four records.
 fn write_three(path: &Path, id: &Arc<IdentityKeyPair>) {
-    let mut w = TranscriptWriter::open(path, id.clone(), open_facts(), Durability::Synced).unwrap();
+    write_three_with(path, id, Durability::Synced);
+}
+
+fn write_three_with(path: &Path, id: &Arc<IdentityKeyPair>, durability: Durability) {
+    let mut w = TranscriptWriter::open(path, id.clone(), open_facts(), durability).unwrap();
     w.message("00", 1, "advertise-keys", "advertise-keys", b"keys")
         .unwrap();
     w.message("00", 1, "masked-input", "masked-input", &[7u8; 1000])
@@ -55,6 +59,20 @@ fn an_intact_transcript_verifies_and_resumes() {
         .unwrap();
     assert_eq!(r.seq, 5);
     assert_eq!(verify(&path, &id.public()).unwrap().records.len(), 6);
+}
+
+/// Durability decides only when records reach the disk, never what they say.
+#[test]
+fn an_in_process_transcript_is_the_synced_one_byte_for_byte() {
+    let (path, id) = setup("durability");
+    write_three_with(&path, &id, Durability::Synced);
+    let other = path.with_file_name("in-process.transcript");
+    write_three_with(&other, &id, Durability::InProcess);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&other).unwrap()
+    );
+    assert_eq!(verify(&other, &id.public()).unwrap().records.len(), 4);
 }
 
 fn lines(path: &Path) -> Vec<String> {
