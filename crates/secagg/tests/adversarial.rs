@@ -817,3 +817,39 @@ fn attack_valid_shares_to_too_few_costs_those_few_not_the_round() {
     assert_eq!(result.contributors, (2..9).map(SiteId).collect::<Vec<_>>());
     assert_eq!(result.sum, sum_of(&[2, 3, 4, 5, 6, 7, 8]));
 }
+
+/// A round in which site 3's share ciphertexts never reached the aggregator, stopped at
+/// the survivor set for site 0, plus that set with `extra` added.
+fn survivor_set_with(extra: Option<SiteId>) -> (Harness, Envelope) {
+    let mut h = Harness::new(1);
+    let ads = h.deliver(&[]);
+    h.reply(ads);
+    let forwarded = h.deliver(&[SiteId(3)]);
+    h.reply(forwarded);
+    let mut out = h.run_until(Phase::ConsistencyCheck, &[]);
+    let mut env = take_for(&mut out, SiteId(0));
+    if let (Some(extra), Body::SurvivorSet(s)) = (extra, &mut env.body) {
+        assert!(!s.contains(&extra));
+        s.push(extra);
+        s.sort_unstable();
+    }
+    (h, env)
+}
+
+/// A survivor set must list participants only, and no neighbour whose shares this site
+/// never received (it could not help unmask that site).
+#[test]
+fn a_survivor_set_with_strangers_or_neighbours_without_shares_is_refused() {
+    let (mut h, env) = survivor_set_with(Some(SiteId(3)));
+    assert_eq!(
+        h.site(SiteId(0), env).unwrap_err(),
+        SiteError::InconsistentSurvivors(SiteId(3))
+    );
+    let (mut h, env) = survivor_set_with(Some(SiteId(N + 7)));
+    assert!(matches!(
+        h.site(SiteId(0), env),
+        Err(SiteError::Message(MessageError::Malformed { .. }))
+    ));
+    let (mut h, env) = survivor_set_with(None);
+    assert!(h.site(SiteId(0), env).is_ok());
+}
