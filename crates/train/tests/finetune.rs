@@ -1,13 +1,12 @@
 //! Private fine-tuning: only the heads move, each patient's result depends on that
 //! patient alone, and training on the heads lowers the loss.
 
-use tessera_core::{LocalTrainer, LocalTrainingConfig};
+use tessera_core::LocalTrainer;
 use tessera_eval::BBox;
-use tessera_train::{
-    DetectorConfig, DetectorTrainer, Example, FineTuner, Trainable, TrainerConfig, is_head,
-};
+use tessera_train::{DetectorTrainer, Example, FineTuner, Trainable, is_head};
 
-const SIZE: usize = 64;
+mod common;
+use common::{SIZE, no_augmentation, round as cfg, tiny};
 
 fn examples(count: usize, shift: usize) -> Vec<Example> {
     (0..count)
@@ -33,34 +32,9 @@ fn examples(count: usize, shift: usize) -> Vec<Example> {
         .collect()
 }
 
-fn tiny() -> DetectorConfig {
-    DetectorConfig {
-        input_size: SIZE as i64,
-        widths: [8, 8, 16, 16, 16],
-        convs_per_stage: [1, 1, 1, 1],
-        fpn_channels: 16,
-        ..DetectorConfig::tiny()
-    }
-}
-
-fn cfg(steps: usize, seed: u64) -> LocalTrainingConfig {
-    LocalTrainingConfig {
-        steps,
-        batch_size: 4,
-        learning_rate: 3e-3,
-        proximal_mu: 0.0,
-        seed,
-    }
-}
-
 /// A "public" model: the detector briefly trained on other slices.
 fn public() -> Vec<f32> {
-    let config = TrainerConfig {
-        augmentation: None,
-        threads: 1,
-        ..TrainerConfig::default()
-    };
-    let mut t = DetectorTrainer::native(&tiny(), examples(6, 3), config, 7).unwrap();
+    let mut t = DetectorTrainer::native(&tiny(), examples(6, 3), no_augmentation(), 7).unwrap();
     let start = t.parameters();
     t.train(&start, &cfg(5, 1)).unwrap().parameters
 }
