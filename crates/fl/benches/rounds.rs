@@ -4,7 +4,8 @@
 //! frame payload bytes each way, and raw single-stream QUIC throughput in the same run.
 //!
 //! `TESSERA_BENCH_QUIC_COST=1 cargo bench -p tessera-fl --bench rounds` prints only the
-//! plaintext round against raw QUIC moving the same bytes over as many connections.
+//! plaintext round against raw QUIC moving the same bytes over as many connections
+//! (`TESSERA_BENCH_QUIC_COST=10x1000000`: that n × m row alone).
 //!
 //! `cargo bench -p tessera-fl --bench rounds` prints a Markdown table: per configuration,
 //! the median wall time of five rounds after a warm-up round and the mean bytes per
@@ -57,7 +58,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
     let dir = federation_dir(n);
-    let _ = std::fs::remove_file(dir.join("checkpoint.bin"));
+    for file in ["checkpoint.bin", "checkpoint.round"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
     for i in 0..n {
         let _ = std::fs::remove_file(dir.join(format!("site-{i}.transcript")));
     }
@@ -221,11 +224,12 @@ async fn raw_round(n: usize, down: usize, up: usize) -> f64 {
     median(times[1..].to_vec())
 }
 
-/// The plaintext round against raw QUIC moving the same bytes (`raw_round`).
-async fn quic_cost() {
+/// The plaintext round against raw QUIC moving the same bytes (`raw_round`), for the
+/// given (n, m) rows.
+async fn quic_cost(rows: Vec<(usize, usize)>) {
     println!("| n | m | plaintext round | raw QUIC, same bytes | round ÷ raw |");
     println!("|---|---|---|---|---|");
-    for (n, m) in [(10, 100_000), (10, 1_000_000), (50, 1_000_000)] {
+    for (n, m) in rows {
         let plain = round(n, m, Protocol::Plaintext).await;
         let raw = raw_round(
             n,
@@ -247,9 +251,23 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if std::env::var("TESSERA_BENCH_QUIC_COST").is_ok_and(|v| v == "1") {
-        rt.block_on(quic_cost());
-        return;
+    // `1`: the three standard rows; `NxM` (e.g. `10x1000000`): that row alone.
+    match std::env::var("TESSERA_BENCH_QUIC_COST").as_deref() {
+        Ok("1") => {
+            let rows = vec![(10, 100_000), (10, 1_000_000), (50, 1_000_000)];
+            return rt.block_on(quic_cost(rows));
+        }
+        Ok(row) => {
+            let parsed = row
+                .split_once('x')
+                .and_then(|(n, m)| Some((n.parse().ok()?, m.parse().ok()?)));
+            let Some(row) = parsed else {
+                eprintln!("TESSERA_BENCH_QUIC_COST={row}: use 1, or NxM such as 10x1000000");
+                std::process::exit(2);
+            };
+            return rt.block_on(quic_cost(vec![row]));
+        }
+        Err(_) => {}
     }
     rt.block_on(async {
         println!("raw single-stream QUIC over loopback (mutual TLS, 1 MiB frames, 256 MiB): {:.0} MB/s", raw_throughput(256 << 20).await);

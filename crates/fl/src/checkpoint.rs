@@ -5,6 +5,11 @@
 //! settings differ from the ones the checkpoint was written under: a changed strategy,
 //! protocol, codec or DP setting would silently mix two experiments, or spend a privacy
 //! budget under different rules.
+//!
+//! A round number is spent before the round's first message. Rather than rewrite the
+//! whole model for that, the coordinator writes a [`RoundMarker`] beside the checkpoint
+//! (`checkpoint.round` beside `checkpoint.bin`, 61 bytes, sealed the same way); a resume starts after the
+//! larger of the two numbers.
 
 use serde::{Deserialize, Serialize};
 use tessera_core::Strategy;
@@ -14,7 +19,8 @@ use thiserror::Error;
 use crate::config::{FederationConfig, Protocol, session_hex};
 
 const MAGIC: &[u8; 4] = b"TSCK";
-const VERSION: u8 = 4;
+const MARKER_MAGIC: &[u8; 4] = b"TSRM";
+const VERSION: u8 = 5;
 const DIGEST: usize = 32;
 
 /// The settings a resumed federation must keep.
@@ -77,10 +83,103 @@ pub struct Checkpoint {
     pub next_round: u64,
     /// Rounds that ended, completed or aborted.
     pub rounds_ended: u64,
+    #[serde(with = "crate::wire::f32_bytes")]
     pub global: Vec<f32>,
     /// The strategy's state (FedAvgM's velocity), so that resume is exact.
+    #[serde(with = "crate::wire::f32_bytes")]
     pub strategy_state: Vec<f32>,
     pub ledger: Option<Ledger>,
+}
+
+/// A [`Checkpoint`] made of borrowed parts, encoded to the same bytes without copying
+/// the model first.
+#[derive(Serialize)]
+pub(crate) struct CheckpointRef<'a> {
+    pub settings: &'a ResumeSettings,
+    pub next_round: u64,
+    pub rounds_ended: u64,
+    #[serde(with = "crate::wire::f32_bytes")]
+    pub global: &'a [f32],
+    #[serde(with = "crate::wire::f32_bytes")]
+    pub strategy_state: &'a [f32],
+    pub ledger: Option<&'a Ledger>,
+}
+
+impl CheckpointRef<'_> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, CheckpointProblem> {
+        let body =
+            postcard::to_allocvec(self).map_err(|e| CheckpointProblem::Encode(e.to_string()))?;
+        Ok(seal(MAGIC, &body))
+    }
+}
+
+/// `magic` ‖ version ‖ `body` ‖ SHA-256 of everything before it.
+fn seal(magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(magic.len() + 1 + body.len() + DIGEST);
+    out.extend_from_slice(magic);
+    out.push(VERSION);
+    out.extend_from_slice(body);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &out);
+    out.extend_from_slice(digest.as_ref());
+    out
+}
+
+/// The body of a file sealed by [`seal`] with `magic`, once its digest checks.
+fn unseal<'a>(magic: &[u8; 4], bytes: &'a [u8]) -> Result<&'a [u8], CheckpointProblem> {
+    if bytes.len() < magic.len() + 1 + DIGEST || &bytes[..4] != magic {
+        return Err(CheckpointProblem::NotACheckpoint);
+    }
+    if bytes[4] != VERSION {
+        return Err(CheckpointProblem::Version(bytes[4]));
+    }
+    let (sealed, digest) = bytes.split_at(bytes.len() - DIGEST);
+    if ring::digest::digest(&ring::digest::SHA256, sealed).as_ref() != digest {
+        return Err(CheckpointProblem::Corrupt);
+    }
+    Ok(&sealed[5..])
+}
+
+/// The first round number a resumed coordinator may use, spent before the round that
+/// was running when it was written; see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundMarker {
+    pub session: [u8; 16],
+    pub next_round: u64,
+}
+
+impl RoundMarker {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = self.session.to_vec();
+        body.extend_from_slice(&self.next_round.to_le_bytes());
+        seal(MARKER_MAGIC, &body)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointProblem> {
+        let body = unseal(MARKER_MAGIC, bytes)?;
+        let (session, round) = body
+            .split_first_chunk::<16>()
+            .ok_or(CheckpointProblem::NotACheckpoint)?;
+        let round: [u8; 8] = round
+            .try_into()
+            .map_err(|_| CheckpointProblem::NotACheckpoint)?;
+        Ok(Self {
+            session: *session,
+            next_round: u64::from_le_bytes(round),
+        })
+    }
+
+    /// The round to resume at: after the checkpoint's, or after this marker's when it
+    /// belongs to the same session and is later.
+    pub fn resume_at(&self, session: &[u8; 16], checkpoint: u64) -> Result<u64, CheckpointProblem> {
+        if &self.session != session {
+            return Err(CheckpointProblem::SettingsChanged {
+                key: "session",
+                was: session_hex(&self.session),
+                now: session_hex(session),
+            });
+        }
+        Ok(checkpoint.max(self.next_round))
+    }
 }
 
 /// Why a checkpoint cannot be used.
@@ -115,28 +214,20 @@ pub enum CheckpointProblem {
 
 impl Checkpoint {
     pub fn encode(&self) -> Result<Vec<u8>, CheckpointProblem> {
-        let mut out = MAGIC.to_vec();
-        out.push(VERSION);
-        let body =
-            postcard::to_allocvec(self).map_err(|e| CheckpointProblem::Encode(e.to_string()))?;
-        out.extend_from_slice(&body);
-        let digest = ring::digest::digest(&ring::digest::SHA256, &out);
-        out.extend_from_slice(digest.as_ref());
-        Ok(out)
+        CheckpointRef {
+            settings: &self.settings,
+            next_round: self.next_round,
+            rounds_ended: self.rounds_ended,
+            global: &self.global,
+            strategy_state: &self.strategy_state,
+            ledger: self.ledger.as_ref(),
+        }
+        .encode()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointProblem> {
-        if bytes.len() < MAGIC.len() + 1 + DIGEST || &bytes[..4] != MAGIC {
-            return Err(CheckpointProblem::NotACheckpoint);
-        }
-        if bytes[4] != VERSION {
-            return Err(CheckpointProblem::Version(bytes[4]));
-        }
-        let (sealed, digest) = bytes.split_at(bytes.len() - DIGEST);
-        if ring::digest::digest(&ring::digest::SHA256, sealed).as_ref() != digest {
-            return Err(CheckpointProblem::Corrupt);
-        }
-        postcard::from_bytes(&sealed[5..]).map_err(|e| CheckpointProblem::Body(e.to_string()))
+        let body = unseal(MAGIC, bytes)?;
+        postcard::from_bytes(body).map_err(|e| CheckpointProblem::Body(e.to_string()))
     }
 
     /// Checks that this checkpoint may be resumed under `now`.
@@ -227,5 +318,33 @@ mod tests {
             nan.check_resume(&settings),
             Err(CheckpointProblem::NonFinite)
         );
+    }
+
+    #[test]
+    fn a_round_marker_is_sealed_and_resumes_after_the_later_number() {
+        let marker = RoundMarker {
+            session: [3; 16],
+            next_round: 7,
+        };
+        let bytes = marker.encode();
+        assert_eq!(RoundMarker::decode(&bytes), Ok(marker));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                RoundMarker::decode(&bad).is_err(),
+                "flip at byte {i} accepted"
+            );
+        }
+        // A checkpoint is not a marker, nor the other way round.
+        let (ck, _) = sample();
+        assert!(RoundMarker::decode(&ck.encode().unwrap()).is_err());
+        assert!(Checkpoint::decode(&bytes).is_err());
+        assert_eq!(marker.resume_at(&[3; 16], 5), Ok(7));
+        assert_eq!(marker.resume_at(&[3; 16], 9), Ok(9));
+        assert!(matches!(
+            marker.resume_at(&[4; 16], 5),
+            Err(CheckpointProblem::SettingsChanged { key: "session", .. })
+        ));
     }
 }

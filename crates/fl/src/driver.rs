@@ -60,11 +60,8 @@ impl Coordinator {
         events: mpsc::Receiver<LinkEvent>,
         noise_seed: [u8; 32],
     ) -> Result<Self, FlError> {
-        let checkpoint = match std::fs::read(&config.checkpoint) {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(FlError::io(&config.checkpoint)(e)),
-        };
+        let checkpoint = read_if_present(&config.checkpoint)?;
+        let marker = read_if_present(&config.round_marker_path())?;
         let machine = CoordinatorMachine::new(
             config,
             roster,
@@ -72,7 +69,8 @@ impl Coordinator {
             initial,
             checkpoint.as_deref(),
             noise_seed,
-        )?;
+        )?
+        .with_round_marker(marker.as_deref())?;
         Ok(Self {
             machine,
             events,
@@ -92,11 +90,7 @@ impl Coordinator {
     pub fn with_receipts(mut self, key_pem: &Path) -> Result<Self, FlError> {
         let signer = Arc::new(tessera_net::receipt::ReceiptSigner::load(key_pem)?);
         let path = self.machine.config().receipts_path();
-        let existing = match std::fs::read(&path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(FlError::io(&path)(e)),
-        };
+        let existing = read_if_present(&path)?;
         self.machine = self
             .machine
             .with_receipts(signer, path, existing.as_deref())?;
@@ -346,18 +340,25 @@ pub fn load_answered(path: &Path) -> Result<BTreeMap<[u8; 16], u64>, FlError> {
         .collect()
 }
 
-/// A site's persisted privacy ledger, if there is one.
-fn load_ledger(path: &Path) -> Result<Option<Ledger>, FlError> {
+/// A file's bytes, or None when it does not exist.
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, FlError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| FlError::File {
-                path: path.to_owned(),
-                message: format!("unreadable ledger: {e}"),
-            }),
+        Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(FlError::io(path)(e)),
     }
+}
+
+/// A site's persisted privacy ledger, if there is one.
+fn load_ledger(path: &Path) -> Result<Option<Ledger>, FlError> {
+    read_if_present(path)?
+        .map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| FlError::File {
+                path: path.to_owned(),
+                message: format!("unreadable ledger: {e}"),
+            })
+        })
+        .transpose()
 }
 
 fn store_answered(path: &Path, answered: &BTreeMap<[u8; 16], u64>) -> Result<(), FlError> {

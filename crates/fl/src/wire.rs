@@ -128,9 +128,13 @@ pub fn context_digest(
     ctx.update(&(settings.len() as u64).to_le_bytes());
     ctx.update(&settings);
     ctx.update(&(global.len() as u64).to_le_bytes());
-    for chunk in global.chunks(1 << 14) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-        ctx.update(&bytes);
+    let mut bytes = [0u8; 1 << 14];
+    for chunk in global.chunks(bytes.len() / 4) {
+        let bytes = &mut bytes[..4 * chunk.len()];
+        for (dst, v) in bytes.chunks_exact_mut(4).zip(chunk) {
+            dst.copy_from_slice(&v.to_le_bytes());
+        }
+        ctx.update(bytes);
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
@@ -152,8 +156,8 @@ impl RoundStart {
 }
 
 /// A model travels as one byte string of little-endian `f32`s: as a sequence, postcard
-/// would encode and decode it one value at a time.
-mod f32_bytes {
+/// would encode and decode it one value at a time. (Checkpoints store models this way too.)
+pub(crate) mod f32_bytes {
     use serde::{Deserializer, Serializer, de};
     use std::fmt;
 

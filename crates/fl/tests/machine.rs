@@ -160,6 +160,75 @@ fn resume_from_the_written_checkpoint() {
     assert!((h.mean() - 4.25 * d).abs() < 1e-5, "{}", h.mean());
 }
 
+/// A round interrupted by a restart spent its number: the round marker, written before
+/// the round's first message, makes the restarted coordinator start after it, though
+/// the checkpoint (written when the last round ended) still names it. A marker of
+/// another session, or a damaged one, is refused by path.
+#[test]
+fn a_restart_mid_round_resumes_after_the_spent_number() {
+    let cfg = config();
+    let mut h = Harness::new(cfg.clone(), 3, &memory::Dropouts::new(), None);
+    h.round();
+    h.log.clear();
+    h.coordinator.start_round().unwrap(); // round 2: sent, never finished
+    while let Some(action) = h.coordinator.poll_action() {
+        match action {
+            Action::Write { path, bytes } => {
+                h.log.push("write");
+                h.writes.insert(path, bytes);
+            }
+            Action::Send { .. } => h.log.push("send"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        h.log.first(),
+        Some(&"write"),
+        "the number is spent before sending"
+    );
+    assert!(h.log.contains(&"send"));
+    let ck = h.writes[&cfg.checkpoint].clone();
+    let marker = h.writes[&cfg.round_marker_path()].clone();
+    let restart = |marker: Option<&[u8]>| {
+        let layout = tessera_fl::KnownUpdateTrainer::layout_for(DIM).unwrap();
+        let (_, roster) = memory::identities(
+            &tessera_core::seed::RootSeed::from_experiment(4),
+            SESSION,
+            &ids(&[0, 1, 2]),
+        )
+        .unwrap();
+        tessera_fl::CoordinatorMachine::new(
+            cfg.clone(),
+            roster,
+            layout,
+            vec![0.0; DIM],
+            Some(&ck),
+            [1; 32],
+        )
+        .unwrap()
+        .with_round_marker(marker)
+    };
+    assert_eq!(
+        restart(None).unwrap().next_round(),
+        2,
+        "the checkpoint alone"
+    );
+    assert_eq!(restart(Some(&marker)).unwrap().next_round(), 3);
+    let mut damaged = marker.clone();
+    damaged[20] ^= 1;
+    let err = restart(Some(&damaged)).err().unwrap().to_string();
+    assert!(
+        err.contains("checkpoint.round") && err.contains("integrity"),
+        "{err}"
+    );
+    let other = tessera_fl::checkpoint::RoundMarker {
+        session: [9; 16],
+        next_round: 3,
+    };
+    let err = restart(Some(&other.encode())).err().unwrap().to_string();
+    assert!(err.contains("session"), "{err}");
+}
+
 /// Sampling draws the same sites for a round whoever asks, and differs across rounds.
 #[test]
 fn sampling_is_reproducible_and_varies_by_round() {

@@ -84,7 +84,7 @@ const KEYSTREAM_WORDS: usize = 4096;
 const PARALLEL_CHUNK_WORDS: usize = 1 << 16;
 
 /// A keystream positioned at a byte offset.
-enum Keystream {
+pub(crate) enum Keystream {
     /// AWS-LC's AES-256-CTR (hardware AES, VAES where present; the key schedule is
     /// zeroized on drop) and the next 128-bit counter block.
     Aes {
@@ -97,7 +97,7 @@ enum Keystream {
 impl Keystream {
     /// Positioned at `byte_offset`, which for AES must be a whole number of 16-byte
     /// blocks (callers start at 0 or at a multiple of `PARALLEL_CHUNK_WORDS` words).
-    fn new(prg: MaskPrg, seed: &MaskSeed, byte_offset: u64) -> Self {
+    pub(crate) fn new(prg: MaskPrg, seed: &MaskSeed, byte_offset: u64) -> Self {
         match prg {
             MaskPrg::Aes256Ctr => {
                 debug_assert_eq!(byte_offset % 16, 0, "AES streams start on a block");
@@ -120,7 +120,7 @@ impl Keystream {
 
     /// Overwrites `buf` with the next `buf.len()` keystream bytes (for AES, a whole
     /// number of blocks except in the last call).
-    fn fill(&mut self, buf: &mut [u8]) {
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
         match self {
             Keystream::Aes { key, block } => {
                 buf.fill(0);

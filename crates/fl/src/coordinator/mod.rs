@@ -22,7 +22,7 @@ use tessera_secagg::{
     SiteId, Status,
 };
 
-use crate::checkpoint::{Checkpoint, ResumeSettings};
+use crate::checkpoint::{Checkpoint, CheckpointRef, ResumeSettings, RoundMarker};
 use crate::config::FederationConfig;
 use crate::error::FlError;
 use crate::planning::{codec_spec, corrupt_sites, plan, public_seed};
@@ -174,6 +174,22 @@ impl CoordinatorMachine {
         })
     }
 
+    /// Takes in the round marker written beside the checkpoint (its bytes, when the file
+    /// exists): a round that was running when the coordinator stopped spent its number.
+    pub fn with_round_marker(mut self, marker: Option<&[u8]>) -> Result<Self, FlError> {
+        if let Some(bytes) = marker {
+            let problem = |problem| FlError::Checkpoint {
+                path: self.config.round_marker_path(),
+                problem,
+            };
+            let marker = RoundMarker::decode(bytes).map_err(problem)?;
+            self.next_round = marker
+                .resume_at(&self.config.session, self.next_round)
+                .map_err(problem)?;
+        }
+        Ok(self)
+    }
+
     /// Signs receipts of sites' transcript heads with `signer` and keeps the latest per
     /// site in `path` (JSON, site id → receipt), continuing the receipts already there.
     pub fn with_receipts(
@@ -281,7 +297,14 @@ impl CoordinatorMachine {
         // The round number is spent before anything is sent: a coordinator restarted
         // mid-round starts the next number (sites answer each number once).
         self.next_round = round + 1;
-        self.persist()?;
+        self.actions.push_back(Action::Write {
+            path: self.config.round_marker_path(),
+            bytes: RoundMarker {
+                session: self.config.session,
+                next_round: self.next_round,
+            }
+            .encode(),
+        });
         let start = ToSite::RoundStart(Box::new(start));
         // The model is encoded once and shared by every site's send.
         let start: Arc<[u8]> = wire::encode(&start)?.into();
@@ -505,15 +528,16 @@ impl CoordinatorMachine {
 
     /// Queues the checkpoint (and the ledger beside it) for writing.
     fn persist(&mut self) -> Result<(), FlError> {
-        let ck = Checkpoint {
-            settings: ResumeSettings::of(&self.config, self.layout.len()),
+        let bytes = CheckpointRef {
+            settings: &ResumeSettings::of(&self.config, self.layout.len()),
             next_round: self.next_round,
             rounds_ended: self.rounds_ended,
-            global: self.global.clone(),
-            strategy_state: self.strategy.state(),
-            ledger: self.ledger.clone(),
-        };
-        let bytes = ck.encode().map_err(|problem| FlError::Checkpoint {
+            global: &self.global,
+            strategy_state: &self.strategy.state(),
+            ledger: self.ledger.as_ref(),
+        }
+        .encode()
+        .map_err(|problem| FlError::Checkpoint {
             path: self.config.checkpoint.clone(),
             problem,
         })?;
