@@ -24,15 +24,24 @@ use zeroize::Zeroizing;
 /// Coordinates whose rounding randomness is generated in one call.
 const RANDOM_BLOCK: usize = 512;
 
-/// ⌊v⌋ or ⌊v⌋ + 1, the latter with probability v − ⌊v⌋, from 64 random bits (the top
-/// 53 make a uniform u in [0, 1)). |v| < 2^53, so ⌊v⌋ is computed exactly in integers
-/// (cheaper than `f64::floor` without SSE4.1).
-fn round_stochastically(v: f64, random: u64) -> i64 {
-    let t = v as i64;
-    let floor = t - i64::from((t as f64) > v);
-    // Below 2^53, so converting through i64 is exact (and one instruction, unlike u64).
-    let u = (random >> 11) as i64 as f64 * (1.0 / (1u64 << 53) as f64);
-    floor + i64::from(u < v - floor as f64)
+/// ⌊v⌋ or ⌊v⌋ + 1 mod 2^32, the latter with probability v − ⌊v⌋ (to within 2^−52),
+/// from 64 random bits: the top 52 are the mantissa of a uniform u in [0, 1).
+///
+/// No float-to-integer conversion (scalar before AVX-512): adding 1.5 · 2^52 rounds v to
+/// the nearest integer n, exactly for |v| < 2^51 (the bit budget keeps |v| < 2^31),
+/// and leaves n mod 2^32 in the low bits of the sum. So the loop vectorises, and gives
+/// what `f64::floor` would (tested).
+fn round_stochastically(v: f64, random: u64) -> u32 {
+    const SHIFTER: f64 = 6_755_399_441_055_744.0;
+    let shifted = v + SHIFTER;
+    let nearest = shifted - SHIFTER;
+    let down = nearest > v;
+    let floor = nearest - f64::from(u8::from(down));
+    let u = f64::from_bits(0x3ff0_0000_0000_0000 | (random >> 12)) - 1.0;
+    let up = u < v - floor;
+    (shifted.to_bits() as u32)
+        .wrapping_sub(u32::from(down))
+        .wrapping_add(u32::from(up))
 }
 
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -256,14 +265,15 @@ impl FixedPoint {
         for xs in update.chunks(RANDOM_BLOCK) {
             let random = &mut random[..8 * xs.len()];
             stream.fill(random);
-            words.extend(xs.iter().zip(random.chunks_exact(8)).map(|(&x, r)| {
+            let mut out = [0u32; RANDOM_BLOCK];
+            for ((o, &x), r) in out.iter_mut().zip(xs).zip(random.chunks_exact(8)) {
                 let mut le = [0u8; 8];
                 le.copy_from_slice(r);
-                round_stochastically(
-                    f64::from(x).clamp(-clip, clip) * factor,
-                    u64::from_le_bytes(le),
-                ) as u32
-            }));
+                // max/min equal clamp on finite values, without its panic path.
+                let v = f64::from(x).max(-clip).min(clip) * factor;
+                *o = round_stochastically(v, u64::from_le_bytes(le));
+            }
+            words.extend_from_slice(&out[..xs.len()]);
         }
         self.weights.push(weight, &mut words);
         Ok(PlainVector::new(self.modulus, words))
@@ -356,53 +366,67 @@ mod tests {
     }
 
     /// The rounding randomness is the AES-256-CTR keystream of 32 bytes drawn from the
-    /// generator, one little-endian 64-bit word per coordinate, rounded as one
-    /// `f64::floor` per coordinate would; the generator advances by those 32 bytes only,
+    /// generator, one little-endian 64-bit word per coordinate (its top 52 bits a uniform
+    /// in [0, 1)), rounded as one `f64::floor` per coordinate would, negative values and
+    /// values at the bit budget's edge included; the generator advances by those 32 bytes only,
     /// whatever the block boundaries and the generator's word alignment.
     #[test]
     fn rounding_randomness_is_the_keystream_of_one_drawn_seed() {
-        use crate::mask::{MaskPrg, MaskSeed, raw_keystream};
-        use rand_core::Rng;
         let m = Modulus::new(32).unwrap();
-        for dim in [1, 511, 512, 513, 2000] {
-            let fp = FixedPoint::new(m, 3.0, 1000.0, 3, 10, dim).unwrap();
-            let update: Vec<f32> = [0.0, -1.0, 2.5, 3.0, -3.0, 1e-9, -0.5, 7.0]
-                .into_iter()
-                .chain((0..).map(|i| ((i as f32) * 0.37).sin() * 4.0 - 0.001 * i as f32))
-                .take(dim)
-                .collect();
-            for skip in [0, 1, 15] {
-                let mut a = ChaCha20Rng::from_seed([9; 32]);
-                let mut b = ChaCha20Rng::from_seed([9; 32]);
-                for _ in 0..skip {
-                    a.next_u32();
-                    b.next_u32();
-                }
-                let got = fp.encode(&update, 7, &mut a).unwrap();
-                let mut seed = [0u8; 32];
-                b.fill_bytes(&mut seed);
-                let mut random = vec![0u8; 8 * dim];
-                raw_keystream(&mut random, MaskPrg::Aes256Ctr, &MaskSeed::from_bytes(seed));
-                let factor = 1000.0 * 7.0 / 10.0;
-                let expected: Vec<u32> = update
-                    .iter()
-                    .zip(random.chunks_exact(8))
-                    .map(|(&x, r)| {
-                        let v = f64::from(x).clamp(-3.0, 3.0) * factor;
-                        let floor = v.floor();
-                        let r = u64::from_le_bytes(r.try_into().unwrap());
-                        let u = (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-                        (floor as i64 + i64::from(u < v - floor)) as u32
-                    })
+        // (clip, scale, sites): an ordinary codec, and one whose values reach the bit
+        // budget's edge, |v| up to 2^31 − 1.
+        for (clip, scale, sites) in [(3.0, 1000.0, 3), (1.0, 2_147_483_647.0, 1)] {
+            for dim in [1, 511, 512, 513, 2000] {
+                let fp = FixedPoint::new(m, clip, scale, sites, 10, dim).unwrap();
+                let update: Vec<f32> = [0.0, -1.0, 2.5, 3.0, -3.0, 1e-9, -0.5, 7.0, -1e-30]
+                    .into_iter()
+                    .chain((0..).map(|i| ((i as f32) * 0.37).sin() * 4.0 - 0.001 * i as f32))
+                    .take(dim)
                     .collect();
-                assert_eq!(
-                    &got.as_slice()[..dim],
-                    &expected[..],
-                    "dim {dim}, skip {skip}"
-                );
-                assert_eq!(a.next_u64(), b.next_u64(), "generator state, dim {dim}");
+                for weight in [7, 10] {
+                    for skip in [0, 1, 15] {
+                        check_rounding(&fp, &update, weight, skip);
+                    }
+                }
             }
         }
+    }
+
+    /// One encoding against `f64::floor` and the keystream of the drawn seed.
+    fn check_rounding(fp: &FixedPoint, update: &[f32], weight: u64, skip: usize) {
+        use crate::mask::{MaskPrg, MaskSeed, raw_keystream};
+        use rand_core::Rng;
+        let dim = update.len();
+        let mut a = ChaCha20Rng::from_seed([9; 32]);
+        let mut b = ChaCha20Rng::from_seed([9; 32]);
+        for _ in 0..skip {
+            a.next_u32();
+            b.next_u32();
+        }
+        let got = fp.encode(update, weight, &mut a).unwrap();
+        let mut seed = [0u8; 32];
+        b.fill_bytes(&mut seed);
+        let mut random = vec![0u8; 8 * dim];
+        raw_keystream(&mut random, MaskPrg::Aes256Ctr, &MaskSeed::from_bytes(seed));
+        let clip = f64::from(fp.clip);
+        let factor = fp.scale * weight as f64 / 10.0;
+        let expected: Vec<u32> = update
+            .iter()
+            .zip(random.chunks_exact(8))
+            .map(|(&x, r)| {
+                let v = f64::from(x).clamp(-clip, clip) * factor;
+                let floor = v.floor();
+                let r = u64::from_le_bytes(r.try_into().unwrap());
+                let u = (r >> 12) as f64 / (1u64 << 52) as f64;
+                (floor as i64 + i64::from(u < v - floor)) as u32
+            })
+            .collect();
+        let at = format!(
+            "dim {dim}, scale {}, weight {weight}, skip {skip}",
+            fp.scale
+        );
+        assert_eq!(&got.as_slice()[..dim], &expected[..], "{at}");
+        assert_eq!(a.next_u64(), b.next_u64(), "generator state, {at}");
     }
 
     #[test]
