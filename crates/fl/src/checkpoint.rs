@@ -8,8 +8,8 @@
 //!
 //! A round number is spent before the round's first message. Rather than rewrite the
 //! whole model for that, the coordinator writes a [`RoundMarker`] beside the checkpoint
-//! (`checkpoint.round` beside `checkpoint.bin`, 61 bytes, sealed the same way); a resume starts after the
-//! larger of the two numbers.
+//! (`checkpoint.round` beside `checkpoint.bin`, 61 bytes, sealed the same way); a
+//! resume starts after the larger of the two numbers.
 
 use serde::{Deserialize, Serialize};
 use tessera_core::Strategy;

@@ -163,12 +163,12 @@ impl FederationConfig {
         self.dp.mechanism != tessera_dp::Mechanism::None
     }
 
-    /// Where the latest receipt given to each site is kept: beside the checkpoint.
     /// Where the round number spent before each round is kept (see `checkpoint`).
     pub fn round_marker_path(&self) -> PathBuf {
         self.checkpoint.with_extension("round")
     }
 
+    /// Where the latest receipt given to each site is kept: beside the checkpoint.
     pub fn receipts_path(&self) -> PathBuf {
         self.checkpoint.with_extension("receipts.json")
     }

@@ -366,10 +366,10 @@ mod tests {
     }
 
     /// The rounding randomness is the AES-256-CTR keystream of 32 bytes drawn from the
-    /// generator, one little-endian 64-bit word per coordinate (its top 52 bits a uniform
-    /// in [0, 1)), rounded as one `f64::floor` per coordinate would, negative values and
-    /// values at the bit budget's edge included; the generator advances by those 32 bytes only,
-    /// whatever the block boundaries and the generator's word alignment.
+    /// generator, one little-endian 64-bit word per coordinate (its top 52 bits a
+    /// uniform in [0, 1)), rounded as one `f64::floor` per coordinate would, negative
+    /// values and values at the bit budget's edge included; the generator advances by
+    /// those 32 bytes only, whatever the block boundaries and its word alignment.
     #[test]
     fn rounding_randomness_is_the_keystream_of_one_drawn_seed() {
         let m = Modulus::new(32).unwrap();
