@@ -128,7 +128,7 @@ fn train_float(inputs: &ArmInputs<'_>, arm: &FederatedArm) -> Result<FederatedOu
         training.seed = training.seed.wrapping_add(round);
         let request = tessera_fl::TrainRequest {
             round,
-            global: global.clone(),
+            global: std::sync::Arc::new(global.clone()),
             strategy: arm.strategy.clone(),
             config: training,
             private: false,

@@ -42,6 +42,8 @@ struct Measured {
     coordinator: f64,
     /// The slowest site's own work per round (mean over all rounds, warm-up included).
     site: f64,
+    /// The whole process's CPU time per timed round (every party), where measurable.
+    cpu: Option<f64>,
 }
 
 impl Measured {
@@ -49,6 +51,19 @@ impl Measured {
     fn critical_path(&self) -> f64 {
         self.coordinator + self.site
     }
+}
+
+/// This process's CPU time (user + system) in seconds, from `/proc/self/stat`; `None`
+/// where that file is missing or unreadable (the bench then prints "n/a").
+fn process_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and
+    // 13th of them, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) / 100.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -90,6 +105,7 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
     let (up0, down0) = traffic.snapshot();
     let mut times = Vec::with_capacity(ROUNDS);
     let mut coordinator = Vec::with_capacity(ROUNDS);
+    let cpu0 = process_cpu();
     for _ in 0..ROUNDS {
         let start = Instant::now();
         let report = fed.coordinator.run_round().await.unwrap();
@@ -100,6 +116,9 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
             "{report:?}"
         );
     }
+    let cpu = process_cpu()
+        .zip(cpu0)
+        .map(|(b, a)| (b - a) / ROUNDS as f64);
     let (up1, down1) = traffic.snapshot();
     let sites = fed.shutdown().await.unwrap();
     let slowest = sites
@@ -113,6 +132,7 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
         down: (down1 - down0) / ROUNDS as u64,
         coordinator: median(coordinator),
         site: slowest,
+        cpu,
     }
 }
 
@@ -166,8 +186,8 @@ async fn raw_throughput(bytes: usize) -> f64 {
 /// n connections on loopback (mutual TLS, the federation's QUIC settings), the server
 /// sending each client `down` bytes in one frame, each client answering with `up`
 /// bytes once it has them all; seconds until the server has every answer (median of
-/// five, after one warm-up).
-async fn raw_round(n: usize, down: usize, up: usize) -> f64 {
+/// five, after one warm-up), and the process's CPU seconds per exchange.
+async fn raw_round(n: usize, down: usize, up: usize) -> (f64, Option<f64>) {
     let (endpoint, addr, ep) = raw_endpoints();
     let mut clients = Vec::new();
     let mut servers = Vec::new();
@@ -181,7 +201,11 @@ async fn raw_round(n: usize, down: usize, up: usize) -> f64 {
     let down_bytes = std::sync::Arc::new(vec![7u8; down]);
     let up_bytes = std::sync::Arc::new(vec![9u8; up]);
     let mut times = Vec::new();
-    for _ in 0..6 {
+    let mut cpu0 = None;
+    for i in 0..6 {
+        if i == 1 {
+            cpu0 = process_cpu();
+        }
         let answering: Vec<_> = clients
             .iter()
             .map(|c| {
@@ -221,27 +245,33 @@ async fn raw_round(n: usize, down: usize, up: usize) -> f64 {
             a.await.unwrap();
         }
     }
-    median(times[1..].to_vec())
+    let cpu = process_cpu().zip(cpu0).map(|(b, a)| (b - a) / 5.0);
+    (median(times[1..].to_vec()), cpu)
 }
 
 /// The plaintext round against raw QUIC moving the same bytes (`raw_round`), for the
 /// given (n, m) rows.
 async fn quic_cost(rows: Vec<(usize, usize)>) {
-    println!("| n | m | plaintext round | raw QUIC, same bytes | round ÷ raw |");
-    println!("|---|---|---|---|---|");
+    let secs = |cpu: Option<f64>| cpu.map_or("n/a".to_string(), |c| format!("{c:.3} s"));
+    println!(
+        "| n | m | plaintext round | raw QUIC, same bytes | round ÷ raw | CPU per round | CPU, raw |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (n, m) in rows {
         let plain = round(n, m, Protocol::Plaintext).await;
-        let raw = raw_round(
+        let (raw, raw_cpu) = raw_round(
             n,
             (plain.down / n as u64) as usize,
             (plain.up / n as u64) as usize,
         )
         .await;
         println!(
-            "| {n} | {m} | {:.3} s | {:.3} s | {:.2}× |",
+            "| {n} | {m} | {:.3} s | {:.3} s | {:.2}× | {} | {} |",
             plain.wall,
             raw,
-            plain.wall / raw
+            plain.wall / raw,
+            secs(plain.cpu),
+            secs(raw_cpu),
         );
     }
 }
@@ -251,6 +281,20 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    run(&rt);
+    // The federations' checkpoints, transcripts and PKI (megabytes each) go with the run.
+    for n in [3, 10, 50] {
+        let _ = std::fs::remove_dir_all(federation_dir(n));
+    }
+    if let Ok(row) = std::env::var("TESSERA_BENCH_QUIC_COST")
+        && let Some((n, _)) = row.split_once('x')
+        && let Ok(n) = n.parse::<usize>()
+    {
+        let _ = std::fs::remove_dir_all(federation_dir(n));
+    }
+}
+
+fn run(rt: &tokio::runtime::Runtime) {
     // `1`: the three standard rows; `NxM` (e.g. `10x1000000`): that row alone.
     match std::env::var("TESSERA_BENCH_QUIC_COST").as_deref() {
         Ok("1") => {

@@ -2,6 +2,7 @@
 //! sans-IO machines ask. Simulation and deployment differ only in where the
 //! [`LinkEvent`]s come from.
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub struct RefusedPeer {
 }
 
 /// A site's current link: its id (a stale close is ignored) and its send queue.
-type Link = (u64, mpsc::Sender<Arc<[u8]>>);
+type Link = (u64, mpsc::Sender<Bytes>);
 
 /// The coordinator's driver: a [`CoordinatorMachine`] over a stream of link events.
 pub struct Coordinator {
@@ -278,7 +279,7 @@ impl Coordinator {
 
     /// Queues bytes for a site without waiting: a site whose queue is full has stopped
     /// reading and is dropped, so one stalled site cannot hold up the others.
-    fn send(&mut self, to: SiteId, bytes: Arc<[u8]>) -> Result<(), FlError> {
+    fn send(&mut self, to: SiteId, bytes: Bytes) -> Result<(), FlError> {
         let Some((_, tx)) = self.links.get(&to) else {
             return Ok(()); // gone: the machine already knows
         };

@@ -6,8 +6,8 @@
 //! before it is handed to the transport. (Links also carry zero-length frames that only
 //! announce a QUIC stream; they carry no data and are not recorded.)
 
+use bytes::Bytes;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tessera_net::receipt::Receipt;
 use tessera_net::transcript::{RoundFacts, TranscriptWriter};
 use tokio::sync::mpsc;
@@ -21,21 +21,21 @@ use crate::wire::{self, ToCoordinator};
 /// [`Egress`] can reach.
 pub struct SiteLink {
     out: mpsc::Sender<Vec<u8>>,
-    inbox: mpsc::Receiver<Arc<[u8]>>,
+    inbox: mpsc::Receiver<Bytes>,
 }
 
 impl SiteLink {
-    pub(crate) fn new(out: mpsc::Sender<Vec<u8>>, inbox: mpsc::Receiver<Arc<[u8]>>) -> Self {
+    pub(crate) fn new(out: mpsc::Sender<Vec<u8>>, inbox: mpsc::Receiver<Bytes>) -> Self {
         Self { out, inbox }
     }
 }
 
 /// Messages from the coordinator.
-pub struct SiteInbox(mpsc::Receiver<Arc<[u8]>>);
+pub struct SiteInbox(mpsc::Receiver<Bytes>);
 
 impl SiteInbox {
     /// The next message; `None` once the link is gone for good.
-    pub async fn recv(&mut self) -> Option<Arc<[u8]>> {
+    pub async fn recv(&mut self) -> Option<Bytes> {
         self.0.recv().await
     }
 }
@@ -143,6 +143,7 @@ mod tests {
     use super::*;
     use crate::facts::{RosterFacts, open_transcript};
     use crate::policy::SitePolicy;
+    use std::sync::Arc;
     use tessera_net::transcript::Durability;
     use tessera_secagg::{
         Body, Envelope, Header, IdentityKeyPair, MaskedVector, Modulus, PROTOCOL_VERSION, Party,

@@ -153,7 +153,7 @@ mod tests {
             for round in 0..3u64 {
                 let request = TrainRequest {
                     round,
-                    global: vec![round as f32; 5],
+                    global: std::sync::Arc::new(vec![round as f32; 5]),
                     strategy: strategy.clone(),
                     config: config.clone(),
                     private: round == 2,

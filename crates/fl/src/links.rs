@@ -5,11 +5,12 @@
 //! frames, and the coordinator names each connection by its CA-verified certificate and
 //! the CA-signed roster, never by anything the peer says.
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tessera_net::frame::{MAX_MESSAGE, read_message, write_message};
+use tessera_net::frame::{FrameError, MAX_MESSAGE, read_message_sized, send_message};
 use tessera_net::pki::SignedRoster;
 use tessera_net::quic::peer_name;
 use tessera_secagg::SiteId;
@@ -27,7 +28,7 @@ pub enum LinkEvent {
     Opened {
         site: SiteId,
         link: u64,
-        to_site: mpsc::Sender<Arc<[u8]>>,
+        to_site: mpsc::Sender<Bytes>,
     },
     Message {
         site: SiteId,
@@ -154,7 +155,7 @@ async fn serve(conn: quinn::Connection, site: SiteId, link: u64, events: mpsc::S
     else {
         return;
     };
-    let (to_site, mut outgoing) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
+    let (to_site, mut outgoing) = mpsc::channel::<Bytes>(SITE_QUEUE);
     if events
         .send(LinkEvent::Opened {
             site,
@@ -168,7 +169,7 @@ async fn serve(conn: quinn::Connection, site: SiteId, link: u64, events: mpsc::S
     }
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
-            if write_message(&mut send, &bytes).await.is_err() {
+            if send_message(&mut send, bytes).await.is_err() {
                 break;
             }
         }
@@ -176,7 +177,8 @@ async fn serve(conn: quinn::Connection, site: SiteId, link: u64, events: mpsc::S
     });
     // A corrupt, oversized or truncated frame ends this link; the site is then a
     // dropout, and nothing else is affected. Empty frames only open the stream.
-    while let Ok(Some(bytes)) = read_message(&mut recv, MAX_MESSAGE).await {
+    let mut largest = 0;
+    while let Ok(Some(bytes)) = next_message(&mut recv, &mut largest).await {
         if !bytes.is_empty()
             && events
                 .send(LinkEvent::Message { site, bytes })
@@ -189,25 +191,39 @@ async fn serve(conn: quinn::Connection, site: SiteId, link: u64, events: mpsc::S
     let _ = events.send(LinkEvent::Closed { site, link }).await;
 }
 
+/// The next message of a link, read into room for the largest one it has read so far
+/// (the same model or update arrives every round).
+async fn next_message(
+    recv: &mut quinn::RecvStream,
+    largest: &mut usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let message = read_message_sized(recv, MAX_MESSAGE, *largest).await?;
+    if let Some(m) = &message {
+        *largest = (*largest).max(m.len());
+    }
+    Ok(message)
+}
+
 /// A site's link over an established connection.
 pub async fn open_link(conn: &quinn::Connection) -> Result<SiteLink, FlError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|_| FlError::Disconnected)?;
     // QUIC streams appear to the peer only once written to: announce this one.
-    write_message(&mut send, &[])
+    send_message(&mut send, Bytes::new())
         .await
         .map_err(|_| FlError::Disconnected)?;
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(SITE_QUEUE);
-    let (in_tx, in_rx) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Bytes>(SITE_QUEUE);
     tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
-            if write_message(&mut send, &bytes).await.is_err() {
+            if send_message(&mut send, bytes.into()).await.is_err() {
                 break;
             }
         }
         let _ = send.finish();
     });
     tokio::spawn(async move {
-        while let Ok(Some(bytes)) = read_message(&mut recv, MAX_MESSAGE).await {
+        let mut largest = 0;
+        while let Ok(Some(bytes)) = next_message(&mut recv, &mut largest).await {
             if !bytes.is_empty() && in_tx.send(bytes.into()).await.is_err() {
                 break;
             }
@@ -229,7 +245,7 @@ pub fn reconnecting_link(
     retry_for: Duration,
 ) -> (SiteLink, Arc<std::sync::Mutex<Option<String>>>) {
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(SITE_QUEUE);
-    let (in_tx, in_rx) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Bytes>(SITE_QUEUE);
     let failure = Arc::new(std::sync::Mutex::new(None));
     let last = failure.clone();
     tokio::spawn(async move {
@@ -241,14 +257,15 @@ pub fn reconnecting_link(
                 continue;
             };
             // QUIC streams appear to the peer only once written to: announce this one.
-            if write_message(&mut send, &[]).await.is_err() {
+            if send_message(&mut send, Bytes::new()).await.is_err() {
                 continue;
             }
             // Whether the coordinator ended its stream cleanly: it is done with this
             // site (after `Shutdown`), so there is nothing to re-dial for.
             let reader = async {
+                let mut largest = 0;
                 loop {
-                    match read_message(&mut recv, MAX_MESSAGE).await {
+                    match next_message(&mut recv, &mut largest).await {
                         Ok(Some(bytes)) => {
                             if !bytes.is_empty() && in_tx.send(bytes.into()).await.is_err() {
                                 return false;
@@ -261,7 +278,7 @@ pub fn reconnecting_link(
             };
             let writer = async {
                 while let Some(bytes) = out_rx.recv().await {
-                    if write_message(&mut send, &bytes).await.is_err() {
+                    if send_message(&mut send, bytes.into()).await.is_err() {
                         return false;
                     }
                 }

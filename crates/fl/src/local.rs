@@ -4,6 +4,8 @@
 
 use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
+use std::borrow::Cow;
+use std::sync::Arc;
 use tessera_core::{LocalTrainer, LocalTrainingConfig, LocalUpdate, ParamLayout, Strategy};
 use tessera_secagg::PlainVector;
 use thiserror::Error;
@@ -16,7 +18,8 @@ use crate::wire::RoundStart;
 #[derive(Clone, Debug)]
 pub struct TrainRequest {
     pub round: u64,
-    pub global: Vec<f32>,
+    /// The round's global model, shared with the site machine (not copied).
+    pub global: Arc<Vec<f32>>,
     pub strategy: Strategy,
     pub config: LocalTrainingConfig,
     /// A differentially private round: the site's normalisation statistics stay its own.
@@ -78,7 +81,7 @@ impl TrainRequest {
             .ok_or(PatientTrainingError::Unsupported)?
             .map_err(PatientTrainingError::Trainer)?;
         Ok(LocalUpdate {
-            parameters: start,
+            parameters: start.into_owned(),
             samples: 1,
             mean_loss: 0.0,
             patients,
@@ -101,8 +104,9 @@ impl TrainRequest {
     }
 
     /// Where training starts: the global model merged into the site's own (the strategy
-    /// decides which entries stay local).
-    fn start<T: LocalTrainer>(&self, trainer: &T) -> Vec<f32> {
+    /// decides which entries stay local); the global model itself, uncopied, where every
+    /// entry is federated.
+    fn start<T: LocalTrainer>(&self, trainer: &T) -> Cow<'_, [f32]> {
         let layout = trainer.layout();
         // Where the strategy federates every entry, the site's own model plays no part.
         if layout
@@ -110,11 +114,13 @@ impl TrainRequest {
             .iter()
             .all(|e| self.strategy.is_federated(e.kind, self.private))
         {
-            return self.global.clone();
+            return Cow::Borrowed(self.global.as_slice());
         }
         let local = trainer.parameters();
-        self.strategy
-            .merge_into_local(layout, &local, &self.global, self.private)
+        Cow::Owned(
+            self.strategy
+                .merge_into_local(layout, &local, &self.global, self.private),
+        )
     }
 }
 

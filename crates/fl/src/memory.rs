@@ -5,6 +5,7 @@
 
 use crate::SitePolicy;
 use crate::facts::{RosterFacts, open_transcript};
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -113,7 +114,7 @@ pub async fn start<T: LocalTrainer + Send + 'static>(
 
 /// One site's channels: its messages become the coordinator's events.
 async fn connect(id: SiteId, events: &mpsc::Sender<LinkEvent>) -> Result<SiteLink, FlError> {
-    let (to_site, site_inbox) = mpsc::channel::<Arc<[u8]>>(SITE_QUEUE);
+    let (to_site, site_inbox) = mpsc::channel::<Bytes>(SITE_QUEUE);
     let (out, mut from_site) = mpsc::channel::<Vec<u8>>(SITE_QUEUE);
     events
         .send(LinkEvent::Opened {

@@ -352,7 +352,7 @@ impl SiteMachine {
                 };
                 self.actions.push_back(SiteAction::Train(TrainRequest {
                     round,
-                    global: start.global.clone(),
+                    global: Arc::clone(&start.global),
                     strategy: start.strategy.clone(),
                     config: start.training.clone(),
                     private: start.is_private(),

@@ -6,6 +6,7 @@
 //! [`tessera_dp::update`], and a [`CodecSpec`] merely travels here.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tessera_core::{LocalTrainingConfig, Strategy};
 use tessera_dp::CodecSpec;
 use tessera_secagg::{Envelope, PlainVector, RoundParams};
@@ -21,9 +22,9 @@ pub struct RoundStart {
     pub codec: CodecSpec,
     pub training: LocalTrainingConfig,
     pub strategy: Strategy,
-    /// The global model, in the layout's order.
-    #[serde(with = "f32_bytes")]
-    pub global: Vec<f32>,
+    /// The global model, in the layout's order (shared with the training request).
+    #[serde(with = "f32_bytes::shared")]
+    pub global: Arc<Vec<f32>>,
     /// `false` only in the plaintext baseline: sites then send their encoded update in
     /// the clear instead of running secure aggregation.
     pub secure: bool,
@@ -173,6 +174,20 @@ pub(crate) mod f32_bytes {
         d.deserialize_bytes(F32s)
     }
 
+    /// The same encoding for a model shared without copies (a site's global model).
+    pub mod shared {
+        use serde::{Deserializer, Serializer};
+        use std::sync::Arc;
+
+        pub fn serialize<S: Serializer>(values: &Arc<Vec<f32>>, s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(values, s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<f32>>, D::Error> {
+            super::deserialize(d).map(Arc::new)
+        }
+    }
+
     struct F32s;
 
     impl de::Visitor<'_> for F32s {
@@ -316,7 +331,7 @@ mod tests {
                         seed: 4,
                     },
                     strategy: strategy.clone(),
-                    global: vec![0.5, -1.0, 2.0],
+                    global: Arc::new(vec![0.5, -1.0, 2.0]),
                     secure: true,
                 }));
                 assert_eq!(decode::<ToSite>(&encode(&msg).unwrap()).unwrap(), msg);

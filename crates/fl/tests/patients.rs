@@ -110,7 +110,7 @@ async fn sampled_clipped_patients_move_the_model_by_their_sum_over_the_fixed_den
 fn a_site_that_cannot_train_per_patient_says_so() {
     let request = TrainRequest {
         round: 1,
-        global: vec![0.0; DIM],
+        global: std::sync::Arc::new(vec![0.0; DIM]),
         strategy: Strategy::FedAvg,
         config: LocalTrainingConfig {
             steps: 1,

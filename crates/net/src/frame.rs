@@ -166,6 +166,19 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The pieces of a message as written: each piece's 5-byte header (its length with the
+/// flag byte, big-endian, then the flag: 1 if more pieces follow, 0 for the last) and
+/// the range of the message it carries. An empty message is one empty last piece.
+fn pieces(len: usize) -> impl Iterator<Item = ([u8; 5], std::ops::Range<usize>)> {
+    let count = len.div_ceil(CHUNK).max(1);
+    (0..count).map(move |i| {
+        let range = i * CHUNK..((i + 1) * CHUNK).min(len);
+        let size = ((range.len() + 1) as u32).to_be_bytes();
+        let more = u8::from(i + 1 < count);
+        ([size[0], size[1], size[2], size[3], more], range)
+    })
+}
+
 /// Writes one message as pieces of at most [`CHUNK`] bytes (an empty message is one
 /// empty last piece).
 pub async fn write_message<W: AsyncWrite + Unpin>(
@@ -175,17 +188,31 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     if message.len() > MAX_MESSAGE {
         return Err(FrameError::MessageTooLarge { max: MAX_MESSAGE });
     }
-    let count = message.len().div_ceil(CHUNK).max(1);
-    for (i, piece) in message
-        .chunks(CHUNK)
-        .chain(message.is_empty().then_some(&[][..]))
-        .enumerate()
-    {
-        let more = u8::from(i + 1 < count);
-        w.write_all(&((piece.len() + 1) as u32).to_be_bytes())
-            .await?;
-        w.write_all(&[more]).await?;
-        w.write_all(piece).await?;
+    for (header, range) in pieces(message.len()) {
+        w.write_all(&header).await?;
+        w.write_all(&message[range]).await?;
+    }
+    Ok(())
+}
+
+/// [`write_message`] on a QUIC stream, handing each piece to QUIC as a slice of
+/// `message` instead of a copy (the bytes on the wire are the same). A model sent to
+/// every site is then shared, not copied once per site.
+pub async fn send_message(
+    send: &mut quinn::SendStream,
+    message: bytes::Bytes,
+) -> Result<(), FrameError> {
+    if message.len() > MAX_MESSAGE {
+        return Err(FrameError::MessageTooLarge { max: MAX_MESSAGE });
+    }
+    let closed = |e: quinn::WriteError| FrameError::Io(e.into());
+    for (header, range) in pieces(message.len()) {
+        send.write_all(&header).await.map_err(closed)?;
+        if !range.is_empty() {
+            send.write_chunk(message.slice(range))
+                .await
+                .map_err(closed)?;
+        }
     }
     Ok(())
 }
@@ -195,6 +222,19 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 pub async fn read_message<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    read_message_sized(r, max, 0).await
+}
+
+/// [`read_message`] that makes room for `expect` bytes once the first piece says more
+/// follow: a link passes the size of the largest message it has read, so a model sent
+/// every round is read without growing (and copying) the buffer piece by piece.
+/// `expect` is the reader's own figure (bytes the peer did send before, capped at
+/// `max`), never a peer's announcement.
+pub async fn read_message_sized<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    expect: usize,
 ) -> Result<Option<Vec<u8>>, FrameError> {
     let mut message = Vec::new();
     let mut first = true;
@@ -207,7 +247,6 @@ pub async fn read_message<R: AsyncRead + Unpin>(
                 Err(FrameError::Malformed("the stream ended inside a message"))
             };
         };
-        first = false;
         if len > CHUNK + 1 {
             return Err(FrameError::TooLarge {
                 len,
@@ -219,6 +258,9 @@ pub async fn read_message<R: AsyncRead + Unpin>(
             .ok_or(FrameError::Malformed("a piece without its flag byte"))?;
         let mut more = Vec::with_capacity(1);
         append(r, &mut more, 1, (len, 0)).await?;
+        if std::mem::take(&mut first) && more == [1] {
+            message.reserve_exact(expect.min(max));
+        }
         if message.len() + piece > max {
             // The piece is read all the same, so the stream stays at a frame boundary.
             append(r, &mut Vec::new(), piece, (len, 1)).await?;
@@ -290,6 +332,53 @@ mod tests {
         let clean = split_messages(&wire[..whole]);
         assert_eq!((clean.messages.len(), clean.trailing), (3, 0));
         assert!(clean.error.is_none());
+    }
+
+    /// The expected size changes only where the message is built, never what is read:
+    /// a many-piece message read with its size expected is never grown (its capacity is
+    /// its length), and a one-piece message does not take the room of a large one.
+    #[tokio::test]
+    async fn an_expected_size_only_makes_room() {
+        let big: Vec<u8> = (0..(2 * CHUNK + 9)).map(|i| (i % 13) as u8).collect();
+        let mut wire = Vec::new();
+        for m in [&big[..], b"small", &[], &big[..]] {
+            write_message(&mut wire, m).await.unwrap();
+        }
+        for expect in [0, 7, big.len(), 4 * CHUNK, usize::MAX] {
+            let mut r = wire.as_slice();
+            let first = read_message_sized(&mut r, MAX_MESSAGE, expect)
+                .await
+                .unwrap();
+            assert_eq!(first.as_deref(), Some(&big[..]));
+            let small = read_message_sized(&mut r, MAX_MESSAGE, expect)
+                .await
+                .unwrap();
+            assert_eq!(small.as_deref(), Some(&b"small"[..]));
+            assert!(small.unwrap().capacity() < CHUNK, "expect {expect}");
+            let empty = read_message_sized(&mut r, MAX_MESSAGE, expect)
+                .await
+                .unwrap();
+            assert_eq!(empty, Some(Vec::new()));
+            let again = read_message_sized(&mut r, MAX_MESSAGE, expect)
+                .await
+                .unwrap();
+            if expect == big.len() {
+                assert_eq!(again.as_ref().map(Vec::capacity), Some(big.len()));
+            }
+            assert_eq!(again, Some(big.clone()));
+            assert!(
+                read_message_sized(&mut r, MAX_MESSAGE, expect)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        // The room made is capped by the reader's own maximum.
+        let mut r = wire.as_slice();
+        let capped = read_message_sized(&mut r, 2 * CHUNK + 9, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(capped.map(|m| m.capacity()), Some(2 * CHUNK + 9));
     }
 
     #[tokio::test]

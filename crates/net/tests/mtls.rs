@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_net::frame::{MAX_FRAME, read_frame, write_frame};
+use tessera_net::frame::{CHUNK, MAX_FRAME, read_frame, send_message, write_frame, write_message};
 use tessera_net::pki::{Role, init, issue};
 use tessera_net::quic::{ALPN, Credentials, client, connect, peer_name, server};
 use tessera_secagg::SiteId;
@@ -131,4 +131,44 @@ fn missing_credentials_name_the_file() {
     let dir = federation("missing");
     let err = Credentials::load(&dir, "site-z").unwrap_err();
     assert!(err.to_string().contains("site-z.key"), "{err}");
+}
+
+/// `send_message` hands QUIC slices of the message instead of copies: the stream must
+/// carry exactly the bytes `write_message` writes, for empty, one-piece, exactly-one-
+/// chunk and many-piece messages.
+#[tokio::test]
+async fn send_message_puts_write_messages_bytes_on_the_wire() {
+    let dir = federation("send-message");
+    let endpoint = server(
+        ([127, 0, 0, 1], 0).into(),
+        &Credentials::load(&dir, "coordinator").unwrap(),
+        false,
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let big: Vec<u8> = (0..2 * CHUNK + 3).map(|i| (i % 253) as u8).collect();
+    let messages = vec![Vec::new(), b"one piece".to_vec(), vec![5; CHUNK], big];
+    let mut expected = Vec::new();
+    for m in &messages {
+        write_message(&mut expected, m).await.unwrap();
+    }
+    let received = tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let (_send, mut recv) = conn.accept_bi().await.unwrap();
+        recv.read_to_end(16 * CHUNK).await.unwrap()
+    });
+    let ep = client(&Credentials::load(&dir, "site-a").unwrap(), false).unwrap();
+    let conn = connect(&ep, addr, "coordinator").await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    for m in messages {
+        send_message(&mut send, m.into()).await.unwrap();
+    }
+    send.finish().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), received)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "the streams differ");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -149,11 +149,12 @@ impl MaskedVector {
 }
 
 /// Wire form: the modulus and the elements packed little-endian in ⌈b/8⌉ bytes each.
+/// Decoding borrows the packed bytes from the message where the format allows it.
 #[derive(Serialize, Deserialize)]
-struct PackedWire {
+struct PackedWire<'a> {
     bits: u8,
-    #[serde(with = "serde_bytes")]
-    bytes: Vec<u8>,
+    #[serde(borrow, with = "serde_bytes")]
+    bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// `words` little-endian in `W` bytes each: a fixed width per call, so that the copy
@@ -197,7 +198,7 @@ fn serialize_packed<S: Serializer>(
     }
     PackedWire {
         bits: modulus.bits,
-        bytes,
+        bytes: bytes.into(),
     }
     .serialize(s)
 }
@@ -267,6 +268,17 @@ pub(crate) enum MaskSign {
 mod tests {
     use super::*;
 
+    /// The coordinator decodes every site's vector: the packed bytes are read where they
+    /// lie in the message, not copied out first.
+    #[test]
+    fn decoding_borrows_the_packed_bytes() {
+        let v = PlainVector::zeros(Modulus::new(24).unwrap(), 1000);
+        let bytes = postcard::to_allocvec(&v).unwrap();
+        let wire: PackedWire = postcard::from_bytes(&bytes).unwrap();
+        assert!(matches!(wire.bytes, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(wire.bytes.len(), 3000);
+    }
+
     #[test]
     fn modulus_bounds() {
         assert!(Modulus::new(7).is_err());
@@ -289,19 +301,19 @@ mod tests {
         // 12-bit modulus, one element 0x1fff (13 bits) in 2 bytes.
         let forged = postcard::to_allocvec(&PackedWire {
             bits: 12,
-            bytes: vec![0xff, 0x1f],
+            bytes: vec![0xff, 0x1f].into(),
         })
         .unwrap();
         assert!(postcard::from_bytes::<MaskedVector>(&forged).is_err());
         let ragged = postcard::to_allocvec(&PackedWire {
             bits: 16,
-            bytes: vec![1, 2, 3],
+            bytes: vec![1, 2, 3].into(),
         })
         .unwrap();
         assert!(postcard::from_bytes::<MaskedVector>(&ragged).is_err());
         let bad_mod = postcard::to_allocvec(&PackedWire {
             bits: 40,
-            bytes: vec![],
+            bytes: vec![].into(),
         })
         .unwrap();
         assert!(postcard::from_bytes::<MaskedVector>(&bad_mod).is_err());
@@ -327,7 +339,11 @@ mod tests {
         // 12 bits in 2 bytes; element 777 of 1000 is 0x1000, 13 bits wide.
         let mut bytes = vec![0u8; 2000];
         bytes[777 * 2 + 1] = 0x10;
-        let forged = postcard::to_allocvec(&PackedWire { bits: 12, bytes }).unwrap();
+        let forged = postcard::to_allocvec(&PackedWire {
+            bits: 12,
+            bytes: bytes.into(),
+        })
+        .unwrap();
         assert!(postcard::from_bytes::<PlainVector>(&forged).is_err());
         assert_eq!(
             unpack::<2>(&[0, 0, 0, 0x10, 0xff, 0xff], 0xfff),

@@ -1,7 +1,7 @@
 //! Taking in what sites send during a round: refusals recorded, withdrawals and
 //! closed links dropping a site at once, and the round moved on phase by phase.
 
-use std::sync::Arc;
+use bytes::Bytes;
 use tessera_secagg::{SiteId, Status};
 
 use super::{Action, Collect, CoordinatorMachine};
@@ -51,7 +51,7 @@ impl CoordinatorMachine {
         let bytes = wire::encode(&ToSite::Receipt(receipt))?;
         self.actions.push_back(Action::Send {
             to: from,
-            bytes: Arc::from(bytes),
+            bytes: Bytes::from(bytes),
         });
         Ok(())
     }
@@ -200,7 +200,7 @@ impl CoordinatorMachine {
                 }
             }
             for (to, msg) in sends {
-                let bytes: Arc<[u8]> = wire::encode(&msg)?.into();
+                let bytes: Bytes = wire::encode(&msg)?.into();
                 self.actions.push_back(Action::Send { to, bytes });
             }
         }

@@ -8,6 +8,7 @@
 //! or runtime: the driver in [`crate::driver`] does, and tests drive it by hand, with
 //! no timers at all.
 
+use bytes::Bytes;
 use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use std::collections::{BTreeSet, VecDeque};
@@ -53,7 +54,7 @@ pub enum Event {
 #[derive(Clone, Debug)]
 pub enum Action {
     /// Send these bytes to a site (shared: a model goes to every site unchanged).
-    Send { to: SiteId, bytes: Arc<[u8]> },
+    Send { to: SiteId, bytes: Bytes },
     /// Arm a deadline `after` from now, replacing any earlier one.
     SetTimer { timer: TimerId, after: Duration },
     /// The round entered this phase (for the driver's timing; the first covers local
@@ -307,7 +308,7 @@ impl CoordinatorMachine {
         });
         let start = ToSite::RoundStart(Box::new(start));
         // The model is encoded once and shared by every site's send.
-        let start: Arc<[u8]> = wire::encode(&start)?.into();
+        let start: Bytes = wire::encode(&start)?.into();
         for &to in &participants {
             self.actions.push_back(Action::Send {
                 to,
@@ -384,7 +385,7 @@ impl CoordinatorMachine {
             codec: spec,
             training,
             strategy,
-            global: self.global.clone(),
+            global: Arc::new(self.global.clone()),
             secure,
         };
         Ok(Prepared {
@@ -398,7 +399,7 @@ impl CoordinatorMachine {
 
     /// Tells every connected site to stop.
     pub fn shutdown(&mut self) -> Result<(), FlError> {
-        let bytes: Arc<[u8]> = wire::encode(&ToSite::Shutdown)?.into();
+        let bytes: Bytes = wire::encode(&ToSite::Shutdown)?.into();
         for &to in &self.connected {
             self.actions.push_back(Action::Send {
                 to,
@@ -474,7 +475,7 @@ impl CoordinatorMachine {
                 completed: aborted.is_none(),
                 included: contributors.contains(&site),
             };
-            let bytes: Arc<[u8]> = wire::encode(&end)?.into();
+            let bytes: Bytes = wire::encode(&end)?.into();
             self.actions.push_back(Action::Send { to: site, bytes });
             if let Some(r) = self.receipts.as_mut()
                 && self.connected.contains(&site)

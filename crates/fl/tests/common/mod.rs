@@ -3,9 +3,9 @@
 //! may tamper with what the coordinator sends (a malicious coordinator).
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
 use tessera_core::seed::RootSeed;
 use tessera_fl::wire;
 use tessera_fl::{
@@ -39,7 +39,7 @@ pub type Tamper = Box<dyn FnMut(SiteId, &[u8]) -> Vec<u8>>;
 pub struct Harness {
     pub coordinator: CoordinatorMachine,
     pub sites: Vec<(SiteMachine, KnownUpdateTrainer)>,
-    pub inboxes: Vec<VecDeque<Arc<[u8]>>>,
+    pub inboxes: Vec<VecDeque<Bytes>>,
     /// Sites whose messages vanish (a site that hangs without closing its link).
     pub black_holes: Vec<u32>,
     pub timer: Option<TimerId>,
