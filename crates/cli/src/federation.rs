@@ -89,7 +89,10 @@ fn print(note: Note) {
     }
 }
 
+/// The process's runtime, after the allocator is set to keep the buffers every round
+/// allocates again (before any thread starts).
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tessera_fl::allocator::retain_freed_buffers();
     tokio::runtime::Runtime::new().map_err(|e| e.to_string())
 }
 

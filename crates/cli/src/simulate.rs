@@ -123,20 +123,6 @@ fn print_row(row: &RoundRow, sites: usize) {
     }
 }
 
-/// Thousands of simulated sites each allocate and free several vectors of `dim` words.
-/// glibc raises its mmap threshold after the first such free, after which these buffers
-/// come from heap arenas that fragment and are never returned: at 3000 sites × 10^5
-/// coordinates, peak memory was 2.5 GB instead of 1.4 GB. A fixed threshold keeps every
-/// buffer of 128 KiB or more in its own mapping, returned to the system when freed.
-fn keep_large_buffers_mapped() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes an allocator tunable; it is called before the
-    // simulation's threads start, and an unaccepted value leaves the default in place.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
 /// 60 s, plus 20 ms for each site and 10^5 coordinates (see `--phase-timeout-ms`).
 fn default_phase_timeout_ms(sites: usize, dim: usize) -> u64 {
     let per_site = 20 * (dim as u64).div_ceil(100_000).max(1);
@@ -144,7 +130,8 @@ fn default_phase_timeout_ms(sites: usize, dim: usize) -> u64 {
 }
 
 pub fn run_command(args: &SimulateArgs) -> Result<ExitCode, String> {
-    keep_large_buffers_mapped();
+    // Thousands of sites' small vectors would fragment heap arenas (see the module).
+    tessera_fl::allocator::map_large_buffers();
     let spec = SimulationSpec {
         sites: args.sites,
         dim: args.dim,

@@ -277,6 +277,8 @@ async fn quic_cost(rows: Vec<(usize, usize)>) {
 }
 
 fn main() {
+    // As `tessera coordinator` and `tessera site` do (every party here shares it).
+    tessera_fl::allocator::retain_freed_buffers();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

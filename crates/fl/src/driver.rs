@@ -189,7 +189,14 @@ impl Coordinator {
             };
             waiting += waited.elapsed();
             match event {
-                Some(event) => self.on_link_event(event)?,
+                Some(event) => {
+                    self.on_link_event(event)?;
+                    // Whatever else has arrived is taken in before acting, so that the
+                    // machine can answer it together (one receipts write for many heads).
+                    while let Ok(event) = self.events.try_recv() {
+                        self.on_link_event(event)?;
+                    }
+                }
                 // Every link source is gone: nothing more can arrive.
                 None => match self.deadline.take() {
                     Some((at, timer)) => {

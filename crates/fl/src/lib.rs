@@ -24,6 +24,7 @@
 //! model and the strategy's state with an integrity digest, so a restarted coordinator
 //! resumes exactly after the last completed round.
 
+pub mod allocator;
 pub mod canary;
 pub mod checkpoint;
 mod config;

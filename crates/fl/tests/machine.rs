@@ -465,3 +465,68 @@ fn transcript_heads_are_signed_once_per_round_and_never_backwards() {
     assert!(head(&mut h, 1, 9));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Heads taken in together (the driver drains what has arrived before acting) give one
+/// write of the receipts file, holding every receipt, before any of them is sent; heads
+/// taken in one at a time give a write before each send.
+#[test]
+fn receipts_taken_together_are_written_once_before_any_is_sent() {
+    use std::sync::Arc;
+    use tessera_fl::wire::ToSite;
+    use tessera_net::receipt::ReceiptSigner;
+    let dir = std::env::temp_dir().join(format!("tessera-heads-once-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tessera_fl::loopback::pki_for(&dir, 3).unwrap();
+    let signer = Arc::new(ReceiptSigner::load(&dir.join("pki/coordinator.key")).unwrap());
+    let mut h = Harness::new(config(), 3, &memory::Dropouts::new(), None);
+    let path = dir.join("receipts.json");
+    h.coordinator
+        .enable_receipts(signer, path.clone(), None)
+        .unwrap();
+    let give_head = |h: &mut Harness, site: u32, seq: u64| {
+        let head = ToCoordinator::Head {
+            session: SESSION,
+            seq,
+            head: "cd".repeat(32),
+        };
+        let bytes = wire::encode(&head).unwrap();
+        let from = SiteId(site);
+        h.coordinator
+            .handle(Event::Message { from, bytes })
+            .unwrap();
+    };
+    // What the driver would do, in order: writes (whose receipts) and receipt sends.
+    let carry_out = |h: &mut Harness| {
+        let mut done = Vec::new();
+        while let Some(action) = h.coordinator.poll_action() {
+            match action {
+                Action::Write { path: p, bytes } if p == path => {
+                    let latest: std::collections::BTreeMap<u32, serde_json::Value> =
+                        serde_json::from_slice(&bytes).unwrap();
+                    done.push(format!("write {:?}", latest.keys().collect::<Vec<_>>()));
+                }
+                Action::Send { to, bytes } => {
+                    if let Ok(ToSite::Receipt(_)) = wire::decode::<ToSite>(&bytes) {
+                        done.push(format!("send {}", to.0));
+                    }
+                }
+                _ => {}
+            }
+        }
+        done
+    };
+    assert!(h.round().completed());
+    for site in 0..3 {
+        give_head(&mut h, site, 5);
+    }
+    assert_eq!(
+        carry_out(&mut h),
+        ["write [0, 1, 2]", "send 0", "send 1", "send 2"]
+    );
+    assert!(h.round().completed());
+    give_head(&mut h, 0, 9);
+    assert_eq!(carry_out(&mut h), ["write [0, 1, 2]", "send 0"]);
+    give_head(&mut h, 2, 9);
+    assert_eq!(carry_out(&mut h), ["write [0, 1, 2]", "send 2"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

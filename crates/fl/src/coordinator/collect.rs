@@ -46,8 +46,20 @@ impl CoordinatorMachine {
             path: receipts.path.clone(),
             message: e.to_string(),
         })?;
-        let path = receipts.path.clone();
-        self.actions.push_back(Action::Write { path, bytes });
+        // A receipts write still queued (heads of several sites taken in at once) is
+        // brought up to date in place instead of queueing a second: it is before every
+        // receipt send queued since, so each receipt is still on disk before it leaves.
+        let queued = self.actions.iter_mut().find_map(|a| match a {
+            Action::Write { path, bytes } if *path == receipts.path => Some(bytes),
+            _ => None,
+        });
+        match queued {
+            Some(queued) => *queued = bytes,
+            None => self.actions.push_back(Action::Write {
+                path: receipts.path.clone(),
+                bytes,
+            }),
+        }
         let bytes = wire::encode(&ToSite::Receipt(receipt))?;
         self.actions.push_back(Action::Send {
             to: from,
