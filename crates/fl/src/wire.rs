@@ -162,6 +162,13 @@ pub(crate) mod f32_bytes {
     use serde::{Deserializer, Serializer, de};
     use std::fmt;
 
+    /// On little-endian targets the values' memory already is the encoding.
+    #[cfg(target_endian = "little")]
+    pub fn serialize<S: Serializer>(values: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytemuck::cast_slice(values))
+    }
+
+    #[cfg(not(target_endian = "little"))]
     pub fn serialize<S: Serializer>(values: &[f32], s: S) -> Result<S::Ok, S::Error> {
         let mut bytes = vec![0u8; 4 * values.len()];
         for (dst, v) in bytes.chunks_exact_mut(4).zip(values) {
@@ -231,11 +238,42 @@ struct Versioned<T> {
 }
 
 pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, WireError> {
-    postcard::to_allocvec(&Versioned {
+    let versioned = Versioned {
         version: WIRE_VERSION,
         body,
-    })
-    .map_err(|e| WireError::Encode(e.to_string()))
+    };
+    postcard::serialize_with_flavor(&versioned, Output(Vec::new()))
+        .map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// postcard's output, in one `Vec` that makes room for a large byte string (a model)
+/// and a little more at once: the fields after a model then fit, instead of doubling
+/// the buffer and copying the model again.
+struct Output(Vec<u8>);
+
+/// Room made past a large byte string, for the fields after it.
+const TAIL: usize = 1 << 10;
+
+impl postcard::ser_flavors::Flavor for Output {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.0.capacity() - self.0.len() < data.len() {
+            // At least doubling, as a `Vec` grows, so that small pieces stay amortised.
+            self.0.reserve_exact(data.len().max(self.0.len()) + TAIL);
+        }
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError> {
@@ -267,6 +305,10 @@ mod tests {
             .chain((0..1000).map(|i| (i as f32).sqrt() - 9.0))
             .collect();
         let bytes = encode(&Model(values.clone())).unwrap();
+        // Version, the byte count as a varint (4020 = 0xb4 0x1f), then the values.
+        let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(bytes[..3], [WIRE_VERSION, 0xb4, 0x1f]);
+        assert!(bytes[3..] == le[..], "not the values' little-endian bytes");
         let back = decode::<Model>(&bytes).unwrap().0;
         assert_eq!(back.len(), values.len());
         assert!(
@@ -281,6 +323,39 @@ mod tests {
         ragged[1] = 4;
         ragged.truncate(6);
         assert_eq!(decode::<Model>(&ragged).unwrap().0, vec![0.0]);
+    }
+
+    /// `encode` writes postcard's bytes, and makes room for a model and what follows it
+    /// at once instead of doubling the buffer (a copy of the model) for a trailing field.
+    #[test]
+    fn encoding_is_postcards_and_grows_once_for_a_model() {
+        #[derive(Serialize)]
+        struct Start {
+            round: u64,
+            #[serde(with = "f32_bytes")]
+            global: Vec<f32>,
+            secure: bool,
+            names: Vec<String>,
+        }
+        for dim in [0, 3, 1000, 1 << 20] {
+            let start = Start {
+                round: 7,
+                global: (0..dim).map(|i| i as f32 * 0.5).collect(),
+                secure: true,
+                names: (0..100).map(|i| format!("site-{i}")).collect(),
+            };
+            let bytes = encode(&start).unwrap();
+            let reference = postcard::to_allocvec(&Versioned {
+                version: WIRE_VERSION,
+                body: &start,
+            })
+            .unwrap();
+            assert!(bytes == reference, "dim {dim}: not postcard's bytes");
+            assert!(
+                bytes.capacity() <= bytes.len().max(4 * TAIL) + TAIL,
+                "dim {dim}"
+            );
+        }
     }
 
     /// Every strategy and graph survives the binary format (it cannot carry internally

@@ -102,7 +102,8 @@ pub struct CoordinatorMachine {
     config: FederationConfig,
     roster: Arc<Roster>,
     layout: ParamLayout,
-    global: Vec<f32>,
+    /// Shared with the round start being sent (never copied for it).
+    global: Arc<Vec<f32>>,
     strategy: Box<dyn AggregationStrategy>,
     next_round: u64,
     /// Rounds that ended (completed or aborted); one interrupted by a restart did not.
@@ -160,7 +161,7 @@ impl CoordinatorMachine {
             config,
             roster,
             layout,
-            global,
+            global: Arc::new(global),
             strategy,
             next_round,
             rounds_ended,
@@ -385,7 +386,7 @@ impl CoordinatorMachine {
             codec: spec,
             training,
             strategy,
-            global: Arc::new(self.global.clone()),
+            global: Arc::clone(&self.global),
             secure,
         };
         Ok(Prepared {
@@ -511,12 +512,12 @@ impl CoordinatorMachine {
         let mean = codec
             .decode(sum, central.map(|sigma| (sigma, &mut self.rng)))
             .map_err(AbortCause::Decode)?;
-        let mut next = self.global.clone();
+        let mut next = self.global.to_vec();
         self.strategy.apply(&self.layout, &mut next, &mean.mean);
         if next.iter().any(|v| !v.is_finite()) {
             return Err(AbortCause::NonFinite);
         }
-        self.global = next;
+        self.global = Arc::new(next);
         Ok(mean.total_weight)
     }
 
