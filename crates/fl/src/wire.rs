@@ -13,7 +13,7 @@ use tessera_secagg::{Envelope, PlainVector, RoundParams};
 use thiserror::Error;
 
 /// Version of this message format.
-pub const WIRE_VERSION: u8 = 5;
+pub const WIRE_VERSION: u8 = 6;
 
 /// Everything a site needs to take part in a round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +115,11 @@ impl ToCoordinator {
 /// round parameters, which every signature covers; each site recomputes it from what it
 /// received and refuses a mismatch. Sites shown different views therefore either
 /// refuse or sign different parameters, and the round fails without leaking.
+///
+/// BLAKE3, in its key-derivation mode with this purpose's context string: every site
+/// hashes the whole model every round, and BLAKE3 does so 4–5× as fast as SHA-256 on
+/// the machines measured (4 MB in 0.46 vs 2.2 ms), at the same 128-bit collision
+/// resistance.
 pub fn context_digest(
     codec: &CodecSpec,
     training: &LocalTrainingConfig,
@@ -124,22 +129,33 @@ pub fn context_digest(
 ) -> Result<[u8; 32], WireError> {
     let settings = postcard::to_allocvec(&(codec, training, strategy, secure))
         .map_err(|e| WireError::Encode(e.to_string()))?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"tessera/round-context/v1");
-    ctx.update(&(settings.len() as u64).to_le_bytes());
-    ctx.update(&settings);
-    ctx.update(&(global.len() as u64).to_le_bytes());
+    let mut hasher = blake3::Hasher::new_derive_key(CONTEXT_PURPOSE);
+    hasher.update(&(settings.len() as u64).to_le_bytes());
+    hasher.update(&settings);
+    hasher.update(&(global.len() as u64).to_le_bytes());
+    hash_f32s(&mut hasher, global);
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// BLAKE3's context string for [`context_digest`] (never used for anything else).
+const CONTEXT_PURPOSE: &str = "tessera 2026 fl round-context v2";
+
+/// Feeds the values' little-endian bytes to the hasher.
+#[cfg(target_endian = "little")]
+fn hash_f32s(hasher: &mut blake3::Hasher, values: &[f32]) {
+    hasher.update(bytemuck::cast_slice(values));
+}
+
+#[cfg(not(target_endian = "little"))]
+fn hash_f32s(hasher: &mut blake3::Hasher, values: &[f32]) {
     let mut bytes = [0u8; 1 << 14];
-    for chunk in global.chunks(bytes.len() / 4) {
+    for chunk in values.chunks(bytes.len() / 4) {
         let bytes = &mut bytes[..4 * chunk.len()];
         for (dst, v) in bytes.chunks_exact_mut(4).zip(chunk) {
             dst.copy_from_slice(&v.to_le_bytes());
         }
-        ctx.update(bytes);
+        hasher.update(bytes);
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    Ok(out)
 }
 
 impl RoundStart {
@@ -323,6 +339,58 @@ mod tests {
         ragged[1] = 4;
         ragged.truncate(6);
         assert_eq!(decode::<Model>(&ragged).unwrap().0, vec![0.0]);
+    }
+
+    /// The context digest changes with every part of the context: any single bit of the
+    /// model (the sign of a zero included), its length, and each setting.
+    #[test]
+    fn the_context_digest_covers_every_bit_of_the_model_and_each_setting() {
+        let codec = CodecSpec::FixedPoint(FixedPointSpec {
+            bits: 16,
+            clip: 1.0,
+            scale: 10.0,
+            max_sites: 3,
+            max_weight: 5,
+            dim: 3,
+        });
+        let training = LocalTrainingConfig {
+            steps: 1,
+            batch_size: 2,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 4,
+        };
+        let global: Vec<f32> = (0..5000).map(|i| i as f32 * 0.25 - 7.0).collect();
+        let digest = |codec: &CodecSpec, training: &LocalTrainingConfig, secure, g: &[f32]| {
+            context_digest(codec, training, &Strategy::FedAvg, secure, g).unwrap()
+        };
+        let base = digest(&codec, &training, true, &global);
+        assert_eq!(base, digest(&codec, &training, true, &global.clone()));
+        let mut seen = std::collections::BTreeSet::from([base]);
+        for (i, bit) in [(0, 0), (1234, 31), (4999, 17)] {
+            let mut g = global.clone();
+            g[i] = f32::from_bits(g[i].to_bits() ^ (1 << bit));
+            assert!(seen.insert(digest(&codec, &training, true, &g)));
+        }
+        let mut zeros = vec![0.0f32; 4];
+        assert!(seen.insert(digest(&codec, &training, true, &zeros)));
+        zeros[2] = -0.0;
+        assert!(seen.insert(digest(&codec, &training, true, &zeros)));
+        assert!(seen.insert(digest(&codec, &training, true, &global[..4999])));
+        assert!(seen.insert(digest(&codec, &training, false, &global)));
+        let other = LocalTrainingConfig {
+            seed: 5,
+            ..training.clone()
+        };
+        assert!(seen.insert(digest(&codec, &other, true, &global)));
+        let CodecSpec::FixedPoint(spec) = &codec else {
+            unreachable!()
+        };
+        let wider = CodecSpec::FixedPoint(FixedPointSpec {
+            clip: 2.0,
+            ..spec.clone()
+        });
+        assert!(seen.insert(digest(&wider, &training, true, &global)));
     }
 
     /// `encode` writes postcard's bytes, and makes room for a model and what follows it
