@@ -268,7 +268,14 @@ pub async fn read_message_sized<R: AsyncRead + Unpin>(
         }
         append(r, &mut message, piece, (len, 1)).await?;
         match more.as_slice() {
-            [0] => return Ok(Some(message)),
+            [0] => {
+                // Room made for a larger message is given back (in place, no copy), so
+                // one large message cannot make every later one hold as much.
+                if message.capacity() > 2 * message.len() {
+                    message.shrink_to_fit();
+                }
+                return Ok(Some(message));
+            }
             [1] => {}
             _ => return Err(FrameError::Malformed("a flag byte other than 0 or 1")),
         }
@@ -336,7 +343,8 @@ mod tests {
 
     /// The expected size changes only where the message is built, never what is read:
     /// a many-piece message read with its size expected is never grown (its capacity is
-    /// its length), and a one-piece message does not take the room of a large one.
+    /// its length), a one-piece message does not take the room of a large one, and no
+    /// message keeps more than twice its length however much was expected.
     #[tokio::test]
     async fn an_expected_size_only_makes_room() {
         let big: Vec<u8> = (0..(2 * CHUNK + 9)).map(|i| (i % 13) as u8).collect();
@@ -350,6 +358,8 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(first.as_deref(), Some(&big[..]));
+            let room = first.map_or(0, |m| m.capacity());
+            assert!(room <= 2 * big.len(), "expect {expect}: {room} bytes held");
             let small = read_message_sized(&mut r, MAX_MESSAGE, expect)
                 .await
                 .unwrap();
