@@ -341,25 +341,33 @@ mod tests {
         assert_eq!(decode::<Model>(&ragged).unwrap().0, vec![0.0]);
     }
 
-    /// The context digest changes with every part of the context: any single bit of the
-    /// model (the sign of a zero included), its length, and each setting.
-    #[test]
-    fn the_context_digest_covers_every_bit_of_the_model_and_each_setting() {
-        let codec = CodecSpec::FixedPoint(FixedPointSpec {
+    /// A small round's codec and training settings, for the tests below.
+    fn codec() -> CodecSpec {
+        CodecSpec::FixedPoint(FixedPointSpec {
             bits: 16,
             clip: 1.0,
             scale: 10.0,
             max_sites: 3,
             max_weight: 5,
             dim: 3,
-        });
-        let training = LocalTrainingConfig {
+        })
+    }
+
+    fn training() -> LocalTrainingConfig {
+        LocalTrainingConfig {
             steps: 1,
             batch_size: 2,
             learning_rate: 0.1,
             proximal_mu: 0.0,
             seed: 4,
-        };
+        }
+    }
+
+    /// The context digest changes with every part of the context: any single bit of the
+    /// model (the sign of a zero included), its length, and each setting.
+    #[test]
+    fn the_context_digest_covers_every_bit_of_the_model_and_each_setting() {
+        let (codec, training) = (codec(), training());
         let global: Vec<f32> = (0..5000).map(|i| i as f32 * 0.25 - 7.0).collect();
         let digest = |codec: &CodecSpec, training: &LocalTrainingConfig, secure, g: &[f32]| {
             context_digest(codec, training, &Strategy::FedAvg, secure, g).unwrap()
@@ -458,21 +466,8 @@ mod tests {
                         context: [0; 32],
                         mask_prg: Default::default(),
                     },
-                    codec: CodecSpec::FixedPoint(FixedPointSpec {
-                        bits: 16,
-                        clip: 1.0,
-                        scale: 10.0,
-                        max_sites: 3,
-                        max_weight: 5,
-                        dim: 3,
-                    }),
-                    training: LocalTrainingConfig {
-                        steps: 1,
-                        batch_size: 2,
-                        learning_rate: 0.1,
-                        proximal_mu: 0.0,
-                        seed: 4,
-                    },
+                    codec: codec(),
+                    training: training(),
                     strategy: strategy.clone(),
                     global: Arc::new(vec![0.5, -1.0, 2.0]),
                     secure: true,
