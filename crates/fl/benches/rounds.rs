@@ -4,8 +4,8 @@
 //! frame payload bytes each way, and raw single-stream QUIC throughput in the same run.
 //!
 //! `TESSERA_BENCH_QUIC_COST=1 cargo bench -p tessera-fl --bench rounds` prints only the
-//! plaintext round against raw QUIC moving the same bytes over as many connections
-//! (`TESSERA_BENCH_QUIC_COST=10x1000000`: that n × m row alone).
+//! plaintext round against raw QUIC moving the same bytes over as many connections,
+//! the two alternating (`TESSERA_BENCH_QUIC_COST=10x1000000`: that n × m row alone).
 //!
 //! `cargo bench -p tessera-fl --bench rounds` prints a Markdown table: per configuration,
 //! the median wall time of five rounds after a warm-up round and the mean bytes per
@@ -16,6 +16,7 @@
 //! on this machine, each party's work includes time it lost to the others.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_core::seed::RootSeed;
 use tessera_fl::{FederationConfig, KnownUpdateTrainer, Protocol, loopback};
@@ -42,8 +43,6 @@ struct Measured {
     coordinator: f64,
     /// The slowest site's own work per round (mean over all rounds, warm-up included).
     site: f64,
-    /// The whole process's CPU time per timed round (every party), where measurable.
-    cpu: Option<f64>,
 }
 
 impl Measured {
@@ -71,7 +70,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
+/// A loopback federation of n known-update sites with m parameters, from scratch.
+async fn start(n: usize, m: usize, protocol: Protocol) -> loopback::LoopbackFederation {
     let dir = federation_dir(n);
     for file in ["checkpoint.bin", "checkpoint.round"] {
         let _ = std::fs::remove_file(dir.join(file));
@@ -89,7 +89,7 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
         .map(|i| KnownUpdateTrainer::new(m, 0.001 * (i as f32 + 1.0), 100).unwrap())
         .collect();
     let layout = KnownUpdateTrainer::layout_for(m).unwrap();
-    let mut fed = loopback::start(
+    loopback::start(
         config,
         layout,
         vec![0.0; m],
@@ -99,26 +99,32 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
         RootSeed::from_experiment(3),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Runs one round, which must complete with all n sites; its wall time in seconds.
+async fn timed_round(fed: &mut loopback::LoopbackFederation, n: usize) -> f64 {
+    let start = Instant::now();
+    let report = fed.coordinator.run_round().await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        report.aborted.is_none() && report.contributors.len() == n,
+        "{report:?}"
+    );
+    secs
+}
+
+async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
+    let mut fed = start(n, m, protocol).await;
     fed.coordinator.run_round().await.unwrap(); // warm-up
     let traffic = fed.coordinator.traffic().clone();
     let (up0, down0) = traffic.snapshot();
     let mut times = Vec::with_capacity(ROUNDS);
     let mut coordinator = Vec::with_capacity(ROUNDS);
-    let cpu0 = process_cpu();
     for _ in 0..ROUNDS {
-        let start = Instant::now();
-        let report = fed.coordinator.run_round().await.unwrap();
-        times.push(start.elapsed().as_secs_f64());
+        times.push(timed_round(&mut fed, n).await);
         coordinator.push(fed.coordinator.last_round_busy().as_secs_f64());
-        assert!(
-            report.aborted.is_none() && report.contributors.len() == n,
-            "{report:?}"
-        );
     }
-    let cpu = process_cpu()
-        .zip(cpu0)
-        .map(|(b, a)| (b - a) / ROUNDS as f64);
     let (up1, down1) = traffic.snapshot();
     let sites = fed.shutdown().await.unwrap();
     let slowest = sites
@@ -132,7 +138,6 @@ async fn round(n: usize, m: usize, protocol: Protocol) -> Measured {
         down: (down1 - down0) / ROUNDS as u64,
         coordinator: median(coordinator),
         site: slowest,
-        cpu,
     }
 }
 
@@ -182,12 +187,15 @@ async fn raw_throughput(bytes: usize) -> f64 {
     got as f64 / secs / 1e6
 }
 
-/// What raw QUIC needs to move a plaintext round's bytes the way the round moves them:
-/// n connections on loopback (mutual TLS, the federation's QUIC settings), the server
-/// sending each client `down` bytes in one frame, each client answering with `up`
-/// bytes once it has them all; seconds until the server has every answer (median of
-/// five, after one warm-up), and the process's CPU seconds per exchange.
-async fn raw_round(n: usize, down: usize, up: usize) -> (f64, Option<f64>) {
+/// n raw QUIC connections on loopback with the federation's QUIC settings (mutual
+/// TLS), server side and client side, and the endpoints that keep them open.
+struct RawLinks {
+    servers: Vec<quinn::Connection>,
+    clients: Vec<quinn::Connection>,
+    _endpoints: (quinn::Endpoint, quinn::Endpoint),
+}
+
+async fn raw_links(n: usize) -> RawLinks {
     let (endpoint, addr, ep) = raw_endpoints();
     let mut clients = Vec::new();
     let mut servers = Vec::new();
@@ -198,79 +206,100 @@ async fn raw_round(n: usize, down: usize, up: usize) -> (f64, Option<f64>) {
         clients.push(c.unwrap());
         servers.push(s);
     }
-    let down_bytes = std::sync::Arc::new(vec![7u8; down]);
-    let up_bytes = std::sync::Arc::new(vec![9u8; up]);
-    let mut times = Vec::new();
-    let mut cpu0 = None;
-    for i in 0..6 {
-        if i == 1 {
-            cpu0 = process_cpu();
-        }
-        let answering: Vec<_> = clients
-            .iter()
-            .map(|c| {
-                let (c, up_bytes) = (c.clone(), up_bytes.clone());
-                tokio::spawn(async move {
-                    let (mut send, mut recv) = c.accept_bi().await.unwrap();
-                    read_frame(&mut recv, MAX_FRAME).await.unwrap().unwrap();
-                    write_frame(&mut send, &up_bytes, MAX_FRAME).await.unwrap();
-                    send.finish().unwrap();
-                    let _ = send.stopped().await;
-                })
-            })
-            .collect();
-        let start = Instant::now();
-        let asking: Vec<_> = servers
-            .iter()
-            .map(|c| {
-                let (c, down_bytes) = (c.clone(), down_bytes.clone());
-                tokio::spawn(async move {
-                    let (mut send, mut recv) = c.open_bi().await.unwrap();
-                    write_frame(&mut send, &down_bytes, MAX_FRAME)
-                        .await
-                        .unwrap();
-                    read_frame(&mut recv, MAX_FRAME)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .len()
-                })
-            })
-            .collect();
-        for a in asking {
-            assert_eq!(a.await.unwrap(), up);
-        }
-        times.push(start.elapsed().as_secs_f64());
-        for a in answering {
-            a.await.unwrap();
-        }
+    RawLinks {
+        servers,
+        clients,
+        _endpoints: (endpoint, ep),
     }
-    let cpu = process_cpu().zip(cpu0).map(|(b, a)| (b - a) / 5.0);
-    (median(times[1..].to_vec()), cpu)
 }
 
-/// The plaintext round against raw QUIC moving the same bytes (`raw_round`), for the
-/// given (n, m) rows.
+/// What raw QUIC needs to move a plaintext round's bytes the way the round moves them:
+/// the server sends each client `down` bytes in one frame, each client answers with
+/// `up` bytes once it has them all; seconds until the server has every answer.
+async fn raw_exchange(links: &RawLinks, down: &Arc<Vec<u8>>, up: &Arc<Vec<u8>>) -> f64 {
+    let answering: Vec<_> = links
+        .clients
+        .iter()
+        .map(|c| {
+            let (c, up) = (c.clone(), up.clone());
+            tokio::spawn(async move {
+                let (mut send, mut recv) = c.accept_bi().await.unwrap();
+                read_frame(&mut recv, MAX_FRAME).await.unwrap().unwrap();
+                write_frame(&mut send, &up, MAX_FRAME).await.unwrap();
+                send.finish().unwrap();
+                let _ = send.stopped().await;
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let asking: Vec<_> = links
+        .servers
+        .iter()
+        .map(|c| {
+            let (c, down) = (c.clone(), down.clone());
+            tokio::spawn(async move {
+                let (mut send, mut recv) = c.open_bi().await.unwrap();
+                write_frame(&mut send, &down, MAX_FRAME).await.unwrap();
+                read_frame(&mut recv, MAX_FRAME)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .len()
+            })
+        })
+        .collect();
+    for a in asking {
+        assert_eq!(a.await.unwrap(), up.len());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for a in answering {
+        a.await.unwrap();
+    }
+    secs
+}
+
+/// Timed pairs per row of the QUIC-cost comparison.
+const PAIRS: usize = 7;
+
+/// The plaintext round against raw QUIC moving the same bytes, for the given (n, m)
+/// rows. Rounds and raw exchanges alternate in one process (after a warm-up of each),
+/// so that a slow spell of the machine falls on both; medians of [`PAIRS`] each, and
+/// the process's CPU time per round and per exchange.
 async fn quic_cost(rows: Vec<(usize, usize)>) {
-    let secs = |cpu: Option<f64>| cpu.map_or("n/a".to_string(), |c| format!("{c:.3} s"));
     println!(
         "| n | m | plaintext round | raw QUIC, same bytes | round ÷ raw | CPU per round | CPU, raw |"
     );
     println!("|---|---|---|---|---|---|---|");
     for (n, m) in rows {
-        let plain = round(n, m, Protocol::Plaintext).await;
-        let (raw, raw_cpu) = raw_round(
-            n,
-            (plain.down / n as u64) as usize,
-            (plain.up / n as u64) as usize,
-        )
-        .await;
+        let mut fed = start(n, m, Protocol::Plaintext).await;
+        let traffic = fed.coordinator.traffic().clone();
+        let (up0, down0) = traffic.snapshot();
+        timed_round(&mut fed, n).await; // warm-up, and the bytes a round moves
+        let (up1, down1) = traffic.snapshot();
+        let down = Arc::new(vec![7u8; ((down1 - down0) / n as u64) as usize]);
+        let up = Arc::new(vec![9u8; ((up1 - up0) / n as u64) as usize]);
+        let links = raw_links(n).await;
+        raw_exchange(&links, &down, &up).await; // warm-up
+        let (mut rounds, mut raws) = (Vec::new(), Vec::new());
+        let (mut round_cpu, mut raw_cpu) = (Some(0.0), Some(0.0));
+        for _ in 0..PAIRS {
+            let a = process_cpu();
+            rounds.push(timed_round(&mut fed, n).await);
+            let b = process_cpu();
+            raws.push(raw_exchange(&links, &down, &up).await);
+            let c = process_cpu();
+            round_cpu = round_cpu.zip(a.zip(b)).map(|(t, (a, b))| t + b - a);
+            raw_cpu = raw_cpu.zip(b.zip(c)).map(|(t, (b, c))| t + c - b);
+        }
+        fed.shutdown().await.unwrap();
+        let (round, raw) = (median(rounds), median(raws));
+        let secs = |cpu: Option<f64>| {
+            cpu.map_or("n/a".to_string(), |c| format!("{:.3} s", c / PAIRS as f64))
+        };
         println!(
-            "| {n} | {m} | {:.3} s | {:.3} s | {:.2}× | {} | {} |",
-            plain.wall,
-            raw,
-            plain.wall / raw,
-            secs(plain.cpu),
+            "| {n} | {m} | {round:.3} s | {raw:.3} s | {:.2}× | {} | {} |",
+            round / raw,
+            secs(round_cpu),
             secs(raw_cpu),
         );
     }

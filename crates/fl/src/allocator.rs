@@ -5,7 +5,8 @@
 //!   allocates the same few model-sized buffers every round. glibc's defaults hand such
 //!   a buffer back to the kernel when it is freed (a mapping of its own, or the top of
 //!   a heap trimmed past the trim threshold), so the next round faults every page of it
-//!   in again; [`retain_freed_buffers`] keeps freed memory for reuse instead.
+//!   in again; [`retain_freed_buffers`] keeps freed memory for reuse instead, at the
+//!   price of up to [`RETAINED_FREE`] bytes of free heap held per glibc arena.
 //! - Thousands of simulated sites each allocate and free several small vectors: kept
 //!   in heap arenas those fragment (at 3000 sites × 10^5 coordinates, peak memory was
 //!   2.5 GB instead of 1.4 GB), so [`map_large_buffers`] gives every buffer of 128 KiB
@@ -15,8 +16,10 @@
 /// versions refuse an mmap threshold above 32 MiB on 64-bit targets).
 pub const RETAINED_BUFFER: usize = 32 << 20;
 
-/// Free memory a heap keeps before returning any of it to the kernel.
-pub const RETAINED_FREE: usize = 1 << 30;
+/// Free memory a heap keeps before returning any of it to the kernel: room for a few
+/// model-sized buffers, not a process's peak (a QUIC round of 10 sites and 10^6
+/// parameters ran as fast with 128 MiB as with 1 GiB, and slower with 32 MiB).
+pub const RETAINED_FREE: usize = 128 << 20;
 
 /// Keeps freed buffers of up to [`RETAINED_BUFFER`] bytes, and up to [`RETAINED_FREE`]
 /// bytes of free heap, for reuse. Returns whether glibc took both settings (`false`
