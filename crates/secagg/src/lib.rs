@@ -48,6 +48,7 @@
 
 mod aggregator;
 pub mod crypto;
+mod ed25519;
 mod encoding;
 mod error;
 mod ids;

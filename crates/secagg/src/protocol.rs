@@ -5,17 +5,20 @@ use curve25519_dalek::scalar::Scalar;
 use std::collections::BTreeMap;
 
 use crate::crypto::{
-    self, AgreementPublicKey, AgreementSecret, IdentityPublicKey, MaskSeed, Purpose, context_bytes,
+    self, AgreementPublicKey, AgreementSecret, IdentityPublicKey, MaskSeed, Purpose, Signature,
+    context_bytes,
 };
+use crate::ed25519::{self, Claim, VerifyingKey};
 use crate::error::MessageError;
 use crate::ids::{Party, SiteId};
 use crate::messages::{Envelope, KeyAdvertisement, PROTOCOL_VERSION};
 use crate::params::RoundConfig;
 use crate::ring::MaskSign;
 
-/// The long-term identity keys of the federation's sites (e.g. from a CA-signed roster).
+/// The long-term identity keys of the federation's sites (e.g. from a CA-signed roster),
+/// each decoded once for the many signature checks of a round.
 #[derive(Clone, Debug, Default)]
-pub struct Roster(BTreeMap<SiteId, IdentityPublicKey>);
+pub struct Roster(BTreeMap<SiteId, (IdentityPublicKey, VerifyingKey)>);
 
 impl Roster {
     pub fn new() -> Self {
@@ -23,18 +26,45 @@ impl Roster {
     }
 
     pub fn insert(&mut self, site: SiteId, key: IdentityPublicKey) {
-        self.0.insert(site, key);
+        self.0.insert(site, (key, VerifyingKey::new(&key)));
     }
 
     pub fn get(&self, site: SiteId) -> Option<&IdentityPublicKey> {
-        self.0.get(&site)
+        self.0.get(&site).map(|(key, _)| key)
+    }
+
+    pub(crate) fn verifying_key(&self, site: SiteId) -> Option<&VerifyingKey> {
+        self.0.get(&site).map(|(_, key)| key)
     }
 }
 
 impl FromIterator<(SiteId, IdentityPublicKey)> for Roster {
     fn from_iter<T: IntoIterator<Item = (SiteId, IdentityPublicKey)>>(iter: T) -> Self {
-        Self(iter.into_iter().collect())
+        Self(
+            iter.into_iter()
+                .map(|(site, key)| (site, (key, VerifyingKey::new(&key))))
+                .collect(),
+        )
     }
+}
+
+/// Checks signatures by roster members all at once (module `ed25519`); on failure,
+/// names the first signer whose signature does not verify (or who is not on the roster).
+pub(crate) fn verify_signed(
+    roster: &Roster,
+    signed: &[(SiteId, &[u8], &Signature)],
+) -> Result<(), MessageError> {
+    let mut claims = Vec::with_capacity(signed.len());
+    for (site, message, signature) in signed {
+        claims.push(Claim {
+            key: roster
+                .verifying_key(*site)
+                .ok_or(MessageError::BadSignature(*site))?,
+            message,
+            signature,
+        });
+    }
+    ed25519::verify_all(&claims).map_err(|i| MessageError::BadSignature(signed[i].0))
 }
 
 pub(crate) fn advertisement_message(
@@ -57,18 +87,33 @@ pub(crate) fn verify_advertisement(
     roster: &Roster,
     ad: &KeyAdvertisement,
 ) -> Result<(), MessageError> {
-    let key = roster
-        .get(ad.site)
-        .ok_or(MessageError::BadSignature(ad.site))?;
-    let msg = advertisement_message(
-        config,
-        ad.site,
-        &ad.share_key,
-        &ad.mask_key,
-        &ad.self_mask_commitment,
-    );
-    key.verify(&msg, &ad.signature)
-        .map_err(|_| MessageError::BadSignature(ad.site))
+    verify_advertisements(config, roster, std::slice::from_ref(ad))
+}
+
+/// Checks many advertisements' signatures together (a site's neighbours).
+pub(crate) fn verify_advertisements(
+    config: &RoundConfig,
+    roster: &Roster,
+    ads: &[KeyAdvertisement],
+) -> Result<(), MessageError> {
+    let messages: Vec<Vec<u8>> = ads
+        .iter()
+        .map(|ad| {
+            advertisement_message(
+                config,
+                ad.site,
+                &ad.share_key,
+                &ad.mask_key,
+                &ad.self_mask_commitment,
+            )
+        })
+        .collect();
+    let signed: Vec<(SiteId, &[u8], &Signature)> = ads
+        .iter()
+        .zip(&messages)
+        .map(|(ad, m)| (ad.site, m.as_slice(), &ad.signature))
+        .collect();
+    verify_signed(roster, &signed)
 }
 
 /// What a survivor signs in the consistency check: the purpose, the round's parameter

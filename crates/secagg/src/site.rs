@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::crypto::{self, AgreementSecret, IdentityKeyPair, random_scalar};
+use crate::crypto::{self, AgreementSecret, IdentityKeyPair, Signature, random_scalar};
 use crate::error::{MessageError, SiteError};
 use crate::ids::{Party, Phase, SiteId};
 use crate::mask::MaskJob;
@@ -240,13 +240,12 @@ impl Site {
         let mut neighbours = BTreeMap::new();
         let mut seen_keys =
             BTreeSet::from([secrets.share_key.public().0, secrets.mask_key.public().0]);
+        if let Some(ad) = ads.iter().find(|ad| !graph.adjacent(self.id, ad.site)) {
+            return Err(self.malformed("neighbour-keys", format!("{} is not a neighbour", ad.site)));
+        }
+        // All neighbours' signatures in one batch.
+        protocol::verify_advertisements(&self.config, &self.roster, &ads)?;
         for ad in ads {
-            if !graph.adjacent(self.id, ad.site) {
-                return Err(
-                    self.malformed("neighbour-keys", format!("{} is not a neighbour", ad.site))
-                );
-            }
-            protocol::verify_advertisement(&self.config, &self.roster, &ad)?;
             if !seen_keys.insert(ad.share_key.0) || !seen_keys.insert(ad.mask_key.0) {
                 return Err(SiteError::RepeatedKey { peer: ad.site });
             }
@@ -450,7 +449,7 @@ impl Site {
         // 1. At least t of this site's holders signed the same survivor set.
         let message = protocol::consistency_message(&self.config, survivors);
         let mut signers = BTreeSet::new();
-        for (signer, sig) in &request.signatures {
+        for (signer, _) in &request.signatures {
             let is_holder = *signer == self.id || self.config.graph().adjacent(self.id, *signer);
             if !is_holder || survivors.binary_search(signer).is_err() {
                 return Err(self.malformed(
@@ -461,13 +460,16 @@ impl Site {
             if !signers.insert(*signer) {
                 return Err(self.malformed("unmask-request", format!("{signer} signed twice")));
             }
-            let key = self
-                .roster
-                .get(*signer)
-                .ok_or(SiteError::UnknownSite(*signer))?;
-            key.verify(&message, sig)
-                .map_err(|_| MessageError::BadSignature(*signer))?;
+            if self.roster.get(*signer).is_none() {
+                return Err(SiteError::UnknownSite(*signer));
+            }
         }
+        let signed: Vec<(SiteId, &[u8], &Signature)> = request
+            .signatures
+            .iter()
+            .map(|(signer, sig)| (*signer, message.as_slice(), sig))
+            .collect();
+        protocol::verify_signed(&self.roster, &signed)?;
         let t = self.config.threshold();
         if signers.len() < t {
             return Err(SiteError::TooFewSignatures {

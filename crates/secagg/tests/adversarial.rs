@@ -853,3 +853,45 @@ fn a_survivor_set_with_strangers_or_neighbours_without_shares_is_refused() {
     let (mut h, env) = survivor_set_with(None);
     assert!(h.site(SiteId(0), env).is_ok());
 }
+
+#[test]
+fn unmask_requests_carry_t_signatures_and_a_false_one_is_named() {
+    let mut h = Harness::new(1);
+    let mut out = h.run_until(Phase::Unmasking, &[]);
+    for o in &mut out {
+        with_request(&mut o.envelope, |r| {
+            assert_eq!(r.signatures.len(), T as usize, "t signatures, no more")
+        });
+    }
+    let mut env = take_for(&mut out, SiteId(0));
+    let mut signer = SiteId(0);
+    with_request(&mut env, |r| {
+        signer = r.signatures[1].0;
+        let identity = &h.identities[signer.0 as usize];
+        r.signatures[1].1 = identity
+            .sign_labelled("tessera/test", b"not the set")
+            .unwrap();
+    });
+    assert_ne!(signer, SiteId(0));
+    assert_eq!(
+        h.site(SiteId(0), env).unwrap_err(),
+        SiteError::Message(MessageError::BadSignature(signer))
+    );
+}
+
+#[test]
+fn a_substituted_neighbour_key_is_named_by_its_signature() {
+    let mut h = Harness::new(1);
+    let mut out = h.run_until(Phase::ShareKeys, &[]);
+    let mut env = take_for(&mut out, SiteId(0));
+    let Body::NeighbourKeys(ads) = &mut env.body else {
+        panic!("not the neighbours' keys: {:?}", env.body);
+    };
+    assert_eq!(ads.len(), N as usize - 1);
+    ads[2].mask_key.0[5] ^= 1;
+    let named = ads[2].site;
+    assert_eq!(
+        h.site(SiteId(0), env).unwrap_err(),
+        SiteError::Message(MessageError::BadSignature(named))
+    );
+}

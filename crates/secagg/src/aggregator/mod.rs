@@ -538,9 +538,13 @@ impl Aggregator {
                     .collect();
                 for &site in &u4 {
                     let holders = self.config.graph().holders(site);
+                    // t signatures are what a site needs and all it gains from (every
+                    // one was checked on arrival); each further one would only cost
+                    // every site a check.
                     let signatures: Vec<(SiteId, Signature)> = holders
                         .iter()
                         .filter_map(|h| self.signatures.get(h).map(|s| (*h, *s)))
+                        .take(t)
                         .collect();
                     let reveal_self_mask: Vec<SiteId> = holders
                         .iter()
