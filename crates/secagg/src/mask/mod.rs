@@ -21,6 +21,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::ring::MaskSign;
 
+#[cfg(target_arch = "x86_64")]
+mod vaes;
+
 /// The pseudorandom generator that expands mask seeds; part of the round parameters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MaskPrg {
@@ -136,7 +139,8 @@ impl Keystream {
 }
 
 /// Adds (or subtracts) the keystream of `seed`, read as little-endian `u32` words
-/// starting at word `offset`, into `acc` (mod 2^32). Single-threaded.
+/// starting at word `offset` (a multiple of 4), into `acc` (mod 2^32). Single-threaded.
+/// AES streams use VAES where the CPU has it (module `vaes`), AWS-LC otherwise.
 pub(crate) fn apply_mask_stream(
     acc: &mut [u32],
     prg: MaskPrg,
@@ -144,7 +148,23 @@ pub(crate) fn apply_mask_stream(
     sign: MaskSign,
     offset: usize,
 ) {
-    let mut stream = Keystream::new(prg, seed, (offset as u64) * 4);
+    debug_assert_eq!(offset % 4, 0, "streams start on a 16-byte block");
+    #[cfg(target_arch = "x86_64")]
+    if prg == MaskPrg::Aes256Ctr
+        && let Some(width) = vaes::width()
+        && vaes::apply(width, acc, &seed.0, sign, offset as u64 / 4)
+    {
+        return;
+    }
+    apply_keystream(
+        acc,
+        &mut Keystream::new(prg, seed, (offset as u64) * 4),
+        sign,
+    );
+}
+
+/// Adds (or subtracts) the words of `stream` into `acc`, a buffer of keystream at a time.
+fn apply_keystream(acc: &mut [u32], stream: &mut Keystream, sign: MaskSign) {
     let mut buf = [0u8; KEYSTREAM_WORDS * 4];
     for chunk in acc.chunks_mut(KEYSTREAM_WORDS) {
         let bytes = &mut buf[..chunk.len() * 4];
@@ -229,6 +249,15 @@ mod tests {
             aes.encrypt_block(&mut b);
             assert_eq!(chunk, b.as_slice(), "block {i}");
         }
+        // A mask stream adds those bytes as little-endian words, by whichever
+        // implementation this CPU runs (VAES or AWS-LC).
+        let mut words = vec![0u32; 12];
+        add_mask_stream(&mut words, MaskPrg::Aes256Ctr, &MaskSeed(key));
+        let expected: Vec<u32> = stream
+            .chunks(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(words, expected);
     }
 
     #[test]
