@@ -146,7 +146,7 @@ impl Natural for UBig {
         let mut bytes = vec![0u8; bits.div_ceil(8)];
         loop {
             rng.fill_bytes(&mut bytes);
-            if bits % 8 != 0
+            if !bits.is_multiple_of(8)
                 && let Some(top) = bytes.last_mut()
             {
                 *top &= (1u8 << (bits % 8)) - 1;

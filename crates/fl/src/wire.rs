@@ -221,7 +221,7 @@ pub(crate) mod f32_bytes {
         }
 
         fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
-            if bytes.len() % 4 != 0 {
+            if !bytes.len().is_multiple_of(4) {
                 return Err(E::custom(format!(
                     "a model of {} bytes is not a whole number of f32 values",
                     bytes.len()

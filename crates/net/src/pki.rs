@@ -354,7 +354,7 @@ impl SignedRoster {
 }
 
 pub(crate) fn hex_vec(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len() / 2)

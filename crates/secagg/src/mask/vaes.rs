@@ -93,23 +93,33 @@ fn expand_key(key: &[u8; 32]) -> Schedule {
         rk[0] = _mm_loadu_si128(key.as_ptr().cast());
         rk[1] = _mm_loadu_si128(key.as_ptr().add(16).cast());
     }
-    macro_rules! round_pair {
+    // Round keys 2i and 2i + 1 from the two before them (the second half of each pair
+    // uses SubWord without rotation or round constant).
+    macro_rules! even {
         ($i:literal, $rcon:literal) => {
-            let t = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(rk[2 * $i - 1]));
-            rk[2 * $i] = mix(rk[2 * $i - 2], t);
-            if 2 * $i + 1 < 15 {
-                let t = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(rk[2 * $i]));
-                rk[2 * $i + 1] = mix(rk[2 * $i - 1], t);
-            }
+            let t = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(rk[$i - 1]));
+            rk[$i] = mix(rk[$i - 2], t);
         };
     }
-    round_pair!(1, 0x01);
-    round_pair!(2, 0x02);
-    round_pair!(3, 0x04);
-    round_pair!(4, 0x08);
-    round_pair!(5, 0x10);
-    round_pair!(6, 0x20);
-    round_pair!(7, 0x40);
+    macro_rules! odd {
+        ($i:literal) => {
+            let t = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(rk[$i - 1]));
+            rk[$i] = mix(rk[$i - 2], t);
+        };
+    }
+    even!(2, 0x01);
+    odd!(3);
+    even!(4, 0x02);
+    odd!(5);
+    even!(6, 0x04);
+    odd!(7);
+    even!(8, 0x08);
+    odd!(9);
+    even!(10, 0x10);
+    odd!(11);
+    even!(12, 0x20);
+    odd!(13);
+    even!(14, 0x40);
     let mut out = Zeroizing::new([[0u8; 16]; 15]);
     for (o, k) in out.iter_mut().zip(rk) {
         // SAFETY: an unaligned store into a 16-byte array.
