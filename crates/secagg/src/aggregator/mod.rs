@@ -235,12 +235,10 @@ impl Aggregator {
             }
             Body::MaskedInput(upload) => self.add_masked(from, upload)?,
             Body::ConsistencySignature(sig) => {
-                let key = self
-                    .roster
-                    .get(from)
-                    .ok_or(AggregatorError::UnknownSite(from))?;
-                key.verify(&self.consistency, &sig)
-                    .map_err(|_| MessageError::BadSignature(from))?;
+                if self.roster.get(from).is_none() {
+                    return Err(AggregatorError::UnknownSite(from));
+                }
+                protocol::verify_signed(&self.roster, &[(from, &self.consistency, &sig)])?;
                 self.signatures.insert(from, sig);
             }
             Body::UnmaskShares(reply) => self.accept_shares(from, reply)?,
