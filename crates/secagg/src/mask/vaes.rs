@@ -72,7 +72,8 @@ pub(crate) fn apply(
     true
 }
 
-/// The 15 round keys of AES-256 (FIPS-197 §5.2), zeroized on drop.
+/// The 15 round keys of AES-256 (FIPS-197 §5.2), zeroized on drop (the copies the
+/// compiler keeps in vector registers, or spills to the stack, are not).
 type Schedule = Zeroizing<[[u8; 16]; 15]>;
 
 #[target_feature(enable = "aes,sse2")]
