@@ -190,20 +190,29 @@ impl Strategy {
         global: &[f32],
         private: bool,
     ) -> Vec<f32> {
-        let mut delta = vec![0f32; layout.len()];
+        self.into_delta(layout, trained.to_vec(), global, private)
+    }
+
+    /// [`Self::delta`] computed in the trained model's own buffer.
+    pub fn into_delta(
+        &self,
+        layout: &ParamLayout,
+        mut trained: Vec<f32>,
+        global: &[f32],
+        private: bool,
+    ) -> Vec<f32> {
+        trained.resize(layout.len(), 0.0);
         for e in layout.entries() {
+            let r = e.offset..e.offset + e.len;
             if self.is_federated(e.kind, private) {
-                let r = e.offset..e.offset + e.len;
-                for ((d, u), g) in delta[r.clone()]
-                    .iter_mut()
-                    .zip(&trained[r.clone()])
-                    .zip(&global[r])
-                {
-                    *d = u - g;
+                for (d, g) in trained[r.clone()].iter_mut().zip(&global[r]) {
+                    *d -= g;
                 }
+            } else {
+                trained[r].fill(0.0);
             }
         }
-        delta
+        trained
     }
 
     /// The strategy's configuration name, as in config files.

@@ -129,6 +129,19 @@ impl Codec {
         })
     }
 
+    /// [`Self::encode`], reusing the update's buffer where the codec can (fixed point).
+    pub fn encode_owned<R: CryptoRng + ?Sized>(
+        &self,
+        update: Vec<f32>,
+        weight: u64,
+        rng: &mut R,
+    ) -> Result<PlainVector, DpError> {
+        Ok(match self {
+            Codec::FixedPoint(c) => c.encode_owned(update, weight, rng)?,
+            Codec::Private(c) => c.encode(&update, weight, rng)?,
+        })
+    }
+
     /// Encodes one site's sampled patients' contributions (private codec with the
     /// patient unit only).
     pub fn encode_contributions<R: CryptoRng + ?Sized>(

@@ -129,28 +129,25 @@ impl TrainRequest {
 pub(crate) fn encode_update(
     start: &RoundStart,
     layout: &ParamLayout,
-    update: &LocalUpdate,
+    update: LocalUpdate,
     rng: &mut ChaCha20Rng,
 ) -> Result<PlainVector, SiteFailure> {
     let private = start.is_private();
     let codec = start.codec.codec().map_err(SiteFailure::Encoding)?;
     if start.codec.patient_sampling().is_some() {
         let mut deltas = Vec::with_capacity(update.patients.len());
-        for p in &update.patients {
-            layout.check(p).map_err(SiteFailure::Model)?;
+        for p in update.patients {
+            layout.check(&p).map_err(SiteFailure::Model)?;
             if p.iter().any(|v| !v.is_finite()) {
                 let e = "a patient's trained model holds non-finite values".to_string();
                 return Err(SiteFailure::Training(e));
             }
-            deltas.push(start.strategy.delta(layout, p, &start.global, private));
+            deltas.push(start.strategy.into_delta(layout, p, &start.global, private));
         }
         return codec
             .encode_contributions(&deltas, rng)
             .map_err(SiteFailure::Encoding);
     }
-    let delta = start
-        .strategy
-        .delta(layout, &update.parameters, &start.global, private);
     // A codec whose largest weight is 1 means uniform weighting: every contributing site
     // counts once.
     let weight = if start.codec.max_weight() == 1 {
@@ -158,7 +155,12 @@ pub(crate) fn encode_update(
     } else {
         update.samples
     };
+    // The trained model's buffer becomes its delta, then its encoding: one model-sized
+    // allocation per round instead of three.
+    let delta = start
+        .strategy
+        .into_delta(layout, update.parameters, &start.global, private);
     codec
-        .encode(&delta, weight, rng)
+        .encode_owned(delta, weight, rng)
         .map_err(SiteFailure::Encoding)
 }

@@ -518,7 +518,7 @@ impl SiteMachine {
             return self.abandon(round, SiteFailure::Training(e));
         };
         let mut encoding = ChaCha20Rng::from_seed(root.derive(Purpose::Encoding, ctx));
-        let input = match encode_update(&start, &self.layout, &update, &mut encoding) {
+        let input = match encode_update(&start, &self.layout, update, &mut encoding) {
             Ok(v) => v,
             Err(e) => return self.abandon(round, e),
         };

@@ -123,6 +123,7 @@ impl WeightDigits {
     /// Appends the digits of `weight`.
     pub fn push(&self, weight: u64, words: &mut Vec<u32>) {
         let digit_mask = (1u64 << self.limb_bits) - 1;
+        words.reserve_exact(self.limbs);
         for j in 0..self.limbs {
             words.push(((weight >> (j as u32 * self.limb_bits)) & digit_mask) as u32);
         }
@@ -234,6 +235,18 @@ impl FixedPoint {
         weight: u64,
         rng: &mut R,
     ) -> Result<PlainVector, EncodingError> {
+        self.encode_owned(update.to_vec(), weight, rng)
+    }
+
+    /// [`Self::encode`] into the update's own buffer: at thousands of simulated sites, a
+    /// fresh model-sized buffer per site is a page fault per 4 KiB, which cost more than
+    /// the encoding itself.
+    pub fn encode_owned<R: CryptoRng + ?Sized>(
+        &self,
+        update: Vec<f32>,
+        weight: u64,
+        rng: &mut R,
+    ) -> Result<PlainVector, EncodingError> {
         if update.len() != self.dim {
             return Err(EncodingError::WrongLength {
                 got: update.len(),
@@ -254,7 +267,9 @@ impl FixedPoint {
                 value: update[index],
             });
         }
-        let mut words = Vec::with_capacity(self.encoded_len());
+        // Same size and alignment: collected in place, each word then encoded where
+        // its value was.
+        let mut words: Vec<u32> = update.into_iter().map(f32::to_bits).collect();
         // The rounding randomness is the AES-256-CTR keystream of a 256-bit seed drawn
         // from `rng`, 64 bits per coordinate: hardware AES runs several times faster
         // than a software generator (same output on every CPU; tested).
@@ -262,18 +277,16 @@ impl FixedPoint {
         rng.fill_bytes(&mut seed[..]);
         let mut stream = Keystream::new(MaskPrg::Aes256Ctr, &MaskSeed::new(seed), 0);
         let mut random = Zeroizing::new([0u8; 8 * RANDOM_BLOCK]);
-        for xs in update.chunks(RANDOM_BLOCK) {
-            let random = &mut random[..8 * xs.len()];
+        for ws in words.chunks_mut(RANDOM_BLOCK) {
+            let random = &mut random[..8 * ws.len()];
             stream.fill(random);
-            let mut out = [0u32; RANDOM_BLOCK];
-            for ((o, &x), r) in out.iter_mut().zip(xs).zip(random.chunks_exact(8)) {
+            for (w, r) in ws.iter_mut().zip(random.chunks_exact(8)) {
                 let mut le = [0u8; 8];
                 le.copy_from_slice(r);
                 // max/min equal clamp on finite values, without its panic path.
-                let v = f64::from(x).max(-clip).min(clip) * factor;
-                *o = round_stochastically(v, u64::from_le_bytes(le));
+                let v = f64::from(f32::from_bits(*w)).max(-clip).min(clip) * factor;
+                *w = round_stochastically(v, u64::from_le_bytes(le));
             }
-            words.extend_from_slice(&out[..xs.len()]);
         }
         self.weights.push(weight, &mut words);
         Ok(PlainVector::new(self.modulus, words))
