@@ -61,6 +61,7 @@ mod ring;
 pub mod shamir;
 pub mod simulation;
 mod site;
+mod x25519;
 
 pub use aggregator::{AggregateSum, Aggregator, Outgoing, Status};
 pub use crypto::{AgreementPublicKey, IdentityKeyPair, IdentityPublicKey, MaskPrg, Signature};

@@ -266,9 +266,12 @@ impl Site {
         }
         let mask_shares = shamir::share(&secrets.mask_secret, t, &holders, rng)?;
         let self_shares = shamir::share(&secrets.self_mask, t, &holders, rng)?;
+        let transport = agree_each(
+            &secrets.share_key,
+            neighbours.iter().map(|(s, ad)| (*s, &ad.share_key)),
+        )?;
         let mut own = None;
         let mut out = Vec::with_capacity(neighbours.len());
-        let mut transport = BTreeMap::new();
         for ((holder, s), (_, b)) in mask_shares.into_iter().zip(self_shares) {
             let held = HeldShares {
                 mask_secret: s,
@@ -281,20 +284,17 @@ impl Site {
             let mut plaintext = zeroize::Zeroizing::new([0u8; 64]);
             plaintext[..32].copy_from_slice(&held.mask_secret.to_bytes());
             plaintext[32..].copy_from_slice(&held.self_mask.to_bytes());
-            let shared = secrets
-                .share_key
-                .agree(&neighbours[&holder].share_key)
-                .map_err(|source| SiteError::Agreement {
-                    peer: holder,
-                    source,
-                })?;
-            let ciphertext =
-                crypto::seal_shares(&shared, self.config.digest(), self.id, holder, &plaintext);
+            let ciphertext = crypto::seal_shares(
+                &transport[&holder],
+                self.config.digest(),
+                self.id,
+                holder,
+                &plaintext,
+            );
             out.push(EncryptedShares {
                 peer: holder,
                 ciphertext,
             });
-            transport.insert(holder, shared);
         }
         let own = own.expect("the site is one of its own holders");
         Ok((
@@ -353,16 +353,13 @@ impl Site {
             seed: protocol::self_mask_seed(&self.config, self.id, &secrets.self_mask),
             sign: MaskSign::Add,
         });
-        for peer in held.keys() {
-            let shared = secrets
-                .mask_key
-                .agree(&neighbours[peer].mask_key)
-                .map_err(|source| SiteError::Agreement {
-                    peer: *peer,
-                    source,
-                })?;
+        let agreed = agree_each(
+            &secrets.mask_key,
+            held.keys().map(|peer| (*peer, &neighbours[peer].mask_key)),
+        )?;
+        for (peer, shared) in &agreed {
             jobs.push(MaskJob {
-                seed: protocol::pairwise_seed(&self.config, self.id, *peer, &shared),
+                seed: protocol::pairwise_seed(&self.config, self.id, *peer, shared),
                 sign: protocol::pairwise_sign(self.id, *peer),
             });
         }
@@ -515,4 +512,21 @@ impl Site {
         }
         Ok(Body::UnmaskShares(reply))
     }
+}
+
+/// X25519 of `secret` with each peer's key (batched), or the first peer whose key gives
+/// the all-zero output.
+fn agree_each<'a>(
+    secret: &AgreementSecret,
+    peers: impl Iterator<Item = (SiteId, &'a crypto::AgreementPublicKey)>,
+) -> Result<BTreeMap<SiteId, Zeroizing<[u8; 32]>>, SiteError> {
+    let (ids, keys): (Vec<SiteId>, Vec<&crypto::AgreementPublicKey>) = peers.unzip();
+    ids.into_iter()
+        .zip(secret.agree_all(&keys))
+        .map(|(peer, shared)| {
+            shared
+                .map(|s| (peer, s))
+                .map_err(|source| SiteError::Agreement { peer, source })
+        })
+        .collect()
 }
