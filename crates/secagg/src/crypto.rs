@@ -264,9 +264,11 @@ impl AgreementPublicKey {
     /// low-order point (clamped scalars are multiples of the cofactor, so one test
     /// scalar decides it for all).
     pub fn is_low_order(&self) -> bool {
-        AgreementSecret::from_bytes(Zeroizing::new([1u8; 32]))
-            .agree(self)
-            .is_err()
+        // Built once: building AWS-LC's key costs a base-point multiplication, as much
+        // as the agreement (an aggregator checks two keys per site and round).
+        static PROBE: std::sync::LazyLock<AgreementSecret> =
+            std::sync::LazyLock::new(|| AgreementSecret::from_bytes(Zeroizing::new([1u8; 32])));
+        PROBE.agree(self).is_err()
     }
 }
 

@@ -9,7 +9,7 @@ mod accusations;
 mod unmask;
 
 use curve25519_dalek::scalar::Scalar;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use crate::crypto;
@@ -66,6 +66,8 @@ pub struct Aggregator {
     responded: SiteSet,
     survivors: Survivors,
     adverts: BTreeMap<SiteId, KeyAdvertisement>,
+    /// Every key advertised this round, to refuse a copied key without scanning them all.
+    advertised_keys: HashSet<crypto::AgreementPublicKey>,
     /// Ciphertexts by sender, then recipient.
     shares: BTreeMap<SiteId, Vec<EncryptedShares>>,
     /// Masked inputs of this phase, summed once it closes: an accusation that arrives
@@ -106,6 +108,7 @@ impl Aggregator {
             responded: SiteSet::new(),
             survivors: Survivors::default(),
             adverts: BTreeMap::new(),
+            advertised_keys: HashSet::new(),
             shares: BTreeMap::new(),
             uploads: BTreeMap::new(),
             accusations: BTreeMap::new(),
@@ -198,10 +201,9 @@ impl Aggregator {
                 if ad.share_key.is_low_order() || ad.mask_key.is_low_order() {
                     return Err(Self::malformed(from, "advertise-keys", "a low-order key"));
                 }
-                let copied = self.adverts.values().any(|o| {
-                    [o.share_key, o.mask_key].contains(&ad.share_key)
-                        || [o.share_key, o.mask_key].contains(&ad.mask_key)
-                }) || ad.share_key == ad.mask_key;
+                let copied = self.advertised_keys.contains(&ad.share_key)
+                    || self.advertised_keys.contains(&ad.mask_key)
+                    || ad.share_key == ad.mask_key;
                 if copied {
                     return Err(Self::malformed(
                         from,
@@ -209,6 +211,7 @@ impl Aggregator {
                         "a key another site already advertised",
                     ));
                 }
+                self.advertised_keys.extend([ad.share_key, ad.mask_key]);
                 self.adverts.insert(from, ad);
             }
             Body::ShareKeys(list) => {
