@@ -6,26 +6,16 @@
 //! AVX-512 IFMA), one by one through AWS-LC with the key built once (what CPUs without
 //! IFMA run), and through `curve25519-dalek`'s portable ladder.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Instant;
 use tessera_secagg::crypto::{x25519, x25519_many};
 
 const PEERS: usize = 48;
 const REPEATS: usize = 101;
 
-fn median_per_agreement(mut f: impl FnMut()) -> f64 {
-    for _ in 0..5 {
-        f();
-    }
-    let mut times: Vec<f64> = (0..REPEATS)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() / PEERS as f64
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[REPEATS / 2]
+fn median_per_agreement(f: impl FnMut()) -> f64 {
+    common::median_seconds(5, REPEATS, f) / PEERS as f64
 }
 
 fn main() {

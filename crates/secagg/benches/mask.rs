@@ -8,28 +8,18 @@
 //! `openssl` command is missing). A last row times RustCrypto's `aes` + `ctr` in the
 //! same mask loop, the pure-Rust alternative to AWS-LC that Tessera compared.
 
+mod common;
+
 use std::hint::black_box;
 use std::process::Command;
-use std::time::Instant;
 use tessera_secagg::MaskPrg;
 use tessera_secagg::crypto::{MaskSeed, add_mask_stream, raw_keystream};
 
 const COORDINATES: usize = 1_000_000;
 const REPEATS: usize = 301;
 
-fn median_seconds(mut f: impl FnMut()) -> f64 {
-    for _ in 0..20 {
-        f();
-    }
-    let mut times: Vec<f64> = (0..REPEATS)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[REPEATS / 2]
+fn median_seconds(f: impl FnMut()) -> f64 {
+    common::median_seconds(20, REPEATS, f)
 }
 
 /// OpenSSL's rate in bytes per second for `cipher` on 16 KiB blocks, one thread.

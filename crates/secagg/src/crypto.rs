@@ -460,19 +460,41 @@ pub(crate) fn open_shares(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn secret(bytes: [u8; 32]) -> AgreementSecret {
         AgreementSecret::from_bytes(Zeroizing::new(bytes))
     }
 
-    fn hex32(s: &str) -> [u8; 32] {
+    pub(crate) fn hex32(s: &str) -> [u8; 32] {
         let mut out = [0u8; 32];
         for (i, o) in out.iter_mut().enumerate() {
             *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
         }
         out
+    }
+
+    /// RFC 7748 §5.2: 1,000 iterations of k, u ← `ladder`(k, u), k from k = u = 9,
+    /// checked after the first and the last.
+    pub(crate) fn check_rfc7748_iterated(mut ladder: impl FnMut([u8; 32], [u8; 32]) -> [u8; 32]) {
+        let mut k = hex32("0900000000000000000000000000000000000000000000000000000000000000");
+        let mut u = k;
+        for i in 1..=1000 {
+            let next = ladder(k, u);
+            u = k;
+            k = next;
+            if i == 1 {
+                assert_eq!(
+                    k,
+                    hex32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079")
+                );
+            }
+        }
+        assert_eq!(
+            k,
+            hex32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51")
+        );
     }
 
     /// RFC 7748 §5.2 test vectors.
@@ -495,23 +517,7 @@ mod tests {
     /// RFC 7748 §5.2 iterated test: 1 and 1,000 iterations.
     #[test]
     fn x25519_rfc7748_iterated() {
-        let mut k = hex32("0900000000000000000000000000000000000000000000000000000000000000");
-        let mut u = k;
-        for i in 1..=1000 {
-            let next = x25519(k, u);
-            u = k;
-            k = next;
-            if i == 1 {
-                assert_eq!(
-                    k,
-                    hex32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079")
-                );
-            }
-        }
-        assert_eq!(
-            k,
-            hex32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51")
-        );
+        check_rfc7748_iterated(x25519);
     }
 
     /// RFC 7748 §6.1 Diffie–Hellman example.
