@@ -193,7 +193,8 @@ impl Strategy {
         self.into_delta(layout, trained.to_vec(), global, private)
     }
 
-    /// [`Self::delta`] computed in the trained model's own buffer.
+    /// [`Self::delta`] computed in the trained model's own buffer, which is cut or padded
+    /// with zeros to the layout's length (callers check models against the layout first).
     pub fn into_delta(
         &self,
         layout: &ParamLayout,
