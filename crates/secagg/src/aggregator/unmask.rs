@@ -23,7 +23,7 @@ impl Aggregator {
         let mut interpolator = shamir::Interpolator::new(t);
         // Mask keys of dropped sites, checked against their advertised public keys.
         let mut dropped_secrets: BTreeMap<SiteId, AgreementSecret> = BTreeMap::new();
-        let mut dropped_keys = Vec::with_capacity(dropped.len());
+        let mut dropped_keys: Vec<(SiteId, Vec<SiteId>)> = Vec::with_capacity(dropped.len());
         for &owner in &dropped {
             let peers = self.masked_with(owner);
             if peers.is_empty() {
@@ -47,9 +47,7 @@ impl Aggregator {
                 Err(reason) => return self.abort(reason),
             };
             let key = protocol::mask_key_from_secret(&self.config, owner, &secret);
-            for peer in peers {
-                dropped_keys.push((owner, peer));
-            }
+            dropped_keys.push((owner, peers));
             dropped_secrets.insert(owner, key);
         }
         let mut jobs = Vec::with_capacity(dropped_keys.len() + masked.len());
@@ -76,14 +74,39 @@ impl Aggregator {
             });
         }
         // The pairwise masks that survivors shared with dropped sites: one X25519 each,
-        // computed in parallel.
-        let agreed: Result<Vec<MaskJob>, AbortReason> = dropped_keys
+        // a dropped site's with all its peers at once, the dropped sites in parallel.
+        let agreed: Result<Vec<Vec<MaskJob>>, AbortReason> = dropped_keys
             .par_iter()
-            .map(|&(owner, peer)| {
-                let key = &dropped_secrets[&owner];
-                let shared = key
-                    .agree(&self.adverts[&peer].mask_key)
-                    .map_err(|_| AbortReason::Agreement { a: owner, b: peer })?;
+            .map(|(owner, peers)| self.pairwise_removals(*owner, &dropped_secrets[owner], peers))
+            .collect();
+        drop(dropped_secrets);
+        match agreed {
+            Ok(pairwise) => jobs.extend(pairwise.into_iter().flatten()),
+            Err(reason) => return self.abort(reason),
+        }
+        let mut sum = std::mem::take(&mut self.masked_sum);
+        crate::mask::apply_mask_streams(&mut sum, self.config.params().mask_prg, &jobs);
+        self.result = Some(AggregateSum {
+            contributors: masked.into_iter().collect(),
+            sum: PlainVector::new(self.config.modulus(), sum),
+        });
+        self.status = Status::Finished;
+    }
+
+    /// The jobs that remove the pairwise masks `peers` shared with the dropped `owner`,
+    /// whose reconstructed mask key is `key`.
+    fn pairwise_removals(
+        &self,
+        owner: SiteId,
+        key: &AgreementSecret,
+        peers: &[SiteId],
+    ) -> Result<Vec<MaskJob>, AbortReason> {
+        let keys: Vec<_> = peers.iter().map(|p| &self.adverts[p].mask_key).collect();
+        peers
+            .iter()
+            .zip(key.agree_all(&keys))
+            .map(|(&peer, shared)| {
+                let shared = shared.map_err(|_| AbortReason::Agreement { a: owner, b: peer })?;
                 // `peer` applied sign(peer, owner); remove it by applying the opposite.
                 let sign = match protocol::pairwise_sign(peer, owner) {
                     MaskSign::Add => MaskSign::Sub,
@@ -94,18 +117,6 @@ impl Aggregator {
                     sign,
                 })
             })
-            .collect();
-        drop(dropped_secrets);
-        match agreed {
-            Ok(pairwise) => jobs.extend(pairwise),
-            Err(reason) => return self.abort(reason),
-        }
-        let mut sum = std::mem::take(&mut self.masked_sum);
-        crate::mask::apply_mask_streams(&mut sum, self.config.params().mask_prg, &jobs);
-        self.result = Some(AggregateSum {
-            contributors: masked.into_iter().collect(),
-            sum: PlainVector::new(self.config.modulus(), sum),
-        });
-        self.status = Status::Finished;
+            .collect()
     }
 }
