@@ -58,13 +58,21 @@ mod tests {
     use crate::crypto::x25519;
     use rand_core::{Rng, SeedableRng};
 
+    /// Whether the eight-lane ladder can be tested here; says so when it cannot.
+    fn ifma_or_say() -> bool {
+        let ifma = has_ifma();
+        if !ifma {
+            eprintln!("this CPU has no AVX-512 IFMA: the eight-lane ladder was not tested");
+        }
+        ifma
+    }
+
     /// The eight-lane ladder equals `curve25519-dalek`'s X25519 on random scalars and
     /// points, on u ≥ p (non-canonical, reduced as RFC 7748 asks), on u with bit 255 set,
     /// and on the low-order points (whose output is zero).
     #[test]
     fn eight_lanes_agree_with_dalek() {
-        if !has_ifma() {
-            eprintln!("this CPU has no AVX-512 IFMA: the eight-lane ladder was not tested");
+        if !ifma_or_say() {
             return;
         }
         let mut rng = chacha20::ChaCha20Rng::from_seed([7; 32]);
@@ -112,8 +120,7 @@ mod tests {
     /// `PAD_FROM`) equal `curve25519-dalek`'s X25519, whatever fills the spare lanes.
     #[test]
     fn ragged_ends_fill_the_spare_lanes() {
-        if !has_ifma() {
-            eprintln!("this CPU has no AVX-512 IFMA: the eight-lane ladder was not tested");
+        if !ifma_or_say() {
             return;
         }
         let mut rng = chacha20::ChaCha20Rng::from_seed([9; 32]);
@@ -143,8 +150,7 @@ mod tests {
     /// RFC 7748 §5.2: 1,000 iterations of k, u ← X25519(k, u), k, starting from k = u = 9.
     #[test]
     fn rfc7748_iterated() {
-        if !has_ifma() {
-            eprintln!("this CPU has no AVX-512 IFMA: the eight-lane ladder was not tested");
+        if !ifma_or_say() {
             return;
         }
         check_rfc7748_iterated(|k, u| {
