@@ -2,8 +2,9 @@
 //!
 //! A SecAgg+ site agrees with each of its k neighbours twice per round (share keys, then
 //! mask keys), and at 10,000 simulated sites those agreements were a quarter of all
-//! CPU. On CPUs with AVX-512 IFMA eight ladders run at once ([`ifma`]); elsewhere, and
-//! for the ragged end of a batch, each agreement goes to AWS-LC one by one.
+//! CPU. On CPUs with AVX-512 IFMA eight ladders run at once ([`ifma`]), a ragged end of
+//! three or more keys padded to eight; elsewhere, and for a ragged end of one or two
+//! keys, each agreement goes to AWS-LC one by one.
 
 #[cfg(target_arch = "x86_64")]
 mod ifma;
